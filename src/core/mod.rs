@@ -1,0 +1,1 @@
+//! The I/O-free core (filled in by issue 2).
