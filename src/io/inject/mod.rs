@@ -72,15 +72,40 @@ pub fn running_threads(_pid: i32) -> Vec<i32> {
 /// Why an injection could not be done; every message says what the user can do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InjectError {
-    NoSuchProcess { pid: i32 },
-    NotPython { pid: i32, detail: String },
-    UnsupportedVersion { pid: i32, found: String, supported: String },
-    RemoteDebugDisabled { pid: i32 },
-    PermissionDenied { pid: i32, detail: String },
-    FreeThreaded { pid: i32 },
-    PathTooLong { len: usize, max: usize },
-    NoSuchThread { pid: i32, tid: i32 },
-    Memory { pid: i32, detail: String },
+    NoSuchProcess {
+        pid: i32,
+    },
+    NotPython {
+        pid: i32,
+        detail: String,
+    },
+    UnsupportedVersion {
+        pid: i32,
+        found: String,
+        supported: String,
+    },
+    RemoteDebugDisabled {
+        pid: i32,
+    },
+    PermissionDenied {
+        pid: i32,
+        detail: String,
+    },
+    FreeThreaded {
+        pid: i32,
+    },
+    PathTooLong {
+        len: usize,
+        max: usize,
+    },
+    NoSuchThread {
+        pid: i32,
+        tid: i32,
+    },
+    Memory {
+        pid: i32,
+        detail: String,
+    },
 }
 
 impl fmt::Display for InjectError {
