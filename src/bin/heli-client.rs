@@ -1,1 +1,45 @@
-fn main() {}
+//! `heli-client [options]`: the REPL that attaches pdb to a controller's target.
+//! Exit status: 0 when every command succeeded, 1 when one failed, 2 for bad usage,
+//! 3 when no controller serves the pipes.
+use clap::Parser;
+use helicopter_parent::core::wire::Dialect;
+use helicopter_parent::io::client::{Client, ClientOptions};
+use helicopter_parent::io::pipes::DEFAULT_PIPE_DIR;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Attach pdb to a program started by heli-controller; commands: attach, quit, terminate, help"
+)]
+struct Args {
+    /// Directory of the controller's pipes
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIPE_DIR)]
+    pipe_dir: PathBuf,
+    /// Python for `-m pdb -p` [default: the target's own interpreter, /proc/PID/exe]
+    #[arg(long, value_name = "PATH")]
+    python: Option<PathBuf>,
+    /// Seconds to wait for each controller reply (covers opening the pipes too)
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    timeout: f64,
+    /// Wire dialect: seed, or legacy to talk to a helicopter-parent 0.x controller
+    #[arg(long, default_value = "seed")]
+    dialect: Dialect,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        eprintln!("heli-client: error: --timeout must be a positive number of seconds");
+        return ExitCode::from(2);
+    }
+    let client = Client::new(ClientOptions {
+        pipe_dir: args.pipe_dir,
+        python: args.python,
+        timeout: Duration::from_secs_f64(args.timeout),
+        dialect: args.dialect,
+    });
+    ExitCode::from(client.run() as u8)
+}

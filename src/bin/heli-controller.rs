@@ -1,1 +1,68 @@
-fn main() {}
+//! `heli-controller [options] script.py [args...]`: runs a Python 3.14 program under
+//! supervision and grants pdb access to clients on request. Exit status: the target's
+//! (128+N when killed by signal N), 0 after TERMINATE, 125 for the controller's own errors.
+use clap::Parser;
+use helicopter_parent::core::wire::Dialect;
+use helicopter_parent::io::controller::{run, ControllerOptions, EXIT_CONTROLLER_FAILED};
+use helicopter_parent::io::pipes::DEFAULT_PIPE_DIR;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Run a Python 3.14 program under supervision; heli-client attaches pdb to it later"
+)]
+struct Args {
+    /// Directory for the control/response pipes (created 0700)
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIPE_DIR)]
+    pipe_dir: PathBuf,
+    /// Python 3.14 interpreter for the target [default: $HELI_PYTHON, else python3.14 on PATH]
+    #[arg(long, value_name = "PATH")]
+    python: Option<PathBuf>,
+    /// Wire dialect: seed (GET_TARGET_PID, READY, ERROR:) or legacy (helicopter-parent 0.x)
+    #[arg(long, default_value = "seed")]
+    dialect: Dialect,
+    /// Journal file (JSON Lines) [default: DIR/journal-<controller pid>.jsonl]
+    #[arg(long, value_name = "FILE", conflicts_with = "no_journal")]
+    journal: Option<PathBuf>,
+    /// Keep no journal
+    #[arg(long)]
+    no_journal: bool,
+    /// Milliseconds to wait for the target to run the grant before answering ERROR
+    #[arg(long, value_name = "MS", default_value_t = 1500)]
+    grant_timeout: u64,
+    /// Milliseconds between SIGTERM and SIGKILL when stopping the target
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    stop_grace: u64,
+    /// The Python script to run
+    script: PathBuf,
+    /// Arguments for the script
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<OsString>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let journal = match (args.no_journal, args.journal) {
+        (true, _) => Some(None),
+        (false, Some(path)) => Some(Some(path)),
+        (false, None) => None,
+    };
+    let options = ControllerOptions {
+        pipe_dir: args.pipe_dir,
+        python: args.python,
+        dialect: args.dialect,
+        journal,
+        grant_timeout_ms: args.grant_timeout,
+        stop_grace_ms: args.stop_grace,
+        script: args.script,
+        args: args.args,
+    };
+    let code = run(options).unwrap_or_else(|e| {
+        eprintln!("heli-controller: error: {e}");
+        EXIT_CONTROLLER_FAILED
+    });
+    ExitCode::from(code.clamp(0, 255) as u8)
+}

@@ -1,4 +1,12 @@
 //! Thin adapters between the OS and [`crate::core`]: each turns OS events into core inputs
-#![allow(clippy::disallowed_methods)] // the edge reads clocks; the core does not
 //! or carries out core effects. Decisions live in the core, not here.
+#![allow(clippy::disallowed_methods)] // the edge reads clocks; the core does not
+
+pub mod client;
+pub mod controller;
+pub mod exchange;
+pub mod grant;
 pub mod inject;
+pub mod journal;
+pub mod pipes;
+pub mod procfs;

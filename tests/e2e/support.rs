@@ -1,1 +1,268 @@
-//! Shared helpers for the end-to-end tests.
+//! Shared helpers for the end-to-end tests: real binaries, real FIFOs, real Python 3.14.
+//! Every process started here is killed when its guard drops, pass or fail.
+#![allow(dead_code)]
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The Python 3.14 the project provisions (or the one on PATH).
+pub fn python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(root.join("scripts/provision-python.sh"))
+            .output()
+            .expect("run provision-python.sh");
+        assert!(
+            out.status.success(),
+            "provision-python.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    assert_cmd::cargo::cargo_bin(name)
+}
+
+pub fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// Lines of a child's output, collected by a thread, awaited with deadlines.
+pub struct Lines {
+    rx: Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Lines {
+    pub fn spawn(source: impl Read + Send + 'static) -> Lines {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        std::thread::spawn(move || {
+            for line in BufReader::new(source).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Lines {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `needle`; returns it.
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        loop {
+            match self.rx.recv_deadline(deadline) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "no line with {needle:?} in {TIMEOUT:?}; saw: {:#?}",
+                    self.seen
+                ),
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("output ended without {needle:?}; saw: {:#?}", self.seen)
+                }
+            }
+        }
+    }
+
+    /// Everything until the writer closes.
+    pub fn drain(&mut self) -> &[String] {
+        let deadline = Instant::now() + TIMEOUT;
+        while let Ok(line) = self.rx.recv_deadline(deadline) {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+}
+
+/// Waits for a child with a deadline; kills it if the deadline passes.
+pub fn wait_with_deadline(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    let pid = child.id();
+    // A watcher thread turns "child exited" into an event; no polling loop.
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let watcher = std::thread::spawn(move || {
+        let mut status: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid with WNOWAIT only observes; the Child reaps it below.
+        unsafe { libc::waitid(libc::P_PID, pid, &mut status, libc::WEXITED | libc::WNOWAIT) };
+        let _ = tx.send(());
+    });
+    if rx.recv_deadline(deadline).is_err() {
+        let _ = child.kill();
+        let _ = watcher.join();
+        panic!("process {pid} did not exit within {timeout:?}; killed");
+    }
+    let _ = watcher.join();
+    child.wait().expect("reap")
+}
+
+/// A running `heli-controller` with its target, in a private pipe directory.
+pub struct Controller {
+    pub child: Child,
+    pub stderr: Lines,
+    /// The target's stdout (it inherits the controller's).
+    pub stdout: Lines,
+    pub dir: PathBuf,
+    pub target_pid: u32,
+    _tmp: tempfile::TempDir,
+}
+
+impl Controller {
+    pub fn start(script: &str) -> Controller {
+        Controller::start_with(script, &[])
+    }
+
+    pub fn start_with(script: &str, extra: &[&str]) -> Controller {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pipes");
+        let mut child = Command::new(bin("heli-controller"))
+            .arg("--pipe-dir")
+            .arg(&dir)
+            .arg("--python")
+            .arg(python())
+            .args(extra)
+            .arg(fixture(script))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn heli-controller");
+        let mut stderr = Lines::spawn(child.stderr.take().unwrap());
+        let stdout = Lines::spawn(child.stdout.take().unwrap());
+        let started = stderr.wait_for(" started: ");
+        let target_pid = started.split_whitespace().nth(2).unwrap().parse().unwrap();
+        let mut controller = Controller {
+            child,
+            stderr,
+            stdout,
+            dir,
+            target_pid,
+            _tmp: tmp,
+        };
+        controller.stderr.wait_for("listening on");
+        controller
+    }
+
+    pub fn pipe(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn send(&self, line: &str) -> String {
+        helicopter_parent::io::exchange::exchange_raw(&self.dir, line, Duration::from_secs(5), true)
+            .unwrap_or_else(|e| panic!("{line:?}: {e}"))
+            .unwrap()
+    }
+
+    /// Waits for the controller to exit; returns its exit code.
+    pub fn wait(&mut self) -> i32 {
+        let status = wait_with_deadline(&mut self.child, TIMEOUT);
+        status
+            .code()
+            .unwrap_or_else(|| panic!("controller killed: {status:?}"))
+    }
+
+    pub fn signal(&self, signal: i32) {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Runs `heli-client` with `input` on a pipe as its stdin; returns (exit code, output).
+    pub fn client(&self, input: &str) -> (i32, String) {
+        run_client(&self.dir, input, &[])
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.target_pid as i32, libc::SIGKILL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn run_client(dir: &Path, input: &str, extra: &[&str]) -> (i32, String) {
+    let mut child = Command::new(bin("heli-client"))
+        .arg("--pipe-dir")
+        .arg(dir)
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn heli-client");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_string();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let mut out = Lines::spawn(child.stdout.take().unwrap());
+    let mut err = Lines::spawn(child.stderr.take().unwrap());
+    let guard = KillOnDrop(Some(child));
+    let mut child = guard;
+    let status = wait_with_deadline(child.0.as_mut().unwrap(), Duration::from_secs(120));
+    child.0 = None;
+    let _ = writer.join();
+    let text = format!(
+        "{}\n--- stderr ---\n{}",
+        out.drain().join("\n"),
+        err.drain().join("\n")
+    );
+    (status.code().unwrap_or(-1), text)
+}
+
+/// Kills the child when a test fails between spawn and wait.
+pub struct KillOnDrop(pub Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Numbers printed by pdb for `p counter` in piped mode: lines `(Pdb) <n>`.
+pub fn pdb_numbers(output: &str) -> Vec<u64> {
+    output
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("(Pdb) ")
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .collect()
+}

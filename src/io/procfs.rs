@@ -1,0 +1,55 @@
+//! Facts read from `/proc` and `/sys`: Yama's mode, who runs a pid, a pid's executable.
+use crate::core::machine::{ClientFacts, Yama};
+use std::fs;
+use std::path::PathBuf;
+
+/// Reads `kernel.yama.ptrace_scope`; an absent file means no Yama in this kernel.
+pub fn yama() -> Yama {
+    match fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope") {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Yama::Scope)
+            .unwrap_or(Yama::Scope(1)),
+        Err(_) => Yama::Absent,
+    }
+}
+
+/// Whether `pid` runs (a zombie does not) and as which real uid.
+pub fn inspect(pid: u32) -> ClientFacts {
+    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return ClientFacts::NotRunning;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|rest| rest.trim().to_string())
+    };
+    if field("State:").is_some_and(|s| s.starts_with('Z') || s.starts_with('X')) {
+        return ClientFacts::NotRunning;
+    }
+    // Uid: real, effective, saved, filesystem. Yama and ptrace compare the real one.
+    let uid = field("Uid:").and_then(|s| s.split_whitespace().next().and_then(|u| u.parse().ok()));
+    match uid {
+        Some(uid) => ClientFacts::Running {
+            uid,
+            exe: exe(pid).map(|p| p.display().to_string()),
+        },
+        None => ClientFacts::NotRunning,
+    }
+}
+
+/// The executable of `pid`, without the ` (deleted)` suffix the kernel adds.
+pub fn exe(pid: u32) -> Option<PathBuf> {
+    let link = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let text = link.to_string_lossy();
+    Some(PathBuf::from(
+        text.strip_suffix(" (deleted)").unwrap_or(&text),
+    ))
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn is_running(pid: u32) -> bool {
+    matches!(inspect(pid), ClientFacts::Running { .. })
+}

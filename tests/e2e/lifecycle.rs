@@ -1,0 +1,175 @@
+//! How sessions end: by themselves, by crash, by signal; and what is refused at start.
+use crate::support::*;
+use std::process::{Command, Stdio};
+
+fn pipes_gone(controller: &Controller) -> bool {
+    ["control", "response", "grant-ack"]
+        .iter()
+        .all(|p| !controller.pipe(p).exists())
+}
+
+#[test]
+fn target_that_exits_by_itself_ends_the_controller_with_its_status() {
+    let mut controller = Controller::start("exit_on_request.py");
+    std::fs::write(controller.dir.join("../exit-now"), "3").unwrap();
+    assert_eq!(
+        controller.send("GET_TARGET_PID"),
+        format!("TARGET_PID {}", controller.target_pid)
+    );
+    let code = controller.wait();
+    assert_eq!(code, 3);
+    controller.stderr.wait_for(&format!(
+        "target {} exited with status 3",
+        controller.target_pid
+    ));
+    assert!(pipes_gone(&controller));
+}
+
+#[test]
+fn target_that_crashes_is_reported_with_its_signal() {
+    let mut controller = Controller::start("exit_on_request.py");
+    std::fs::write(controller.dir.join("../exit-now"), "abort").unwrap();
+    assert_eq!(controller.wait(), 128 + 6);
+    controller
+        .stderr
+        .wait_for("was killed by signal 6 (SIGABRT)");
+    assert!(pipes_gone(&controller));
+}
+
+#[rstest::rstest]
+#[case::sigterm(libc::SIGTERM, 143)]
+#[case::sigint(libc::SIGINT, 130)]
+#[case::sighup(libc::SIGHUP, 129)]
+fn controller_signal_stops_the_target_and_cleans_up(#[case] signal: i32, #[case] code: i32) {
+    let mut controller = Controller::start("counter.py");
+    controller.signal(signal);
+    assert_eq!(controller.wait(), code);
+    assert!(!is_alive(controller.target_pid), "target orphaned");
+    assert!(pipes_gone(&controller));
+}
+
+#[test]
+fn a_target_ignoring_sigterm_is_killed_after_the_grace_period() {
+    let mut controller = Controller::start_with("ignore_sigterm.py", &["--stop-grace", "300"]);
+    controller.stdout.wait_for("ignoring SIGTERM");
+    controller.signal(libc::SIGTERM);
+    assert_eq!(controller.wait(), 143);
+    controller.stderr.wait_for("sending SIGKILL");
+    assert!(!is_alive(controller.target_pid));
+}
+
+#[test]
+fn a_missing_script_is_refused_before_anything_is_created() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pipes");
+    let out = Command::new(bin("heli-controller"))
+        .arg("--pipe-dir")
+        .arg(&dir)
+        .arg("--python")
+        .arg(python())
+        .arg(tmp.path().join("nope.py"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope.py: No such file or directory"), "{err}");
+    assert!(!dir.exists());
+}
+
+#[test]
+fn a_missing_python_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("heli-controller"))
+        .arg("--pipe-dir")
+        .arg(tmp.path().join("pipes"))
+        .arg(fixture("counter.py"))
+        .env("PATH", tmp.path())
+        .env_remove("HELI_PYTHON")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Python 3.14 not found") && err.contains("python3.14 on PATH"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_symlinked_or_foreign_pipe_dir_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let real = tmp.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let run = |dir: &std::path::Path| {
+        Command::new(bin("heli-controller"))
+            .arg("--pipe-dir")
+            .arg(dir)
+            .arg("--python")
+            .arg(python())
+            .arg(fixture("counter.py"))
+            .stdout(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run(&link);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a symbolic link"));
+    if nix::unistd::geteuid().is_root() {
+        let foreign = tmp.path().join("foreign");
+        std::fs::create_dir(&foreign).unwrap();
+        std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+        let out = run(&foreign);
+        assert_eq!(out.status.code(), Some(125));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to uid 65534"));
+    }
+}
+
+#[test]
+fn a_second_controller_on_the_same_pipes_is_refused() {
+    let controller = Controller::start("counter.py");
+    let out = Command::new(bin("heli-controller"))
+        .arg("--pipe-dir")
+        .arg(&controller.dir)
+        .arg("--python")
+        .arg(python())
+        .arg(fixture("counter.py"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another controller is already serving"));
+    assert_eq!(
+        controller.send("GET_TARGET_PID"),
+        format!("TARGET_PID {}", controller.target_pid)
+    );
+}
+
+#[test]
+fn stale_pipes_are_replaced_and_reported_to_clients_meanwhile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pipes");
+    std::fs::create_dir(&dir).unwrap();
+    for name in ["control", "response"] {
+        nix::unistd::mkfifo(
+            &dir.join(name),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+    }
+    // Nobody serves these pipes: the client says so at once instead of hanging.
+    let (code, out) = run_client(&dir, "attach\n", &[]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("Controller not responding"), "{out}");
+}
+
+#[test]
+fn client_without_controller_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (code, out) = run_client(tmp.path(), "attach\n", &[]);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("Controller not running (pipes not found)"),
+        "{out}"
+    );
+}
