@@ -1,6 +1,41 @@
 # Helicopter Parent tasks. `just --list` shows them.
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
+export PATH := env_var('HOME') + "/.cargo/bin:" + env_var('PATH')
+
 # Print the path of Python 3.14, provisioning a private copy when missing
 python:
     @scripts/provision-python.sh
+
+# Build the release binaries
+build:
+    cargo build --release --bins
+
+# Run the demo: the controller with the demo target (attach from another terminal)
+demo: build
+    @echo "In another terminal: target/release/heli-client   (then: attach, p counter, q, quit)"
+    target/release/heli-controller --python "$(scripts/provision-python.sh)" tests/fixtures/demo_target.py
+
+# All tests: unit, end-to-end (real Python 3.14, real pdb), and the seed acceptance check
+test: build
+    cargo test --all-targets
+    just acceptance
+
+# The seed's example session, checked from outside (needs ../shared/acceptance)
+acceptance: build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    check=../shared/acceptance/seed-session
+    if [[ -x $check ]]; then
+        PY="$(scripts/provision-python.sh)" BIN=target/release "$check"
+    else
+        echo "acceptance: $check not found; skipped"
+    fi
+
+# Benchmarks (medians and ratios, side by side in one run)
+bench:
+    cargo bench
+
+# The end-to-end suite under a real Yama kernel (qemu), as uid 1000 at ptrace_scope 0-3
+test-yama: build
+    scripts/yama-rig/test-yama.sh

@@ -1,6 +1,7 @@
 //! All end-to-end tests in one binary: real FIFOs, real processes, real Python 3.14.
 #![allow(clippy::disallowed_methods)]
 
+mod attach;
 mod lifecycle;
 mod protocol;
 mod support;

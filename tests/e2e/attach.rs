@@ -1,0 +1,167 @@
+//! The user journey: grant, real `pdb -p`, detach, attach again, on pipes and on a pty.
+use crate::support::*;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+#[test]
+fn seed_session_through_pipes_attaches_twice_and_terminates() {
+    let mut controller = Controller::start("counter.py");
+    let (code, out) = controller.client("attach\np counter\nq\nattach\np counter\nq\nterminate\n");
+    assert_eq!(code, 0, "{out}");
+    let counters = pdb_numbers(&out);
+    assert_eq!(counters.len(), 2, "{out}");
+    assert!(counters[1] > counters[0], "counter did not grow: {counters:?}\n{out}");
+    assert_eq!(out.matches("Debugger detached").count(), 2, "{out}");
+    assert_eq!(out.matches("✅ Permission granted").count(), 2, "{out}");
+    assert_eq!(controller.wait(), 0);
+    assert!(!is_alive(controller.target_pid));
+    assert!(!controller.pipe("control").exists());
+    // The grant scripts ran and were removed.
+    let leftovers: Vec<_> = std::fs::read_dir(&controller.dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).filter(|n| n.to_string_lossy().starts_with("grant-")).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn twenty_attach_cycles_in_one_client_session() {
+    let controller = Controller::start("counter.py");
+    let input = "attach\np counter\nq\n".repeat(20) + "quit\n";
+    let (code, out) = controller.client(&input);
+    assert_eq!(code, 0, "{out}");
+    let counters = pdb_numbers(&out);
+    assert_eq!(counters.len(), 20, "{out}");
+    assert!(counters.windows(2).all(|w| w[1] > w[0]), "{counters:?}");
+    assert_eq!(out.matches("Debugger detached").count(), 20);
+    assert!(is_alive(controller.target_pid), "quit must leave the target running");
+    assert_eq!(controller.send("GET_TARGET_PID"), format!("TARGET_PID {}", controller.target_pid));
+}
+
+#[test]
+fn lines_after_a_failed_attach_are_not_run_as_client_commands() {
+    let mut controller = Controller::start("counter.py");
+    // The target exits: the attach fails, and `p counter` / `q` meant for pdb are dropped.
+    assert_eq!(controller.send("TERMINATE"), "READY");
+    controller.wait();
+    let (code, out) = run_client(&controller.dir, "attach\np counter\nq\n", &[]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("Controller not running"), "{out}");
+}
+
+#[test]
+fn grant_for_a_sleeping_target_still_arrives() {
+    // The main thread sleeps 0.1 s at a time: pickup happens when a sleep ends.
+    let controller = Controller::start("sleepy.py");
+    let me = std::process::id();
+    assert_eq!(controller.send(&format!("GRANT_ACCESS {me}")), "READY");
+}
+
+#[test]
+fn grant_reaches_a_target_whose_main_thread_is_blocked() {
+    // Main blocks in join() forever; a worker runs Python code: the grant moves to it.
+    let mut controller = Controller::start("blocked_main.py");
+    controller.stdout.wait_for("main thread blocking in join");
+    let me = std::process::id();
+    assert_eq!(controller.send(&format!("GRANT_ACCESS {me}")), "READY");
+}
+
+#[test]
+fn grant_times_out_with_an_explanation_when_no_python_code_runs() {
+    let mut controller = Controller::start_with("stuck_in_c.py", &["--grant-timeout", "300"]);
+    controller.stdout.wait_for("sleeping in C");
+    let me = std::process::id();
+    let reply = controller.send(&format!("GRANT_ACCESS {me}"));
+    assert!(reply.starts_with("ERROR: timed out after 300 ms: the target ran no Python code"), "{reply}");
+    // The withdrawn request must not fire later: the grant script is gone with it.
+    assert!(!controller.dir.join("grant-1.py").exists());
+    assert_eq!(controller.send("GET_TARGET_PID"), format!("TARGET_PID {}", controller.target_pid));
+}
+
+/// Reads a pty master in a thread; text awaited with deadlines.
+struct Terminal {
+    master: std::fs::File,
+    rx: crossbeam_channel::Receiver<Vec<u8>>,
+    text: String,
+}
+
+impl Terminal {
+    fn wait_for(&mut self, needle: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !self.text.contains(needle) {
+            match self.rx.recv_deadline(deadline) {
+                Ok(bytes) => self.text.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(_) => panic!("terminal never showed {needle:?}; screen so far:\n{}", self.text),
+            }
+        }
+    }
+    /// Forgets what was seen so far, so the next wait looks only at new output.
+    fn mark(&mut self) {
+        self.text.clear();
+    }
+    fn type_text(&mut self, text: &str) {
+        self.master.write_all(text.as_bytes()).unwrap();
+    }
+}
+
+#[test]
+fn on_a_terminal_ctrl_c_interrupts_the_target_not_the_client() {
+    let controller = Controller::start("counter.py");
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave: OwnedFd = pty.slave;
+    let mut command = Command::new(bin("heli-client"));
+    command
+        .arg("--pipe-dir")
+        .arg(&controller.dir)
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave.try_clone().unwrap()))
+        .env("TERM", "dumb");
+    // SAFETY: setsid and ioctl are async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+            Ok(())
+        });
+    }
+    let child = command.spawn().unwrap();
+    drop(slave);
+    let mut guard = KillOnDrop(Some(child));
+    let master = std::fs::File::from(pty.master);
+    let mut reader = master.try_clone().unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut term = Terminal { master, rx, text: String::new() };
+    term.wait_for(">>> ");
+    term.type_text("attach\n");
+    term.wait_for("(Pdb) ");
+    term.mark();
+    term.type_text("c\n");
+    // readline echoes the line and its newline once it has taken it: only then is pdb
+    // past its prompt (a Ctrl-C before that would flush the typed `c`).
+    term.wait_for("c\r\n");
+    term.type_text("\x03");
+    term.wait_for("Program interrupted");
+    term.wait_for("(Pdb) ");
+    term.mark();
+    term.type_text("q\n");
+    term.wait_for("Debugger detached");
+    term.wait_for(">>> ");
+    assert!(is_alive(controller.target_pid), "target must keep running after detach");
+    let client_pid = guard.0.as_ref().unwrap().id();
+    assert!(is_alive(client_pid), "the client must survive Ctrl-C");
+    term.type_text("quit\n");
+    let status = wait_with_deadline(guard.0.as_mut().unwrap(), TIMEOUT);
+    guard.0 = None;
+    assert_eq!(status.code(), Some(0));
+}
