@@ -15,6 +15,8 @@ pub struct Header {
     /// The target's command line as the controller started it.
     pub target_argv: Vec<String>,
     pub controller_pid: u32,
+    /// Wall-clock start (Unix epoch, ms): the anchor for every record's relative `at`.
+    pub started_unix_ms: u64,
     pub config: Config,
 }
 
@@ -80,4 +82,324 @@ impl Session {
         }
         effects
     }
+}
+
+/// Why a journal cannot be replayed; always names the 1-based line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayError {
+    Empty,
+    MissingHeader {
+        line: usize,
+    },
+    UnknownFormat {
+        line: usize,
+        found: u32,
+    },
+    Truncated {
+        line: usize,
+    },
+    Malformed {
+        line: usize,
+        why: String,
+    },
+    /// Effects with no input before them.
+    UnexpectedEffects {
+        line: usize,
+    },
+    /// Replay decided other effects than the live controller recorded.
+    Diverged {
+        line: usize,
+        input: String,
+        recorded: Vec<Effect>,
+        replayed: Vec<Effect>,
+    },
+    /// `--check`: the journal ends between an input and its effects.
+    MissingEffects {
+        line: usize,
+    },
+}
+
+impl std::fmt::Display for ReplayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |effects: &[Effect]| {
+            if effects.is_empty() {
+                "(none)".to_string()
+            } else {
+                effects
+                    .iter()
+                    .map(|e| format!("\n    {e}"))
+                    .collect::<String>()
+            }
+        };
+        match self {
+            ReplayError::Empty => f.write_str("the journal is empty"),
+            ReplayError::MissingHeader { line } => write!(f, "line {line}: expected the journal header first"),
+            ReplayError::UnknownFormat { line, found } => write!(
+                f,
+                "line {line}: journal format {found} is not known to this version (it reads format {JOURNAL_FORMAT})"
+            ),
+            ReplayError::Truncated { line } => {
+                write!(f, "line {line}: truncated (the last line is incomplete: the writer stopped mid-line)")
+            }
+            ReplayError::Malformed { line, why } => write!(f, "line {line}: not a journal record: {why}"),
+            ReplayError::UnexpectedEffects { line } => write!(f, "line {line}: effects without an input before them"),
+            ReplayError::Diverged { line, input, recorded, replayed } => write!(
+                f,
+                "line {line}: replay diverged after input '{input}'\n  recorded:{}\n  replayed:{}",
+                list(recorded),
+                list(replayed)
+            ),
+            ReplayError::MissingEffects { line } => write!(
+                f,
+                "line {line}: the journal ends before the effects of this input (the controller stopped while handling it)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ReplayError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::machine::{ClientFacts, Yama};
+    use crate::core::wire::Frame;
+
+    fn line(text: &str) -> Input {
+        Input::LineReceived {
+            frame: Frame::Text {
+                text: text.into(),
+                terminated: true,
+            },
+        }
+    }
+
+    /// A journal written the way the controller writes it: input, then its effects.
+    fn journal(inputs: Vec<(Millis, Input)>) -> String {
+        let config = Config::new(10, 500, Yama::Scope(1));
+        let header = Header {
+            format: JOURNAL_FORMAT,
+            tool_version: "test".into(),
+            target_argv: vec!["python3.14".into(), "t.py".into()],
+            controller_pid: 9,
+            started_unix_ms: 1_700_000_000_000,
+            config: config.clone(),
+        };
+        let mut controller = Controller::new(config);
+        let mut out = serde_json::to_string(&Record::Header(header)).unwrap() + "\n";
+        for (at, input) in inputs {
+            out += &(serde_json::to_string(&Record::Input {
+                at,
+                input: input.clone(),
+            })
+            .unwrap()
+                + "\n");
+            let effects = controller.handle(at, input);
+            out += &(serde_json::to_string(&Record::Effects { at, effects }).unwrap() + "\n");
+        }
+        out
+    }
+
+    fn sample() -> String {
+        journal(vec![
+            (1, line("GET_TARGET_PID")),
+            (2, line("GRANT_ACCESS 20")),
+            (
+                2,
+                Input::ClientInspected {
+                    pid: 20,
+                    facts: ClientFacts::Running {
+                        uid: 500,
+                        exe: None,
+                    },
+                },
+            ),
+            (3, Input::GrantScheduled { grant: 1, tid: 10 }),
+            (4, Input::GrantRan { grant: 1, errno: 0 }),
+        ])
+    }
+
+    #[test]
+    fn a_journal_replays_clean_with_check() {
+        let done = replay(&sample(), true).unwrap();
+        assert_eq!(done.inputs, 5);
+        assert_eq!(
+            done.session.controller().state_name(),
+            "attached(client 20)"
+        );
+    }
+
+    #[test]
+    fn a_changed_effect_is_a_divergence_naming_the_line_and_both_sides() {
+        let tampered = sample().replacen(
+            r#""reply":"target_pid","value":10"#,
+            r#""reply":"target_pid","value":11"#,
+            1,
+        );
+        assert_ne!(tampered, sample());
+        let err = replay(&tampered, true).unwrap_err();
+        assert!(
+            matches!(err, ReplayError::Diverged { line: 3, .. }),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("TARGET_PID 11") && text.contains("TARGET_PID 10"),
+            "{text}"
+        );
+        assert!(
+            replay(&tampered, false).is_ok(),
+            "without --check only the inputs matter"
+        );
+    }
+
+    #[test]
+    fn a_truncated_last_line_is_named() {
+        let text = sample();
+        let cut = &text[..text.len() - 10];
+        let lines = cut.lines().count();
+        assert_eq!(
+            replay(cut, false).unwrap_err(),
+            ReplayError::Truncated { line: lines }
+        );
+    }
+
+    #[test]
+    fn an_unknown_format_is_refused() {
+        let text = sample().replacen(r#""format":1"#, r#""format":99"#, 1);
+        assert_eq!(
+            replay(&text, false).unwrap_err(),
+            ReplayError::UnknownFormat { line: 1, found: 99 }
+        );
+    }
+
+    #[test]
+    fn a_malformed_line_is_named() {
+        let mut lines: Vec<String> = sample().lines().map(String::from).collect();
+        lines[3] = "{\"record\":\"input\",\"at\":5,\"input\":\"warp_drive\"}".into();
+        let err = replay(&(lines.join("\n") + "\n"), false).unwrap_err();
+        assert!(
+            matches!(err, ReplayError::Malformed { line: 4, .. }),
+            "{err:?}"
+        );
+        assert!(replay("", false).unwrap_err() == ReplayError::Empty);
+        assert_eq!(
+            replay("{\"record\":\"effects\",\"at\":0,\"effects\":[]}\n", false).unwrap_err(),
+            ReplayError::MissingHeader { line: 1 }
+        );
+    }
+
+    #[test]
+    fn a_journal_cut_between_input_and_effects_fails_check_only() {
+        let text = sample();
+        let without_last: String = text
+            .lines()
+            .take(text.lines().count() - 1)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(replay(&without_last, false).is_ok());
+        assert!(matches!(
+            replay(&without_last, true).unwrap_err(),
+            ReplayError::MissingEffects { .. }
+        ));
+    }
+}
+
+/// The result of folding a journal through a fresh controller.
+#[derive(Debug)]
+pub struct Replay {
+    pub header: Header,
+    pub session: Session,
+    pub inputs: usize,
+}
+
+/// Folds a journal's text through a fresh [`Controller`]. With `check`, every recorded
+/// batch of effects must equal what the replay decides, else the first divergence is
+/// returned with both sides.
+pub fn replay(text: &str, check: bool) -> Result<Replay, ReplayError> {
+    let complete = text.ends_with('\n');
+    let lines: Vec<&str> = text.lines().collect();
+    let parse = |index: usize| -> Result<Record, ReplayError> {
+        let line = index + 1;
+        serde_json::from_str(lines[index]).map_err(|e| {
+            if index + 1 == lines.len() && !complete && e.is_eof() {
+                ReplayError::Truncated { line }
+            } else {
+                ReplayError::Malformed {
+                    line,
+                    why: e.to_string(),
+                }
+            }
+        })
+    };
+    if lines.is_empty() {
+        return Err(ReplayError::Empty);
+    }
+    let header = match parse(0) {
+        Ok(Record::Header(header)) => header,
+        // An unknown format may not even parse as our header: look at the number alone.
+        Err(e) => {
+            let format = serde_json::from_str::<serde_json::Value>(lines[0])
+                .ok()
+                .and_then(|v| v.get("format").and_then(|f| f.as_u64()));
+            return Err(match format {
+                Some(found) if found != u64::from(JOURNAL_FORMAT) => ReplayError::UnknownFormat {
+                    line: 1,
+                    found: found as u32,
+                },
+                _ => e,
+            });
+        }
+        Ok(_) => return Err(ReplayError::MissingHeader { line: 1 }),
+    };
+    if header.format != JOURNAL_FORMAT {
+        return Err(ReplayError::UnknownFormat {
+            line: 1,
+            found: header.format,
+        });
+    }
+    let mut session = Session::new(header.config.clone());
+    let mut inputs = 0;
+    let mut index = 1;
+    while index < lines.len() {
+        let line = index + 1;
+        match parse(index)? {
+            Record::Header(_) => {
+                return Err(ReplayError::Malformed {
+                    line,
+                    why: "a second header".into(),
+                })
+            }
+            Record::Effects { .. } => return Err(ReplayError::UnexpectedEffects { line }),
+            Record::Input { at, input } => {
+                inputs += 1;
+                let shown = input.to_string();
+                let replayed = session.handle(at, input);
+                index += 1;
+                if index < lines.len() {
+                    if let Record::Effects {
+                        effects: recorded, ..
+                    } = parse(index)?
+                    {
+                        index += 1;
+                        if check && recorded != replayed {
+                            return Err(ReplayError::Diverged {
+                                line: line + 1,
+                                input: shown,
+                                recorded,
+                                replayed,
+                            });
+                        }
+                    }
+                } else if check {
+                    return Err(ReplayError::MissingEffects { line });
+                }
+            }
+        }
+    }
+    Ok(Replay {
+        header,
+        session,
+        inputs,
+    })
 }

@@ -160,6 +160,9 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
             .map(|a| a.to_string_lossy().into_owned())
             .collect(),
         controller_pid,
+        started_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
         config: config.clone(),
     };
     let mut journal_ok = true;

@@ -13,7 +13,10 @@ fn seed_session_through_pipes_attaches_twice_and_terminates() {
     assert_eq!(code, 0, "{out}");
     let counters = pdb_numbers(&out);
     assert_eq!(counters.len(), 2, "{out}");
-    assert!(counters[1] > counters[0], "counter did not grow: {counters:?}\n{out}");
+    assert!(
+        counters[1] > counters[0],
+        "counter did not grow: {counters:?}\n{out}"
+    );
     assert_eq!(out.matches("Debugger detached").count(), 2, "{out}");
     assert_eq!(out.matches("✅ Permission granted").count(), 2, "{out}");
     assert_eq!(controller.wait(), 0);
@@ -21,7 +24,12 @@ fn seed_session_through_pipes_attaches_twice_and_terminates() {
     assert!(!controller.pipe("control").exists());
     // The grant scripts ran and were removed.
     let leftovers: Vec<_> = std::fs::read_dir(&controller.dir)
-        .map(|d| d.flatten().map(|e| e.file_name()).filter(|n| n.to_string_lossy().starts_with("grant-")).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name())
+                .filter(|n| n.to_string_lossy().starts_with("grant-"))
+                .collect()
+        })
         .unwrap_or_default();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
@@ -36,8 +44,14 @@ fn twenty_attach_cycles_in_one_client_session() {
     assert_eq!(counters.len(), 20, "{out}");
     assert!(counters.windows(2).all(|w| w[1] > w[0]), "{counters:?}");
     assert_eq!(out.matches("Debugger detached").count(), 20);
-    assert!(is_alive(controller.target_pid), "quit must leave the target running");
-    assert_eq!(controller.send("GET_TARGET_PID"), format!("TARGET_PID {}", controller.target_pid));
+    assert!(
+        is_alive(controller.target_pid),
+        "quit must leave the target running"
+    );
+    assert_eq!(
+        controller.send("GET_TARGET_PID"),
+        format!("TARGET_PID {}", controller.target_pid)
+    );
 }
 
 #[test]
@@ -74,10 +88,16 @@ fn grant_times_out_with_an_explanation_when_no_python_code_runs() {
     controller.stdout.wait_for("sleeping in C");
     let me = std::process::id();
     let reply = controller.send(&format!("GRANT_ACCESS {me}"));
-    assert!(reply.starts_with("ERROR: timed out after 300 ms: the target ran no Python code"), "{reply}");
+    assert!(
+        reply.starts_with("ERROR: timed out after 300 ms: the target ran no Python code"),
+        "{reply}"
+    );
     // The withdrawn request must not fire later: the grant script is gone with it.
     assert!(!controller.dir.join("grant-1.py").exists());
-    assert_eq!(controller.send("GET_TARGET_PID"), format!("TARGET_PID {}", controller.target_pid));
+    assert_eq!(
+        controller.send("GET_TARGET_PID"),
+        format!("TARGET_PID {}", controller.target_pid)
+    );
 }
 
 /// Reads a pty master in a thread; text awaited with deadlines.
@@ -93,7 +113,10 @@ impl Terminal {
         while !self.text.contains(needle) {
             match self.rx.recv_deadline(deadline) {
                 Ok(bytes) => self.text.push_str(&String::from_utf8_lossy(&bytes)),
-                Err(_) => panic!("terminal never showed {needle:?}; screen so far:\n{}", self.text),
+                Err(_) => panic!(
+                    "terminal never showed {needle:?}; screen so far:\n{}",
+                    self.text
+                ),
             }
         }
     }
@@ -141,7 +164,11 @@ fn on_a_terminal_ctrl_c_interrupts_the_target_not_the_client() {
             }
         }
     });
-    let mut term = Terminal { master, rx, text: String::new() };
+    let mut term = Terminal {
+        master,
+        rx,
+        text: String::new(),
+    };
     term.wait_for(">>> ");
     term.type_text("attach\n");
     term.wait_for("(Pdb) ");
@@ -157,7 +184,10 @@ fn on_a_terminal_ctrl_c_interrupts_the_target_not_the_client() {
     term.type_text("q\n");
     term.wait_for("Debugger detached");
     term.wait_for(">>> ");
-    assert!(is_alive(controller.target_pid), "target must keep running after detach");
+    assert!(
+        is_alive(controller.target_pid),
+        "target must keep running after detach"
+    );
     let client_pid = guard.0.as_ref().unwrap().id();
     assert!(is_alive(client_pid), "the client must survive Ctrl-C");
     term.type_text("quit\n");
