@@ -1,0 +1,593 @@
+//! The native PEP 768 injector against real Python 3.14 targets, compared with what
+//! `sys.remote_exec` does in the same situation wherever CPython has an answer.
+//!
+//! Synchronisation is by events: each target prints `ready` when it is set up, and each
+//! injected script prints `injected <tag>` on the target's stdout, which the test reads
+//! with a deadline. Every target is killed and reaped when its guard drops.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use helicopter_parent::io::inject::{
+    deliver, running_threads, DeliverOptions, InjectError, PythonProcess, RuntimeFoundBy,
+    RuntimeSearch, ThreadChoice,
+};
+use tempfile::TempDir;
+
+/// Interpreter start-up on a loaded 2-core machine.
+const STARTUP: Duration = Duration::from_secs(30);
+/// From a write to the script's output line, for a target that picks up at once.
+const RUN: Duration = Duration::from_secs(10);
+
+/// The provisioned python3.14, found once per test binary.
+fn python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/provision-python.sh");
+        let out = Command::new(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/provision-python.sh");
+        assert!(out.status.success(), "provision-python.sh failed");
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A running target; killed and reaped on drop, pass or fail.
+struct Target {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Target {
+    fn start(fixture_name: &str) -> Target {
+        let mut cmd = Command::new(python());
+        cmd.arg(fixture(fixture_name));
+        Target::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> Target {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn target");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Target {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Starts `fixture_name` and waits for its `ready` line; returns the line.
+    fn ready(fixture_name: &str) -> (Target, String) {
+        let mut target = Target::start(fixture_name);
+        let line = target.expect_line("ready", STARTUP);
+        (target, line)
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The next line starting with `prefix`, within `within`; panics with what was seen.
+    fn expect_line(&mut self, prefix: &str, within: Duration) -> String {
+        match self.next_line(prefix, within) {
+            Some(line) => line,
+            None => panic!(
+                "target {} printed no line starting with {prefix:?} within {within:?}; seen: {:?}",
+                self.pid(),
+                self.seen
+            ),
+        }
+    }
+
+    fn next_line(&mut self, prefix: &str, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.starts_with(prefix) {
+                        return Some(line);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Script files in a private temp dir; each prints `injected <tag>` when run.
+struct Scripts {
+    dir: TempDir,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn printing(&self, tag: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{tag}.py"));
+        write_printing_script(&path, tag);
+        path
+    }
+}
+
+fn write_printing_script(path: &Path, tag: &str) {
+    fs::write(
+        path,
+        format!("import sys\nprint('injected {tag}', flush=True)\n"),
+    )
+    .unwrap();
+}
+
+/// What `sys.remote_exec(pid, path)` does from a separate interpreter: Ok, or the last
+/// line of its traceback.
+fn sys_remote_exec(pid: i32, path: &Path) -> Result<(), String> {
+    let out = Command::new(python())
+        .args([
+            "-c",
+            "import sys; sys.remote_exec(int(sys.argv[1]), sys.argv[2])",
+            &pid.to_string(),
+        ])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run python3.14 -c sys.remote_exec");
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    Err(stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .to_owned())
+}
+
+/// Waits until the kernel reports thread `tid` of `pid` asleep in `clock_nanosleep`.
+/// A target that printed `ready` just before `time.sleep` may still be running bytecode
+/// (and would pick a request up at once), and a signal sent before it enters the syscall
+/// is only handled when the sleep ends (CPython checks for signals before sleeping, not
+/// atomically with it).
+fn wait_until_asleep(pid: i32, tid: i32) {
+    let deadline = Instant::now() + STARTUP;
+    let wchan = format!("/proc/{pid}/task/{tid}/wchan");
+    while !fs::read_to_string(&wchan).is_ok_and(|w| w.contains("nanosleep")) {
+        assert!(
+            Instant::now() < deadline,
+            "thread {tid} of {pid} never fell asleep"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn quick() -> DeliverOptions {
+    DeliverOptions {
+        timeout: RUN,
+        ..DeliverOptions::default()
+    }
+}
+
+#[test]
+fn busy_loop_runs_the_script_like_sys_remote_exec() {
+    let (mut target, _) = Target::ready("inject_busy.py");
+    let scripts = Scripts::new();
+    let process = PythonProcess::open(target.pid()).unwrap();
+    assert_eq!(process.pid(), target.pid());
+    assert_eq!(process.version_hex() >> 16, 0x030E);
+    assert!(matches!(
+        process.runtime_found_by(),
+        RuntimeFoundBy::Section { .. }
+    ));
+
+    let tid = process
+        .schedule(ThreadChoice::Main, &scripts.printing("native"))
+        .unwrap();
+    assert_eq!(tid, target.pid(), "the main thread's tid is the pid");
+    target.expect_line("injected native", RUN);
+    assert!(!process.is_pending(tid).unwrap());
+
+    sys_remote_exec(target.pid(), &scripts.printing("cpython")).unwrap();
+    target.expect_line("injected cpython", RUN);
+}
+
+#[test]
+fn busy_main_thread_shows_as_running() {
+    let (target, _) = Target::ready("inject_busy.py");
+    // The state is sampled; on a loaded machine a runnable thread may be caught between
+    // time slices, so look a few times within a deadline.
+    let deadline = Instant::now() + RUN;
+    while !running_threads(target.pid()).contains(&target.pid()) {
+        assert!(
+            Instant::now() < deadline,
+            "main thread never seen in state R"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(running_threads(i32::MAX).is_empty());
+}
+
+#[test]
+fn sleep_loop_delivers() {
+    let (mut target, _) = Target::ready("inject_sleep.py");
+    let scripts = Scripts::new();
+    let delivery = deliver(target.pid(), &scripts.printing("sleepy"), quick()).unwrap();
+    assert!(delivery.on_main);
+    assert_eq!(delivery.tid, target.pid());
+    target.expect_line("injected sleepy", RUN);
+
+    sys_remote_exec(target.pid(), &scripts.printing("cpython")).unwrap();
+    target.expect_line("injected cpython", RUN);
+}
+
+#[test]
+fn blocked_main_thread_delivers_via_the_running_worker() {
+    let (mut target, ready) = Target::ready("inject_blocked_main.py");
+    let worker_tid: i32 = ready.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let scripts = Scripts::new();
+    let process = PythonProcess::open(target.pid()).unwrap();
+
+    let mut threads = process.threads().unwrap();
+    threads.sort_by_key(|t| t.native_tid);
+    let listed: Vec<(i32, bool)> = threads.iter().map(|t| (t.native_tid, t.is_main)).collect();
+    assert_eq!(listed, vec![(target.pid(), true), (worker_tid, false)]);
+
+    let delivery = process
+        .deliver(&scripts.printing("worker"), quick())
+        .unwrap();
+    assert_eq!(delivery.tid, worker_tid);
+    assert!(!delivery.on_main);
+    assert!(delivery.moves >= 1);
+    target.expect_line("injected worker", RUN);
+    // The main-thread attempt was withdrawn, not left to fire when main unblocks.
+    assert!(!process.is_pending(target.pid()).unwrap());
+
+    // sys.remote_exec always writes into the main thread: it "succeeds" but the request
+    // stays pending while main is blocked.
+    sys_remote_exec(target.pid(), &scripts.printing("cpython")).unwrap();
+    assert_eq!(
+        target.next_line("injected cpython", Duration::from_millis(300)),
+        None
+    );
+    assert!(process.is_pending(target.pid()).unwrap());
+}
+
+#[test]
+fn schedule_on_a_chosen_thread() {
+    let (mut target, ready) = Target::ready("inject_blocked_main.py");
+    let worker_tid: i32 = ready.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let scripts = Scripts::new();
+    let process = PythonProcess::open(target.pid()).unwrap();
+    let tid = process
+        .schedule(ThreadChoice::Tid(worker_tid), &scripts.printing("chosen"))
+        .unwrap();
+    assert_eq!(tid, worker_tid);
+    target.expect_line("injected chosen", RUN);
+
+    assert_eq!(
+        process.schedule(ThreadChoice::Tid(1), &scripts.printing("nobody")),
+        Err(InjectError::NoSuchThread {
+            pid: target.pid(),
+            tid: 1
+        })
+    );
+}
+
+#[test]
+fn withdrawn_request_never_runs() {
+    let (mut target, _) = Target::ready("inject_long_sleep.py");
+    let scripts = Scripts::new();
+    let process = PythonProcess::open(target.pid()).unwrap();
+    let pid = target.pid();
+    let signal_main = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .unwrap()
+    };
+
+    // Main sleeps for 30 s: the request waits.
+    wait_until_asleep(pid, pid);
+    let tid = process
+        .schedule(ThreadChoice::Main, &scripts.printing("withdrawn"))
+        .unwrap();
+    assert!(process.is_pending(tid).unwrap());
+    assert!(process.withdraw(tid).unwrap());
+    assert!(!process.is_pending(tid).unwrap());
+    assert!(!process.withdraw(tid).unwrap(), "nothing left to withdraw");
+
+    // The signal handler runs bytecode in main: a pending request would run with it.
+    signal_main();
+    target.expect_line("usr1", RUN);
+
+    // Control: the same path without withdrawing runs at the signal.
+    wait_until_asleep(pid, pid);
+    process
+        .schedule(ThreadChoice::Main, &scripts.printing("kept"))
+        .unwrap();
+    signal_main();
+    target.expect_line("injected kept", RUN);
+    assert!(
+        !target.seen.iter().any(|l| l.contains("withdrawn")),
+        "withdrawn script ran: {:?}",
+        target.seen
+    );
+}
+
+#[test]
+fn deliver_gives_up_and_withdraws_when_no_thread_runs_bytecode() {
+    let (target, _) = Target::ready("inject_long_sleep.py");
+    wait_until_asleep(target.pid(), target.pid());
+    let scripts = Scripts::new();
+    let opts = DeliverOptions {
+        timeout: Duration::from_millis(200),
+        ..DeliverOptions::default()
+    };
+    let error = deliver(target.pid(), &scripts.printing("late"), opts).unwrap_err();
+    match &error {
+        InjectError::NotPickedUp { pid, threads, .. } => {
+            assert_eq!(*pid, target.pid());
+            assert!(threads.contains("(main) S"), "{threads}");
+        }
+        other => panic!("expected NotPickedUp, got {other:?}"),
+    }
+    assert!(error.to_string().contains("withdrawn"));
+    let process = PythonProcess::open(target.pid()).unwrap();
+    assert!(!process.is_pending(target.pid()).unwrap());
+}
+
+fn assert_disabled_like_cpython(target: &Target) {
+    assert_eq!(
+        PythonProcess::open(target.pid()).unwrap_err(),
+        InjectError::RemoteDebugDisabled { pid: target.pid() }
+    );
+    let scripts = Scripts::new();
+    let cpython = sys_remote_exec(target.pid(), &scripts.printing("cpython")).unwrap_err();
+    assert!(
+        cpython.contains("Remote debugging is not enabled"),
+        "{cpython}"
+    );
+}
+
+#[test]
+fn disabled_by_environment_is_refused_like_cpython() {
+    let mut cmd = Command::new(python());
+    // Any value disables it, even an empty one.
+    cmd.env("PYTHON_DISABLE_REMOTE_DEBUG", "")
+        .arg(fixture("inject_busy.py"));
+    let mut target = Target::spawn(cmd);
+    target.expect_line("ready", STARTUP);
+    assert_disabled_like_cpython(&target);
+}
+
+#[test]
+fn disabled_by_x_option_is_refused_like_cpython() {
+    let mut cmd = Command::new(python());
+    cmd.args(["-X", "disable-remote-debug"])
+        .arg(fixture("inject_busy.py"));
+    let mut target = Target::spawn(cmd);
+    target.expect_line("ready", STARTUP);
+    assert_disabled_like_cpython(&target);
+}
+
+#[test]
+fn live_subinterpreter_does_not_hide_the_main_interpreter() {
+    let (mut target, _) = Target::ready("inject_subinterp.py");
+    let scripts = Scripts::new();
+    let process = PythonProcess::open(target.pid()).unwrap();
+    let tid = process
+        .schedule(ThreadChoice::Main, &scripts.printing("main-interp"))
+        .unwrap();
+    assert_eq!(tid, target.pid());
+    target.expect_line("injected main-interp", RUN);
+
+    // CPython 3.14.10 follows interpreters.head (the subinterpreter, with no main
+    // thread) and fails; a later patch may fix that. Either way ours must work.
+    match sys_remote_exec(target.pid(), &scripts.printing("cpython")) {
+        Ok(()) => {
+            target.expect_line("injected cpython", RUN);
+        }
+        Err(message) => assert!(message.contains("main thread"), "{message}"),
+    }
+}
+
+#[test]
+fn non_python_process_is_not_python_for_both() {
+    let mut cmd = Command::new("sleep");
+    cmd.arg("100");
+    let target = Target::spawn(cmd);
+    // `sleep` has nothing to print: wait until exec replaced the forked image.
+    let deadline = Instant::now() + STARTUP;
+    while fs::read_link(format!("/proc/{}/exe", target.pid()))
+        .is_ok_and(|exe| !exe.to_string_lossy().contains("sleep"))
+    {
+        assert!(Instant::now() < deadline, "sleep never started");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let error = PythonProcess::open(target.pid()).unwrap_err();
+    assert!(matches!(error, InjectError::NotPython { .. }), "{error:?}");
+    assert!(error.to_string().contains("not a CPython process"));
+
+    let scripts = Scripts::new();
+    let cpython = sys_remote_exec(target.pid(), &scripts.printing("cpython")).unwrap_err();
+    assert!(cpython.contains("RuntimeError"), "{cpython}");
+}
+
+#[test]
+fn dead_pid_is_no_such_process_for_both() {
+    // A reaped child's pid is free (reuse this fast is practically impossible), and pids
+    // above pid_max or <= 0 never exist.
+    let mut child = Command::new("true").spawn().unwrap();
+    let reaped = child.id() as i32;
+    child.wait().unwrap();
+    let pid_max: i32 = fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let scripts = Scripts::new();
+    for pid in [reaped, pid_max + 1, 0, -1] {
+        assert_eq!(
+            PythonProcess::open(pid).unwrap_err(),
+            InjectError::NoSuchProcess { pid }
+        );
+        let cpython = sys_remote_exec(pid, &scripts.printing("cpython")).unwrap_err();
+        assert!(cpython.contains("RuntimeError"), "pid {pid}: {cpython}");
+    }
+    assert!(InjectError::NoSuchProcess { pid: 1 }
+        .to_string()
+        .starts_with("no such process"));
+}
+
+/// Creates the directories for, and returns, an absolute path exactly `len` bytes long
+/// under `base`, ending in `.py`.
+fn path_of_len(base: &Path, len: usize) -> PathBuf {
+    let mut path = base.to_path_buf();
+    fs::create_dir_all(base).unwrap();
+    while len - path.as_os_str().len() > 256 {
+        let name_len = (len - path.as_os_str().len() - 1 - 60).min(200);
+        path.push("d".repeat(name_len));
+        fs::create_dir(&path).unwrap();
+    }
+    let name_len = len - path.as_os_str().len() - 1;
+    path.push(format!("{}.py", "s".repeat(name_len - 3)));
+    assert_eq!(path.as_os_str().len(), len);
+    path
+}
+
+#[test]
+fn path_length_limit_matches_cpython() {
+    let (mut target, _) = Target::ready("inject_busy.py");
+    let process = PythonProcess::open(target.pid()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    let longest = path_of_len(dir.path(), 511);
+    write_printing_script(&longest, "longest");
+    process.schedule(ThreadChoice::Main, &longest).unwrap();
+    target.expect_line("injected longest", RUN);
+    sys_remote_exec(target.pid(), &longest).unwrap();
+    target.expect_line("injected longest", RUN);
+
+    let too_long = path_of_len(&dir.path().join("x"), 512);
+    fs::create_dir_all(too_long.parent().unwrap()).unwrap();
+    write_printing_script(&too_long, "too-long");
+    let error = process.schedule(ThreadChoice::Main, &too_long).unwrap_err();
+    assert_eq!(error, InjectError::PathTooLong { len: 512, max: 511 });
+    let cpython = sys_remote_exec(target.pid(), &too_long).unwrap_err();
+    assert!(cpython.contains("too long"), "{cpython}");
+}
+
+#[test]
+fn relative_path_is_refused() {
+    let (target, _) = Target::ready("inject_busy.py");
+    let process = PythonProcess::open(target.pid()).unwrap();
+    let error = process
+        .schedule(ThreadChoice::Main, Path::new("relative.py"))
+        .unwrap_err();
+    assert!(
+        matches!(error, InjectError::InvalidPath { .. }),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn same_script_injected_twice_runs_twice() {
+    let (mut target, _) = Target::ready("inject_busy.py");
+    let scripts = Scripts::new();
+    let script = scripts.printing("again");
+    let process = PythonProcess::open(target.pid()).unwrap();
+    for _ in 0..2 {
+        let delivery = process.deliver(&script, quick()).unwrap();
+        assert!(delivery.on_main);
+        target.expect_line("injected again", RUN);
+    }
+    let runs = target
+        .seen
+        .iter()
+        .filter(|l| *l == "injected again")
+        .count();
+    assert_eq!(runs, 2);
+}
+
+#[test]
+fn cookie_scan_finds_the_same_runtime_as_the_section() {
+    let (mut target, _) = Target::ready("inject_busy.py");
+    let scripts = Scripts::new();
+    let process = PythonProcess::open_with(target.pid(), RuntimeSearch::CookieScanOnly).unwrap();
+    assert!(matches!(
+        process.runtime_found_by(),
+        RuntimeFoundBy::CookieScan { .. }
+    ));
+    process
+        .schedule(ThreadChoice::Main, &scripts.printing("scanned"))
+        .unwrap();
+    target.expect_line("injected scanned", RUN);
+}
+
+#[test]
+fn deleted_binary_is_still_found_like_cpython() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("python3.14-deleted-copy");
+    fs::copy(python(), &copy).unwrap();
+    // The copy finds its standard library through PYTHONHOME (sys.prefix is derived from
+    // the executable's location otherwise).
+    let home = python().parent().unwrap().parent().unwrap();
+    let mut cmd = Command::new(&copy);
+    cmd.env("PYTHONHOME", home).arg(fixture("inject_busy.py"));
+    let mut target = Target::spawn(cmd);
+    target.expect_line("ready", STARTUP);
+    fs::remove_file(&copy).unwrap();
+    let maps = fs::read_to_string(format!("/proc/{}/maps", target.pid())).unwrap();
+    assert!(maps.contains("python3.14-deleted-copy (deleted)"));
+
+    let scripts = Scripts::new();
+    let process = PythonProcess::open(target.pid()).unwrap();
+    // Not via the (gone) path: via map_files or the cookie scan.
+    match process.runtime_found_by() {
+        RuntimeFoundBy::Section { elf } => assert!(elf.contains("/map_files/"), "{elf}"),
+        RuntimeFoundBy::CookieScan { .. } => {}
+    }
+    process
+        .schedule(ThreadChoice::Main, &scripts.printing("deleted"))
+        .unwrap();
+    target.expect_line("injected deleted", RUN);
+
+    sys_remote_exec(target.pid(), &scripts.printing("cpython")).unwrap();
+    target.expect_line("injected cpython", RUN);
+}
