@@ -4,6 +4,7 @@
 //! - [`crate::core`]: the I/O-free protocol, lifecycle state machine and journal.
 //! - [`crate::pyruntime`]: pure knowledge of CPython's debug offsets and process layout.
 //! - [`crate::io`]: the thin adapters: FIFOs, processes, signals, memory injection.
+pub mod conformance;
 pub mod core;
 pub mod io;
 pub mod pyruntime;

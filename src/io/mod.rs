@@ -3,6 +3,7 @@
 #![allow(clippy::disallowed_methods)] // the edge reads clocks; the core does not
 
 pub mod client;
+pub mod conformance;
 pub mod controller;
 pub mod exchange;
 pub mod grant;

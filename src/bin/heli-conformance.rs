@@ -1,0 +1,93 @@
+//! `heli-conformance --controller 'CMD {pipe_dir} {target}' [--dialect seed|legacy]`:
+//! checks a controller implementation from the outside, through its pipes only, against
+//! the cases in `tests/fixtures/conformance/`. Prints one line per case and a closing
+//! `N passed, N failed`; exits 1 when a case failed, 2 when the suite could not run.
+use clap::Parser;
+use helicopter_parent::conformance::template::CommandTemplate;
+use helicopter_parent::core::wire::Dialect;
+use helicopter_parent::io::conformance::{load_cases, run_suite, SuiteOptions};
+use helicopter_parent::io::controller::resolve_python;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const EXIT_FAILED: u8 = 1;
+const EXIT_UNUSABLE: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Check a helicopter-parent controller against the pipe protocol, from the outside"
+)]
+struct Args {
+    /// How to start the controller under test. Placeholders: {pipe_dir}, {target}, {python}.
+    /// Split into words like a shell would; no shell runs unless you write `sh -c '...'`
+    #[arg(long, value_name = "TEMPLATE")]
+    controller: String,
+    /// Wire dialect the controller speaks: seed (upper case) or legacy (helicopter-parent 0.x)
+    #[arg(long, default_value = "seed")]
+    dialect: Dialect,
+    /// For a controller whose pipe directory is fixed: where its pipes are ({pipe_dir} is
+    /// then this). Default: a fresh directory per case
+    #[arg(long, value_name = "DIR")]
+    pipe_dir: Option<PathBuf>,
+    /// Python 3.14 for {python} [default: $HELI_PYTHON, else python3.14 on PATH]
+    #[arg(long, value_name = "PATH")]
+    python: Option<PathBuf>,
+    /// Directory of the case files (*.json)
+    #[arg(long, value_name = "DIR", default_value = "tests/fixtures/conformance")]
+    cases: PathBuf,
+    /// Only the cases whose name contains this
+    #[arg(long, value_name = "TEXT")]
+    only: Option<String>,
+    /// Milliseconds a controller may take to serve its pipes
+    #[arg(long, value_name = "MS", default_value_t = 15_000)]
+    startup_timeout: u64,
+    /// After a failure, print the tail of the controller's stderr
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let unusable = |message: String| {
+        eprintln!("heli-conformance: {message}");
+        ExitCode::from(EXIT_UNUSABLE)
+    };
+    let controller = match CommandTemplate::parse(&args.controller) {
+        Ok(template) => template,
+        Err(e) => return unusable(format!("--controller: {e}")),
+    };
+    if !controller.uses_pipe_dir() && args.pipe_dir.is_none() {
+        return unusable(
+            "--controller has no {pipe_dir}: pass the controller's fixed directory with --pipe-dir"
+                .into(),
+        );
+    }
+    let python = if controller.uses_python() {
+        match resolve_python(args.python.as_deref()) {
+            Ok(python) => Some(python),
+            Err(e) => return unusable(format!("{{python}}: {e}")),
+        }
+    } else {
+        args.python
+    };
+    let files = match load_cases(&args.cases) {
+        Ok(files) => files,
+        Err(e) => return unusable(format!("case file error: {e}")),
+    };
+    let options = SuiteOptions {
+        controller,
+        dialect: args.dialect,
+        python,
+        fixed_pipe_dir: args.pipe_dir,
+        startup_timeout: Duration::from_millis(args.startup_timeout),
+        only: args.only,
+        verbose: args.verbose,
+    };
+    match run_suite(&options, &files, &mut std::io::stdout().lock()) {
+        Ok(summary) if summary.all_passed() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(EXIT_FAILED),
+        Err(e) => unusable(format!("writing the report: {e}")),
+    }
+}
