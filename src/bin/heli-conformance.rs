@@ -37,9 +37,9 @@ struct Args {
     /// Directory of the case files (*.json)
     #[arg(long, value_name = "DIR", default_value = "tests/fixtures/conformance")]
     cases: PathBuf,
-    /// Only the cases whose name contains this
-    #[arg(long, value_name = "TEXT")]
-    only: Option<String>,
+    /// Only this case (repeatable)
+    #[arg(long, value_name = "NAME")]
+    only: Vec<String>,
     /// Milliseconds a controller may take to serve its pipes
     #[arg(long, value_name = "MS", default_value_t = 15_000)]
     startup_timeout: u64,
@@ -76,6 +76,18 @@ fn main() -> ExitCode {
         Ok(files) => files,
         Err(e) => return unusable(format!("case file error: {e}")),
     };
+    let known = |name: &String| {
+        files
+            .iter()
+            .flat_map(|file| &file.cases)
+            .any(|case| &case.name == name)
+    };
+    if let Some(unknown) = args.only.iter().find(|name| !known(name)) {
+        return unusable(format!(
+            "--only {unknown}: no such case in {}",
+            args.cases.display()
+        ));
+    }
     let options = SuiteOptions {
         controller,
         dialect: args.dialect,

@@ -60,8 +60,8 @@ pub struct SuiteOptions {
     pub fixed_pipe_dir: Option<PathBuf>,
     /// How long a controller may take to serve its pipes.
     pub startup_timeout: Duration,
-    /// Only cases whose name contains this.
-    pub only: Option<String>,
+    /// Only the cases with these names (all when empty).
+    pub only: Vec<String>,
     /// After a failure, also print the tail of the controller's stderr.
     pub verbose: bool,
 }
@@ -121,11 +121,10 @@ pub fn run_suite(
         return Err(io::Error::last_os_error());
     }
     let mut summary = Summary::default();
-    let cases = files.iter().flat_map(|file| &file.cases).filter(|case| {
-        opts.only
-            .as_deref()
-            .map_or(true, |only| case.name.contains(only))
-    });
+    let cases = files
+        .iter()
+        .flat_map(|file| &file.cases)
+        .filter(|case| opts.only.is_empty() || opts.only.contains(&case.name));
     for case in cases {
         let (outcome, stderr_tail) = if case.seed_only && opts.dialect == Dialect::Legacy {
             let verdict = Verdict::Skip("seed dialect only".into());
@@ -297,6 +296,7 @@ impl<'a> CaseRun<'a> {
         let dir = self.pipe_dir.clone();
         match wait_for_dir(
             &dir,
+            Watch::PipesServed,
             deadline,
             Some(controller.exit_fd.as_fd()),
             Some(SERVED_RECHECK),
@@ -591,7 +591,8 @@ impl<'a> CaseRun<'a> {
                     .any(|window| window == text.as_bytes())
             })
         };
-        wait_for_dir(&self.work_dir.path, self.until(within), None, None, holds_text).map_err(
+        let until = self.until(within);
+        wait_for_dir(&self.work_dir.path, Watch::Output, until, None, None, holds_text).map_err(
             |_| {
                 format!(
                     "expected {text:?} on the controller's stdout (from its target) within {} ms, got {:?}",
@@ -629,7 +630,14 @@ impl<'a> CaseRun<'a> {
     fn expect_pipes_removed(&self, within: Duration) -> Result<(), String> {
         let dir = &self.pipe_dir;
         let gone = || !dir.join(CONTROL).exists() && !dir.join(RESPONSE).exists();
-        match wait_for_dir(dir, self.until(within), None, None, gone) {
+        match wait_for_dir(
+            dir,
+            Watch::PipesRemoved,
+            self.until(within),
+            None,
+            None,
+            gone,
+        ) {
             Ok(()) => Ok(()),
             Err(_) => {
                 let left: Vec<&str> = [CONTROL, RESPONSE]
@@ -970,25 +978,47 @@ enum WaitEnd {
     ProcessExited,
 }
 
+/// Which changes in a directory can make a wait's condition true. Each excludes what the
+/// check itself causes (reading a file is an IN_OPEN), or the wait would wake itself.
+#[derive(Debug, Clone, Copy)]
+enum Watch {
+    /// FIFOs created, replaced, opened (a reader arriving).
+    PipesServed,
+    PipesRemoved,
+    /// A file written to.
+    Output,
+}
+
+impl Watch {
+    fn flags(self) -> AddWatchFlags {
+        let gone = AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF;
+        match self {
+            Watch::PipesServed => {
+                AddWatchFlags::IN_CREATE
+                    | AddWatchFlags::IN_DELETE
+                    | AddWatchFlags::IN_MOVED_FROM
+                    | AddWatchFlags::IN_MOVED_TO
+                    | AddWatchFlags::IN_OPEN
+                    | gone
+            }
+            Watch::PipesRemoved => AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_FROM | gone,
+            Watch::Output => AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MODIFY | gone,
+        }
+    }
+}
+
 /// Waits until `ready()` holds for the directory `dir`, woken by inotify events on `dir`
 /// (or, while it does not exist yet, on its nearest existing ancestor), by `exit_fd`, and
 /// every `recheck` if given (see [`SERVED_RECHECK`]).
 fn wait_for_dir(
     dir: &Path,
+    watch: Watch,
     deadline: Instant,
     exit_fd: Option<BorrowedFd<'_>>,
     recheck: Option<Duration>,
     mut ready: impl FnMut() -> bool,
 ) -> Result<(), WaitEnd> {
     let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok();
-    let in_dir = AddWatchFlags::IN_CREATE
-        | AddWatchFlags::IN_MODIFY
-        | AddWatchFlags::IN_DELETE
-        | AddWatchFlags::IN_MOVED_FROM
-        | AddWatchFlags::IN_MOVED_TO
-        | AddWatchFlags::IN_OPEN
-        | AddWatchFlags::IN_DELETE_SELF
-        | AddWatchFlags::IN_MOVE_SELF;
     let in_ancestor = AddWatchFlags::IN_CREATE
         | AddWatchFlags::IN_MOVED_TO
         | AddWatchFlags::IN_DELETE
@@ -1002,7 +1032,7 @@ fn wait_for_dir(
     loop {
         // Watches first, then the check: a change between the two still wakes the poll.
         if let Some(inotify) = &inotify {
-            let _ = inotify.add_watch(dir, in_dir);
+            let _ = inotify.add_watch(dir, watch.flags());
             for ancestor in dir.ancestors().skip(1) {
                 if inotify.add_watch(ancestor, in_ancestor).is_ok() {
                     break;
@@ -1064,6 +1094,7 @@ mod tests {
         };
         let result = wait_for_dir(
             &dir,
+            Watch::Output,
             Instant::now() + Duration::from_secs(10),
             None,
             None,
@@ -1073,6 +1104,7 @@ mod tests {
         assert_eq!(result, Ok(()));
         let result = wait_for_dir(
             &dir,
+            Watch::PipesRemoved,
             Instant::now() + Duration::from_millis(50),
             None,
             None,

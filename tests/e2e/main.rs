@@ -2,6 +2,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod attach;
+mod conformance;
 mod inject;
 mod lifecycle;
 mod protocol;

@@ -1,0 +1,173 @@
+//! heli-conformance against real controllers: ours in both dialects (every case passes)
+//! and a deliberately broken one (the suite fails and names the case).
+use crate::support::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn cases_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/conformance")
+}
+
+/// Runs heli-conformance with `args`; returns (exit code, stdout lines, stderr).
+fn conformance(args: &[&str]) -> (i32, Vec<String>, String) {
+    let mut child = KillOnDrop(Some(
+        Command::new(bin("heli-conformance"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn heli-conformance"),
+    ));
+    let running = child.0.as_mut().unwrap();
+    let mut out = Lines::spawn(running.stdout.take().unwrap());
+    let mut err = Lines::spawn(running.stderr.take().unwrap());
+    let status = wait_with_deadline(running, Duration::from_secs(300));
+    child.0 = None;
+    let out = out.drain().to_vec();
+    let err = err.drain().join("\n");
+    (status.code().unwrap_or(-1), out, err)
+}
+
+fn our_controller(dialect: &str) -> String {
+    format!(
+        "'{}' --dialect {dialect} --pipe-dir {{pipe_dir}} --python {{python}} {{target}}",
+        bin("heli-controller").display()
+    )
+}
+
+fn case_count() -> usize {
+    let files = helicopter_parent::io::conformance::load_cases(&cases_dir()).unwrap();
+    files.iter().map(|file| file.cases.len()).sum()
+}
+
+fn check_all_pass(dialect: &str, seed_only: usize) {
+    let template = our_controller(dialect);
+    let python = python().to_str().unwrap();
+    let cases = cases_dir();
+    let (code, lines, stderr) = conformance(&[
+        "--controller",
+        &template,
+        "--dialect",
+        dialect,
+        "--python",
+        python,
+        "--cases",
+        cases.to_str().unwrap(),
+        "--verbose",
+    ]);
+    let failures: Vec<&String> = lines.iter().filter(|l| l.starts_with("FAIL")).collect();
+    assert!(failures.is_empty(), "{failures:#?}\n{lines:#?}\n{stderr}");
+    let run = case_count() - seed_only;
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some(format!("{run} passed, 0 failed").as_str()),
+        "{lines:#?}\n{stderr}"
+    );
+    assert_eq!(code, 0, "{lines:#?}\n{stderr}");
+}
+
+#[test]
+fn our_controller_passes_every_case_in_the_seed_dialect() {
+    check_all_pass("seed", 0);
+}
+
+#[test]
+fn our_controller_passes_every_case_in_the_legacy_dialect() {
+    // commands_in_any_case is seed-only: the legacy dialect refuses upper-case words.
+    check_all_pass("legacy", 1);
+}
+
+/// Creates the pipes and answers every line with READY: right for a grant, wrong for
+/// everything else.
+const ALWAYS_READY: &str = r#"sh -c 'mkdir -p "$0" && mkfifo "$0/control" "$0/response" && while :; do while IFS= read -r line; do echo READY > "$0/response"; done < "$0/control"; done' {pipe_dir} {target}"#;
+
+#[test]
+fn a_wrong_reply_fails_the_case_and_names_it() {
+    let cases = cases_dir();
+    let (code, lines, stderr) = conformance(&[
+        "--controller",
+        ALWAYS_READY,
+        "--cases",
+        cases.to_str().unwrap(),
+        "--only",
+        "pid_zero",
+    ]);
+    assert_eq!(
+        lines,
+        [
+            r#"FAIL pid_zero: expected "ERROR: {any}", got "READY" (at step 1 send "GRANT_ACCESS 0")"#,
+            "0 passed, 1 failed"
+        ],
+        "{stderr}"
+    );
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn a_reply_to_an_empty_line_fails_the_case() {
+    let cases = cases_dir();
+    let (code, lines, stderr) = conformance(&[
+        "--controller",
+        ALWAYS_READY,
+        "--cases",
+        cases.to_str().unwrap(),
+        "--only",
+        "empty_line_gets_no_reply",
+    ]);
+    assert_eq!(
+        lines,
+        [
+            r#"FAIL empty_line_gets_no_reply: expected no reply within 500 ms, got "READY" (at step 1 send "")"#,
+            "0 passed, 1 failed"
+        ],
+        "{stderr}"
+    );
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn a_controller_that_never_serves_fails_every_case_without_hanging() {
+    let cases = cases_dir();
+    let (code, lines, _) = conformance(&[
+        "--controller",
+        r#"sh -c 'exec sleep 3600' {pipe_dir} {target}"#,
+        "--cases",
+        cases.to_str().unwrap(),
+        "--only",
+        "get_target_pid",
+        "--startup-timeout",
+        "300",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        lines[0].starts_with("FAIL get_target_pid: expected the controller to serve ")
+            && lines[0].contains("within 300 ms, got no reader on its control pipe"),
+        "{lines:#?}"
+    );
+    assert_eq!(lines.last().unwrap(), "0 passed, 1 failed");
+}
+
+#[test]
+fn a_bad_case_file_is_refused_with_its_name_and_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("broken.json"),
+        r#"{ "target": "../counter.py", "cases": [ { "name": "x", "steps": [ { "send": "GET_TARGET_PID", "expect": "TARGET_PID {pid}" } ] } ] }"#,
+    )
+    .unwrap();
+    let (code, lines, stderr) = conformance(&[
+        "--controller",
+        "ctl {pipe_dir} {target}",
+        "--cases",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(lines.is_empty(), "{lines:?}");
+    let expected = format!(
+        "heli-conformance: case file error: {}: case 'x': step 1: expect: unknown placeholder {{pid}}",
+        dir.path().join("broken.json").display()
+    );
+    assert!(stderr.starts_with(&expected), "{stderr}");
+}
