@@ -32,6 +32,18 @@ acceptance: build
         echo "acceptance: $check not found; skipped"
     fi
 
+# The pipe-protocol conformance suite against our controller, in both dialects
+conformance: build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    python="$(scripts/provision-python.sh)"
+    for dialect in seed legacy; do
+        echo "== heli-conformance --dialect $dialect"
+        target/release/heli-conformance \
+            --controller "target/release/heli-controller --dialect $dialect --pipe-dir {pipe_dir} --python {python} {target}" \
+            --python "$python" --dialect "$dialect"
+    done
+
 # Benchmarks (medians and ratios, side by side in one run)
 bench:
     cargo bench

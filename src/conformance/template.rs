@@ -224,6 +224,20 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_shell_form_passes_placeholders_as_arguments() {
+        assert_eq!(
+            render(r#"sh -c "exec ctl --dir \"\$0\" \"\$1\"" {pipe_dir} {target}"#),
+            [
+                "sh",
+                "-c",
+                r#"exec ctl --dir "$0" "$1""#,
+                "/tmp/case 1/pipes",
+                "/src/counter.py"
+            ]
+        );
+    }
+
+    #[test]
     fn mistakes_are_named() {
         let err = |t| CommandTemplate::parse(t).unwrap_err();
         assert!(err("").contains("empty"));
