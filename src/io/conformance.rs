@@ -971,6 +971,25 @@ fn wait_readable(fd: BorrowedFd<'_>, deadline: Instant) -> bool {
     }
 }
 
+/// Watches `dir` or, while it does not exist, its deepest existing ancestor (for the
+/// creation of the next path component). A component created between finding the deepest
+/// one and watching it would never be reported, so the search repeats until the deepest
+/// existing path is the same after its watch was added.
+fn watch_deepest(inotify: &Inotify, dir: &Path, in_dir: AddWatchFlags, in_ancestor: AddWatchFlags) {
+    let deepest = || dir.ancestors().find(|path| path.exists());
+    let mut watched = None;
+    while let Some(path) = deepest() {
+        if watched == Some(path) {
+            return;
+        }
+        let flags = if path == dir { in_dir } else { in_ancestor };
+        if inotify.add_watch(path, flags).is_err() {
+            return;
+        }
+        watched = Some(path);
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum WaitEnd {
     TimedOut,
@@ -1032,12 +1051,7 @@ fn wait_for_dir(
     loop {
         // Watches first, then the check: a change between the two still wakes the poll.
         if let Some(inotify) = &inotify {
-            let _ = inotify.add_watch(dir, watch.flags());
-            for ancestor in dir.ancestors().skip(1) {
-                if inotify.add_watch(ancestor, in_ancestor).is_ok() {
-                    break;
-                }
-            }
+            watch_deepest(inotify, dir, watch.flags(), in_ancestor);
         }
         if ready() {
             return Ok(());
@@ -1083,27 +1097,32 @@ mod tests {
     #[test]
     fn waiting_for_a_directory_wakes_on_creation() {
         let base = WorkDir::create().unwrap();
-        let dir = base.path.join("a/b");
-        let path = dir.join("file");
-        let creator = {
-            let dir = dir.clone();
-            std::thread::spawn(move || {
-                fs::create_dir_all(&dir).unwrap();
-                fs::write(dir.join("file"), b"").unwrap();
-            })
-        };
+        // Many rounds: the creator races the setting up of the watches.
+        for round in 0..50 {
+            let dir = base.path.join(format!("{round}/a/b"));
+            let path = dir.join("file");
+            let creator = {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    fs::create_dir_all(&dir).unwrap();
+                    fs::write(dir.join("file"), b"").unwrap();
+                })
+            };
+            let started = Instant::now();
+            let result = wait_for_dir(
+                &dir,
+                Watch::Output,
+                started + Duration::from_secs(10),
+                None,
+                None,
+                || path.exists(),
+            );
+            creator.join().unwrap();
+            assert_eq!(result, Ok(()));
+            assert!(started.elapsed() < Duration::from_secs(5), "round {round}");
+        }
         let result = wait_for_dir(
-            &dir,
-            Watch::Output,
-            Instant::now() + Duration::from_secs(10),
-            None,
-            None,
-            || path.exists(),
-        );
-        creator.join().unwrap();
-        assert_eq!(result, Ok(()));
-        let result = wait_for_dir(
-            &dir,
+            &base.path,
             Watch::PipesRemoved,
             Instant::now() + Duration::from_millis(50),
             None,
@@ -1114,13 +1133,18 @@ mod tests {
     }
 
     #[test]
-    fn finds_processes_running_a_script() {
+    fn finds_children_and_what_they_run() {
         let mut child = Command::new("sleep").arg("60").spawn().unwrap();
         let pid = child.id();
         assert!(descendants_of(std::process::id()).contains(&pid));
-        assert!(runs_script(pid, Path::new("60")));
-        assert!(!runs_script(pid, Path::new("/nonexistent/script.py")));
         child.kill().unwrap();
         child.wait().unwrap();
+        // A child's arguments can lag behind `spawn` returning (the parent resumes in
+        // the middle of the child's exec), so the arguments are checked on this process.
+        let me = std::process::id();
+        let program = std::env::args().next().unwrap();
+        assert!(runs_script(me, Path::new(&program)));
+        assert!(runs_script(me, &fs::canonicalize(&program).unwrap()));
+        assert!(!runs_script(me, Path::new("/nonexistent/script.py")));
     }
 }
