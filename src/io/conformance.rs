@@ -155,30 +155,22 @@ fn outcome(case: &Case, verdict: Verdict) -> Outcome {
 
 /// Runs one case; returns its outcome and the last lines of the controller's stderr.
 fn run_case(opts: &SuiteOptions, case: &Case) -> (Outcome, Vec<String>) {
-    let verdict;
-    let stderr_tail;
-    {
-        // Created first and dropped last: whatever happens in between, the processes the
-        // case started are killed and its directory removed.
-        let sweep = ProcessSweep;
-        let work_dir = match WorkDir::create() {
-            Ok(dir) => dir,
-            Err(e) => return (outcome(case, Verdict::Fail(e)), Vec::new()),
-        };
-        let mut run = CaseRun::new(opts, case, &work_dir);
-        let result = run
-            .start()
-            .and_then(|()| run.steps(&case.steps).map_err(|e| e.to_string()));
-        verdict = match result {
-            Ok(()) => Verdict::Pass,
-            Err(why) => Verdict::Fail(why),
-        };
-        stderr_tail = run.stderr_tail(10);
-        drop(run);
-        drop(sweep);
-        drop(work_dir);
-    }
-    (outcome(case, verdict), stderr_tail)
+    // Dropped in reverse order, also on a panic: the run (stopping the busy threads),
+    // then the sweep (killing every process the case started), then the directory.
+    let work_dir = match WorkDir::create() {
+        Ok(dir) => dir,
+        Err(e) => return (outcome(case, Verdict::Fail(e)), Vec::new()),
+    };
+    let _sweep = ProcessSweep;
+    let mut run = CaseRun::new(opts, case, &work_dir);
+    let result = run
+        .start()
+        .and_then(|()| run.steps(&case.steps).map_err(|e| e.to_string()));
+    let verdict = match result {
+        Ok(()) => Verdict::Pass,
+        Err(why) => Verdict::Fail(why),
+    };
+    (outcome(case, verdict), run.stderr_tail(10))
 }
 
 /// A step's failure and where it happened, innermost step last.
@@ -875,8 +867,8 @@ impl Drop for ProcessSweep {
             for &pid in &all {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
-            // Reaping a child re-parents its own children to the suite: the next sweep
-            // finds them.
+            // A killed child's own children (killed too) are re-parented to the suite
+            // when it dies: the next round reaps them.
             for child in children_of(me) {
                 if let Ok(fd) = pidfd_open(child as i32) {
                     wait_readable(fd.as_fd(), deadline);
