@@ -186,10 +186,13 @@ pub enum Input {
     GrantPickedUp {
         grant: GrantId,
     },
-    /// The request could not be written into the target.
+    /// The request could not be written into the target. `transient`: it may work in a
+    /// moment (the interpreter is still starting), so it is tried again until the deadline.
     GrantNotScheduled {
         grant: GrantId,
         error: String,
+        #[serde(default)]
+        transient: bool,
     },
     /// The injected script reported `prctl`'s result: 0 or an errno.
     GrantRan {
@@ -261,6 +264,11 @@ enum Phase {
     Retargeting,
     /// The target took the request; its acknowledgement is on the way.
     PickedUp,
+    /// The last injection failed transiently; try again at `retry_at`.
+    Retrying {
+        retry_at: Millis,
+        last_error: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -313,6 +321,9 @@ impl State {
 /// in uninterruptible sleep): the controller must not hang on it.
 const KILL_WAIT_MS: Millis = 2000;
 
+/// Pause before trying again an injection that failed transiently.
+const RETRY_INJECTION_MS: Millis = 10;
+
 /// The controller's decisions, without I/O. Feed it [`Input`]s with [`Controller::handle`],
 /// carry out the [`Effect`]s it returns in order, and feed [`Input::DeadlineReached`] when
 /// [`Controller::poll_timeout`] comes.
@@ -356,6 +367,7 @@ impl Controller {
                     retarget_at: Some(at),
                     ..
                 } => Some(at.min(g.deadline)),
+                Phase::Retrying { retry_at, .. } => Some(retry_at.min(g.deadline)),
                 _ => Some(g.deadline),
             },
             State::Stopping {
@@ -402,13 +414,23 @@ impl Controller {
                     }
                 }
             }
-            Input::GrantNotScheduled { grant, error } => {
-                if self.grant_mut(grant).is_some() {
-                    self.finish_grant(
-                        now,
-                        Err(format!("cannot inject the grant into the target: {error}")),
-                        out,
-                    );
+            Input::GrantNotScheduled {
+                grant,
+                error,
+                transient,
+            } => {
+                let Some(g) = self.grant_mut(grant) else {
+                    return;
+                };
+                let retry_at = now + RETRY_INJECTION_MS;
+                if transient && retry_at < g.deadline {
+                    g.phase = Phase::Retrying {
+                        retry_at,
+                        last_error: error,
+                    };
+                } else {
+                    let message = format!("cannot inject the grant into the target: {error}");
+                    self.finish_grant(now, Err(message), out);
                 }
             }
             Input::GrantRan { grant, errno } => self.on_grant_ran(now, grant, errno, out),
@@ -635,23 +657,31 @@ impl Controller {
                 if matches!(g.phase, Phase::Delivering { .. } | Phase::Retargeting) {
                     out.push(Effect::WithdrawGrant { grant: id });
                 }
-                let message = format!(
-                    "timed out after {timeout} ms: the target ran no Python code (blocked in a C call, a long sleep or I/O?); try again when it is busy"
-                );
+                let message = match &g.phase {
+                    Phase::Retrying { last_error, .. } => {
+                        format!("timed out after {timeout} ms: cannot inject the grant into the target: {last_error}")
+                    }
+                    _ => format!(
+                        "timed out after {timeout} ms: the target ran no Python code (blocked in a C call, a long sleep or I/O?); try again when it is busy"
+                    ),
+                };
                 self.finish_grant(now, Err(message), out);
             }
-            State::Granting(g) => {
-                if let Phase::Delivering {
+            State::Granting(g) => match g.phase {
+                Phase::Delivering {
                     retarget_at: Some(at),
                     ..
-                } = g.phase
-                {
-                    if now >= at {
-                        g.phase = Phase::Retargeting;
-                        out.push(Effect::RetargetGrant { grant: g.id });
-                    }
+                } if now >= at => {
+                    g.phase = Phase::Retargeting;
+                    out.push(Effect::RetargetGrant { grant: g.id });
                 }
-            }
+                Phase::Retrying { retry_at, .. } if now >= retry_at => {
+                    g.phase = Phase::Scheduling;
+                    let (grant, client) = (g.id, g.client);
+                    out.push(Effect::ScheduleGrant { grant, client });
+                }
+                _ => {}
+            },
             State::Stopping {
                 kill_at: Some(at), ..
             } if now >= *at => {
@@ -805,8 +835,13 @@ impl fmt::Display for Input {
             }
             Input::GrantMoved { grant, tid } => write!(f, "grant {grant} moved to thread {tid}"),
             Input::GrantPickedUp { grant } => write!(f, "grant {grant} already picked up"),
-            Input::GrantNotScheduled { grant, error } => {
-                write!(f, "grant {grant} not injected: {error}")
+            Input::GrantNotScheduled {
+                grant,
+                error,
+                transient,
+            } => {
+                let retry = if *transient { " (will retry)" } else { "" };
+                write!(f, "grant {grant} not injected{retry}: {error}")
             }
             Input::GrantRan { grant, errno } => write!(f, "grant {grant} ran, prctl errno {errno}"),
             Input::TargetExited { status } => write!(f, "target {status}"),

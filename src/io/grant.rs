@@ -2,7 +2,7 @@
 //! it through the native injector (from this process: at `ptrace_scope=1` only an
 //! ancestor may write into the target), and turns the script's report on the
 //! `grant-ack` FIFO into [`Input::GrantRan`].
-use super::inject::{running_threads, PythonProcess, ThreadChoice};
+use super::inject::{running_threads, InjectError, PythonProcess, ThreadChoice};
 use super::pipes::GRANT_ACK;
 use crate::core::machine::{GrantId, Input};
 use crossbeam_channel::Sender;
@@ -60,19 +60,24 @@ impl Granter {
             Ok(tid) => Input::GrantScheduled { grant, tid },
             Err(error) => {
                 self.forget(grant);
-                Input::GrantNotScheduled { grant, error }
+                let transient = matches!(error, InjectError::NoMainThread { .. });
+                Input::GrantNotScheduled {
+                    grant,
+                    error: error.to_string(),
+                    transient,
+                }
             }
         }
     }
 
-    fn try_schedule(&mut self, grant: GrantId, client: u32) -> Result<i32, String> {
+    fn try_schedule(&mut self, grant: GrantId, client: u32) -> Result<i32, InjectError> {
         let script = self.dir.join(format!("{SCRIPT_PREFIX}{grant}.py"));
         let ack = self.dir.join(GRANT_ACK);
-        write_new_file(
-            &script,
-            grant_script(client, &ack, &self.token, grant).as_bytes(),
-        )
-        .map_err(|e| format!("cannot write {}: {e}", script.display()))?;
+        let content = grant_script(client, &ack, &self.token, grant);
+        write_new_file(&script, content.as_bytes()).map_err(|e| InjectError::InvalidPath {
+            path: script.display().to_string(),
+            reason: format!("cannot write it: {e}"),
+        })?;
         let scheduled = PythonProcess::open(self.target as i32)
             .and_then(|process| Ok((process.schedule(ThreadChoice::Main, &script)?, process)));
         match scheduled {
@@ -89,7 +94,7 @@ impl Granter {
             }
             Err(e) => {
                 let _ = fs::remove_file(&script);
-                Err(e.to_string())
+                Err(e)
             }
         }
     }
@@ -107,6 +112,7 @@ impl Granter {
                 return Input::GrantNotScheduled {
                     grant,
                     error: e.to_string(),
+                    transient: false,
                 }
             }
         }
@@ -130,6 +136,7 @@ impl Granter {
             Err(e) => Input::GrantNotScheduled {
                 grant,
                 error: e.to_string(),
+                transient: false,
             },
         }
     }

@@ -131,7 +131,7 @@ impl Terminal {
 
 #[test]
 fn on_a_terminal_ctrl_c_interrupts_the_target_not_the_client() {
-    let controller = Controller::start("counter.py");
+    let mut controller = Controller::start("ticking.py");
     let pty = nix::pty::openpty(None, None).unwrap();
     let slave: OwnedFd = pty.slave;
     let mut command = Command::new(bin("heli-client"));
@@ -173,10 +173,11 @@ fn on_a_terminal_ctrl_c_interrupts_the_target_not_the_client() {
     term.type_text("attach\n");
     term.wait_for("(Pdb) ");
     term.mark();
+    // The target is stopped in pdb now; once `c` is processed it prints ticks again, and
+    // only then is Ctrl-C an interrupt of a running target.
+    controller.stdout.forget();
     term.type_text("c\n");
-    // readline echoes the line and its newline once it has taken it: only then is pdb
-    // past its prompt (a Ctrl-C before that would flush the typed `c`).
-    term.wait_for("c\r\n");
+    controller.stdout.wait_for("tick");
     term.type_text("\x03");
     term.wait_for("Program interrupted");
     term.wait_for("(Pdb) ");

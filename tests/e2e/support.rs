@@ -98,6 +98,12 @@ impl Lines {
         }
     }
 
+    /// Forgets every line received so far, so the next wait sees only newer ones.
+    pub fn forget(&mut self) {
+        while self.rx.try_recv().is_ok() {}
+        self.seen.clear();
+    }
+
     /// Everything until the writer closes.
     pub fn drain(&mut self) -> &[String] {
         let deadline = Instant::now() + TIMEOUT;

@@ -142,7 +142,8 @@ mod tests {
     #[test]
     fn this_process_is_readable() {
         let me = std::process::id() as i32;
-        assert_eq!(process_stat(me).map(|s| s.state), Some('R'));
+        // The harness's main thread may be running or waiting for tests: any letter.
+        assert!(process_stat(me).is_some_and(|s| s.state.is_ascii_uppercase()));
         assert!(task_ids(me).contains(&me));
         assert!(!is_descendant_of_self(me));
         assert!(!describe_threads(me, Some(me)).is_empty());
