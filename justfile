@@ -39,3 +39,9 @@ bench:
 # The end-to-end suite under a real Yama kernel (qemu), as uid 1000 at ptrace_scope 0-3
 test-yama: build
     scripts/yama-rig/test-yama.sh
+
+# Record the fixture sessions in tests/fixtures/sessions again, from real controller runs
+record-sessions:
+    cargo test --test e2e record_sessions -- --ignored --exact sessions::record_sessions
+    INSTA_UPDATE=always cargo test --test e2e recorded_sessions || true
+    @echo "review: git diff tests/fixtures/sessions tests/e2e/snapshots"

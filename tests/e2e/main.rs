@@ -5,4 +5,5 @@ mod attach;
 mod inject;
 mod lifecycle;
 mod protocol;
+mod sessions;
 mod support;
