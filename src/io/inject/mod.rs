@@ -178,7 +178,9 @@ impl PythonProcess {
     }
 
     /// Clears a request not yet picked up; returns true if it was still pending (and so
-    /// will now never run), false if the target had already taken it.
+    /// will now never run), false if the target had already taken it. A pickup that races
+    /// with the withdrawal is reported as false ("may have run"): the target then ran
+    /// either the script or, once the path was blanked, nothing.
     pub fn withdraw(&self, tid: i32) -> Result<bool, InjectError> {
         let tstate = self.find_tstate(tid)?;
         if self.pending_flag(tstate)? == 0 {
