@@ -630,3 +630,59 @@ fn other_python_versions_are_refused_like_cpython() {
     assert!(cpython.contains("Error"), "{ready}: {cpython}");
     eprintln!("{ready}: ours: {error}\n  sys.remote_exec: {cpython}");
 }
+
+/// Set for the child run of [`permission_probe_child`]: the pid to open.
+const PROBE_PID_ENV: &str = "HELI_INJECT_PROBE_PID";
+
+#[test]
+fn permission_denied_explains_uid_yama_and_ancestry() {
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run the probe as another uid");
+        return;
+    }
+    // A root-owned target, opened by this same test binary re-run as `nobody`.
+    let (target, _) = Target::ready("inject_busy.py");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "inject::permission_probe_child",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(PROBE_PID_ENV, target.pid().to_string())
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let probe = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("PROBE: "))
+        .unwrap_or_else(|| panic!("probe printed nothing: {stdout}"));
+    assert!(probe.starts_with("permission denied"), "{probe}");
+    assert!(
+        probe.contains("uid 0") && probe.contains("uid 65534"),
+        "{probe}"
+    );
+    assert!(probe.contains("not a descendant"), "{probe}");
+    let yama = fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").ok();
+    match yama {
+        None => assert!(probe.contains("Yama is not active"), "{probe}"),
+        Some(scope) => assert!(
+            probe.contains(&format!("ptrace_scope={}", scope.trim())),
+            "{probe}"
+        ),
+    }
+}
+
+#[test]
+#[ignore = "run by permission_denied_explains_uid_yama_and_ancestry as another uid"]
+fn permission_probe_child() {
+    let pid: i32 = std::env::var(PROBE_PID_ENV).unwrap().parse().unwrap();
+    match PythonProcess::open(pid) {
+        Ok(_) => println!("PROBE: opened"),
+        Err(error) => println!("PROBE: {error}"),
+    }
+}

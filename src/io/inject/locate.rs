@@ -136,7 +136,9 @@ fn read_maps(pid: i32) -> Result<String, InjectError> {
     }
     std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => InjectError::NoSuchProcess { pid },
-        io::ErrorKind::PermissionDenied => permission_denied(pid, "reading /proc/PID/maps"),
+        io::ErrorKind::PermissionDenied => {
+            permission_denied(pid, &format!("reading /proc/{pid}/maps"))
+        }
         // ESRCH when the process exits during the read.
         _ if e.raw_os_error() == Some(libc::ESRCH) => InjectError::NoSuchProcess { pid },
         _ => InjectError::Memory {
