@@ -411,3 +411,31 @@ fn path_error(script: &Path, problem: PathProblem) -> InjectError {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_handle_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<PythonProcess>();
+        assert_send_sync::<InjectError>();
+    }
+
+    #[test]
+    fn open_refuses_impossible_pids_without_touching_proc() {
+        for pid in [0, -1, i32::MIN] {
+            assert_eq!(
+                PythonProcess::open(pid).unwrap_err(),
+                InjectError::NoSuchProcess { pid }
+            );
+        }
+    }
+
+    #[test]
+    fn this_test_binary_is_not_python() {
+        let error = PythonProcess::open(std::process::id() as i32).unwrap_err();
+        assert!(matches!(error, InjectError::NotPython { .. }), "{error:?}");
+    }
+}
