@@ -423,7 +423,10 @@ fn live_subinterpreter_does_not_hide_the_main_interpreter() {
         Ok(()) => {
             target.expect_line("injected cpython", RUN);
         }
-        Err(message) => assert!(message.contains("main thread"), "{message}"),
+        Err(message) => {
+            assert!(message.contains("main thread"), "{message}");
+            eprintln!("sys.remote_exec with a live subinterpreter: {message}");
+        }
     }
 }
 
@@ -590,4 +593,96 @@ fn deleted_binary_is_still_found_like_cpython() {
 
     sys_remote_exec(target.pid(), &scripts.printing("cpython")).unwrap();
     target.expect_line("injected cpython", RUN);
+}
+
+#[test]
+fn other_python_versions_are_refused_like_cpython() {
+    // Whatever non-3.14 interpreter this machine has (Debian 12: 3.11); none is fine.
+    let other = ["python3.13", "python3.12", "python3.11", "python3"]
+        .into_iter()
+        .find(|name| {
+            Command::new(name)
+                .args(["-c", "import sys; assert sys.version_info[:2] != (3, 14)"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+    let Some(other) = other else {
+        eprintln!("skipped: no Python other than 3.14 on PATH");
+        return;
+    };
+    let mut cmd = Command::new(other);
+    cmd.args([
+        "-c",
+        "import sys, time; print('ready', sys.version_info[:2], flush=True); time.sleep(120)",
+    ]);
+    let mut target = Target::spawn(cmd);
+    let ready = target.expect_line("ready", STARTUP);
+    let error = PythonProcess::open(target.pid()).unwrap_err();
+    match &error {
+        // 3.13 has debug offsets but no remote execution; older ones have no cookie.
+        InjectError::UnsupportedVersion { supported, .. } => assert_eq!(supported, "3.14"),
+        InjectError::NotPython { .. } => {}
+        other => panic!("{ready}: expected UnsupportedVersion or NotPython, got {other:?}"),
+    }
+    let scripts = Scripts::new();
+    let cpython = sys_remote_exec(target.pid(), &scripts.printing("cpython")).unwrap_err();
+    assert!(cpython.contains("Error"), "{ready}: {cpython}");
+    eprintln!("{ready}: ours: {error}\n  sys.remote_exec: {cpython}");
+}
+
+/// Set for the child run of [`permission_probe_child`]: the pid to open.
+const PROBE_PID_ENV: &str = "HELI_INJECT_PROBE_PID";
+
+#[test]
+fn permission_denied_explains_uid_yama_and_ancestry() {
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run the probe as another uid");
+        return;
+    }
+    // A root-owned target, opened by this same test binary re-run as `nobody`.
+    let (target, _) = Target::ready("inject_busy.py");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "inject::permission_probe_child",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(PROBE_PID_ENV, target.pid().to_string())
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let probe = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("PROBE: "))
+        .unwrap_or_else(|| panic!("probe printed nothing: {stdout}"));
+    assert!(probe.starts_with("permission denied"), "{probe}");
+    assert!(
+        probe.contains("uid 0") && probe.contains("uid 65534"),
+        "{probe}"
+    );
+    assert!(probe.contains("not a descendant"), "{probe}");
+    let yama = fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").ok();
+    match yama {
+        None => assert!(probe.contains("Yama is not active"), "{probe}"),
+        Some(scope) => assert!(
+            probe.contains(&format!("ptrace_scope={}", scope.trim())),
+            "{probe}"
+        ),
+    }
+}
+
+#[test]
+#[ignore = "run by permission_denied_explains_uid_yama_and_ancestry as another uid"]
+fn permission_probe_child() {
+    let pid: i32 = std::env::var(PROBE_PID_ENV).unwrap().parse().unwrap();
+    match PythonProcess::open(pid) {
+        Ok(_) => println!("PROBE: opened"),
+        Err(error) => println!("PROBE: {error}"),
+    }
 }
