@@ -182,6 +182,12 @@ pub enum Input {
         grant: GrantId,
         tid: i32,
     },
+    /// A retarget found no other thread running Python code: the grant stays where it
+    /// is. `threads` says what each thread is doing ("1234 (main) S in do_sys_poll").
+    GrantStayed {
+        grant: GrantId,
+        threads: String,
+    },
     /// A retarget found the grant already picked up: its acknowledgement is on the way.
     GrantPickedUp {
         grant: GrantId,
@@ -255,13 +261,15 @@ enum Phase {
     Inspecting,
     /// Waiting for [`Input::GrantScheduled`].
     Scheduling,
-    /// In the target; moved to a running thread at `retarget_at` unless picked up.
+    /// In the target; at `retarget_at`, if not picked up, moved to a thread that runs.
+    /// `backoff` doubles each time no other thread was running, so a target that runs no
+    /// Python code at all is checked a few times, not every few milliseconds.
     Delivering {
-        tid: i32,
-        retarget_at: Option<Millis>,
+        retarget_at: Millis,
+        backoff: Millis,
     },
     /// Waiting for the edge to report what the retarget did.
-    Retargeting,
+    Retargeting { backoff: Millis },
     /// The target took the request; its acknowledgement is on the way.
     PickedUp,
     /// The last injection failed transiently; try again at `retry_at`.
@@ -280,6 +288,8 @@ struct Grant {
     phase: Phase,
     /// The client that held the grant before; it keeps it if this one fails.
     previous: Option<u32>,
+    /// What the target's threads were last seen doing, to explain a timeout.
+    threads: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,6 +330,9 @@ impl State {
 /// How long to wait for the target to die after SIGKILL before giving up on it (a task
 /// in uninterruptible sleep): the controller must not hang on it.
 const KILL_WAIT_MS: Millis = 2000;
+
+/// Longest pause between two looks for a running thread to move a grant to.
+const MAX_RETARGET_BACKOFF_MS: Millis = 320;
 
 /// Pause before trying again an injection that failed transiently.
 const RETRY_INJECTION_MS: Millis = 10;
@@ -363,10 +376,7 @@ impl Controller {
     pub fn poll_timeout(&self) -> Option<Millis> {
         match &self.state {
             State::Granting(g) => match g.phase {
-                Phase::Delivering {
-                    retarget_at: Some(at),
-                    ..
-                } => Some(at.min(g.deadline)),
+                Phase::Delivering { retarget_at, .. } => Some(retarget_at.min(g.deadline)),
                 Phase::Retrying { retry_at, .. } => Some(retry_at.min(g.deadline)),
                 _ => Some(g.deadline),
             },
@@ -396,20 +406,33 @@ impl Controller {
                 }
             }
             Input::ClientInspected { pid, facts } => self.on_client_inspected(now, pid, facts, out),
-            Input::GrantScheduled { grant, tid } | Input::GrantMoved { grant, tid } => {
-                let retarget_after = self.config.retarget_after_ms;
+            Input::GrantScheduled { grant, .. } | Input::GrantMoved { grant, .. } => {
+                let backoff = self.config.retarget_after_ms;
                 if let Some(g) = self.grant_mut(grant) {
-                    if matches!(g.phase, Phase::Scheduling | Phase::Retargeting) {
+                    if matches!(g.phase, Phase::Scheduling | Phase::Retargeting { .. }) {
+                        let retarget_at = now + backoff;
                         g.phase = Phase::Delivering {
-                            tid,
-                            retarget_at: Some(now + retarget_after),
+                            retarget_at,
+                            backoff,
                         };
+                    }
+                }
+            }
+            Input::GrantStayed { grant, threads } => {
+                if let Some(g) = self.grant_mut(grant) {
+                    if let Phase::Retargeting { backoff } = g.phase {
+                        let backoff = (backoff * 2).min(MAX_RETARGET_BACKOFF_MS);
+                        g.phase = Phase::Delivering {
+                            retarget_at: now + backoff,
+                            backoff,
+                        };
+                        g.threads = Some(threads);
                     }
                 }
             }
             Input::GrantPickedUp { grant } => {
                 if let Some(g) = self.grant_mut(grant) {
-                    if let Phase::Retargeting = g.phase {
+                    if let Phase::Retargeting { .. } = g.phase {
                         g.phase = Phase::PickedUp;
                     }
                 }
@@ -540,6 +563,7 @@ impl Controller {
             deadline: now + self.config.grant_timeout_ms,
             phase: Phase::Inspecting,
             previous,
+            threads: None,
         });
         out.push(Effect::InspectClient { pid: client });
     }
@@ -654,25 +678,32 @@ impl Controller {
         match &mut self.state {
             State::Granting(g) if now >= g.deadline => {
                 let id = g.id;
-                if matches!(g.phase, Phase::Delivering { .. } | Phase::Retargeting) {
+                if matches!(
+                    g.phase,
+                    Phase::Delivering { .. } | Phase::Retargeting { .. }
+                ) {
                     out.push(Effect::WithdrawGrant { grant: id });
                 }
+                let seen = match &g.threads {
+                    Some(threads) => format!(" (threads: {threads})"),
+                    None => String::new(),
+                };
                 let message = match &g.phase {
                     Phase::Retrying { last_error, .. } => {
                         format!("timed out after {timeout} ms: cannot inject the grant into the target: {last_error}")
                     }
                     _ => format!(
-                        "timed out after {timeout} ms: the target ran no Python code (blocked in a C call, a long sleep or I/O?); try again when it is busy"
+                        "timed out after {timeout} ms: the target ran no Python code{seen}; it may be blocked in a C call, a long sleep or I/O; try again when it is busy"
                     ),
                 };
                 self.finish_grant(now, Err(message), out);
             }
             State::Granting(g) => match g.phase {
                 Phase::Delivering {
-                    retarget_at: Some(at),
-                    ..
-                } if now >= at => {
-                    g.phase = Phase::Retargeting;
+                    retarget_at,
+                    backoff,
+                } if now >= retarget_at => {
+                    g.phase = Phase::Retargeting { backoff };
                     out.push(Effect::RetargetGrant { grant: g.id });
                 }
                 Phase::Retrying { retry_at, .. } if now >= retry_at => {
@@ -723,7 +754,10 @@ impl Controller {
     fn begin_stop(&mut self, now: Millis, reason: StopReason, out: &mut Vec<Effect>) {
         if let State::Granting(g) = &self.state {
             let id = g.id;
-            if matches!(g.phase, Phase::Delivering { .. } | Phase::Retargeting) {
+            if matches!(
+                g.phase,
+                Phase::Delivering { .. } | Phase::Retargeting { .. }
+            ) {
                 out.push(Effect::WithdrawGrant { grant: id });
             }
             let client = g.client;
@@ -835,6 +869,9 @@ impl fmt::Display for Input {
             }
             Input::GrantMoved { grant, tid } => write!(f, "grant {grant} moved to thread {tid}"),
             Input::GrantPickedUp { grant } => write!(f, "grant {grant} already picked up"),
+            Input::GrantStayed { grant, threads } => {
+                write!(f, "grant {grant} stays: no other thread runs ({threads})")
+            }
             Input::GrantNotScheduled {
                 grant,
                 error,

@@ -196,3 +196,45 @@ fn on_a_terminal_ctrl_c_interrupts_the_target_not_the_client() {
     guard.0 = None;
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn a_target_that_opted_out_of_remote_debugging_is_refused_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pipes");
+    let child = Command::new(bin("heli-controller"))
+        .arg("--pipe-dir")
+        .arg(&dir)
+        .arg("--python")
+        .arg(python())
+        // A retried opt-out would only end at this timeout, far past the 5 s exchange below.
+        .args(["--grant-timeout", "60000"])
+        .arg(fixture("no_remote_debug.py"))
+        .env("PYTHON_DISABLE_REMOTE_DEBUG", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = KillOnDrop(Some(child));
+    let mut stderr = Lines::spawn(guard.0.as_mut().unwrap().stderr.take().unwrap());
+    stderr.wait_for("listening on");
+    let reply = helicopter_parent::io::exchange::exchange_raw(
+        &dir,
+        &format!("GRANT_ACCESS {}", std::process::id()),
+        std::time::Duration::from_secs(5),
+        true,
+    )
+    .unwrap()
+    .unwrap();
+    assert!(
+        reply.contains("remote debugging is disabled")
+            && reply.contains("PYTHON_DISABLE_REMOTE_DEBUG"),
+        "{reply}"
+    );
+    let _ = helicopter_parent::io::exchange::exchange_raw(
+        &dir,
+        "TERMINATE",
+        std::time::Duration::from_secs(5),
+        true,
+    );
+    wait_with_deadline(guard.0.as_mut().unwrap(), TIMEOUT);
+    guard.0 = None;
+}

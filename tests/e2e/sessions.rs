@@ -19,7 +19,10 @@ fn recorded_sessions_replay_clean_and_match_their_transcripts() {
         }
     }
     names.sort();
-    assert!(names.len() >= 6, "expected the recorded sessions, found {names:?}");
+    assert!(
+        names.len() >= 6,
+        "expected the recorded sessions, found {names:?}"
+    );
     for path in names {
         let text = std::fs::read_to_string(&path).unwrap();
         let done = replay(&text, true).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -31,17 +34,41 @@ fn recorded_sessions_replay_clean_and_match_their_transcripts() {
 #[test]
 fn heli_replay_check_reports_a_divergence_with_both_sides() {
     let text = std::fs::read_to_string(sessions_dir().join("terminate.jsonl")).unwrap();
-    let tampered = text.replacen(r#""reply":"ready""#, r#""reply":"error","value":"tampered""#, 1);
-    assert_ne!(tampered, text, "the fixture has a READY reply to tamper with");
+    let tampered = text.replacen(
+        r#""reply":"ready""#,
+        r#""reply":"error","value":"tampered""#,
+        1,
+    );
+    assert_ne!(
+        tampered, text,
+        "the fixture has a READY reply to tamper with"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("tampered.jsonl");
     std::fs::write(&path, tampered).unwrap();
-    let out = std::process::Command::new(bin("heli-replay")).arg("--check").arg(&path).output().unwrap();
+    let out = std::process::Command::new(bin("heli-replay"))
+        .arg("--check")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("replay diverged") && err.contains("recorded:") && err.contains("ERROR: tampered"), "{err}");
-    let ok = std::process::Command::new(bin("heli-replay")).arg("--check").arg(sessions_dir().join("terminate.jsonl")).output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        err.contains("replay diverged")
+            && err.contains("recorded:")
+            && err.contains("ERROR: tampered"),
+        "{err}"
+    );
+    let ok = std::process::Command::new(bin("heli-replay"))
+        .arg("--check")
+        .arg(sessions_dir().join("terminate.jsonl"))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 }
 
 /// Records one session: starts the controller with a journal, runs `drive`, waits for
@@ -71,9 +98,18 @@ fn record_sessions() {
         let dead = gone.id();
         gone.wait().unwrap();
         for line in [
-            "FLY_AWAY", "GRANT_ACCESS", "GRANT_ACCESS 1 2", "GET_TARGET_PID x", "GRANT_ACCESS abc",
-            "GRANT_ACCESS 0", "GRANT_ACCESS -1", "GRANT_ACCESS +7", "GRANT_ACCESS 1_000",
-            "GRANT_ACCESS 99999999", &format!("GRANT_ACCESS {dead}"), "   ",
+            "FLY_AWAY",
+            "GRANT_ACCESS",
+            "GRANT_ACCESS 1 2",
+            "GET_TARGET_PID x",
+            "GRANT_ACCESS abc",
+            "GRANT_ACCESS 0",
+            "GRANT_ACCESS -1",
+            "GRANT_ACCESS +7",
+            "GRANT_ACCESS 1_000",
+            "GRANT_ACCESS 99999999",
+            &format!("GRANT_ACCESS {dead}"),
+            "   ",
         ] {
             c.send(line);
         }
@@ -82,12 +118,17 @@ fn record_sessions() {
         raw(c, b"get_target_pid\nGET_TARGET_PID", 2);
         assert_eq!(c.send("TERMINATE"), "READY");
     });
-    record("grant_timeout", "stuck_in_c.py", &["--grant-timeout", "300"], |c| {
-        c.stdout.wait_for("sleeping in C");
-        let reply = c.send(&format!("GRANT_ACCESS {}", std::process::id()));
-        assert!(reply.starts_with("ERROR: timed out"), "{reply}");
-        assert_eq!(c.send("TERMINATE"), "READY");
-    });
+    record(
+        "grant_timeout",
+        "stuck_in_c.py",
+        &["--grant-timeout", "300"],
+        |c| {
+            c.stdout.wait_for("sleeping in C");
+            let reply = c.send(&format!("GRANT_ACCESS {}", std::process::id()));
+            assert!(reply.starts_with("ERROR: timed out"), "{reply}");
+            assert_eq!(c.send("TERMINATE"), "READY");
+        },
+    );
     record("target_crash", "exit_on_request.py", &[], |c| {
         c.send("GET_TARGET_PID");
         std::fs::write(c.dir.join("../exit-now"), "abort").unwrap();
@@ -98,7 +139,10 @@ fn record_sessions() {
     });
     record("yama_absent_grant", "blocked_main.py", &[], |c| {
         c.stdout.wait_for("main thread blocking in join");
-        assert_eq!(c.send(&format!("GRANT_ACCESS {}", std::process::id())), "READY");
+        assert_eq!(
+            c.send(&format!("GRANT_ACCESS {}", std::process::id())),
+            "READY"
+        );
         c.signal(libc::SIGTERM);
     });
 }

@@ -275,7 +275,8 @@ pub fn pdb_numbers(output: &str) -> Vec<u64> {
 
 /// Writes raw bytes on `control` (response opened first) and reads `n` reply lines.
 pub fn raw(controller: &Controller, bytes: &[u8], n: usize) -> Vec<String> {
-    let mut response = helicopter_parent::io::pipes::open_reader(&controller.pipe("response")).unwrap();
+    let mut response =
+        helicopter_parent::io::pipes::open_reader(&controller.pipe("response")).unwrap();
     // Blocking writer: a line larger than the pipe buffer is written in several parts.
     let mut control = std::fs::OpenOptions::new()
         .write(true)
@@ -292,13 +293,21 @@ pub fn raw(controller: &Controller, bytes: &[u8], n: usize) -> Vec<String> {
             "only {:?} after 5 s",
             String::from_utf8_lossy(&buf)
         );
-        let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&response), nix::poll::PollFlags::POLLIN)];
-        nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(left.as_millis() as u16)).unwrap();
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&response),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        nix::poll::poll(
+            &mut fds,
+            nix::poll::PollTimeout::from(left.as_millis() as u16),
+        )
+        .unwrap();
         let mut chunk = [0u8; 4096];
         match response.read(&mut chunk) {
             // The controller closes after each reply; reopen-free: keep reading later ones.
             Ok(0) => {
-                response = helicopter_parent::io::pipes::open_reader(&controller.pipe("response")).unwrap();
+                response = helicopter_parent::io::pipes::open_reader(&controller.pipe("response"))
+                    .unwrap();
             }
             Ok(k) => buf.extend_from_slice(&chunk[..k]),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -311,4 +320,3 @@ pub fn raw(controller: &Controller, bytes: &[u8], n: usize) -> Vec<String> {
         .map(String::from)
         .collect()
 }
-

@@ -228,10 +228,7 @@ impl PythonProcess {
             let next_addr = self.addr(self.offsets.interp_next_addr(interp))?;
             interp = self.read_u64(next_addr, "reading interpreter.next")?;
         }
-        Err(InjectError::NotPython {
-            pid: self.pid,
-            detail: "its runtime has no main interpreter yet (still starting up?)".into(),
-        })
+        Err(InjectError::NoMainInterpreter { pid: self.pid })
     }
 
     fn main_tstate(&self) -> Result<Option<u64>, InjectError> {
