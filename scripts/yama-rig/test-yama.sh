@@ -68,6 +68,23 @@ if [[ ! -f $stamp ]]; then
   touch "$stamp"
 fi
 
+# --- Stage what the guest runs where uid 1000 can read it -------------------------------
+# CI may clone anywhere (e.g. under a 0700 home): the guest gets copies of the rig, the
+# fixture and the binaries in the shared cache, so the checkout's permissions never
+# matter. One directory per run, removed on exit.
+stage=$(mktemp -d "$shared/stage-XXXXXX")
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage/rig" "$stage/bin"
+cp "$here"/*.py "$stage/rig/"
+cp "$fixture" "$stage/"
+fixture=$stage/${fixture##*/}
+if [[ $only == all ]]; then
+  cp "$bin/heli-controller" "$bin/heli-client" "$stage/bin/"
+  bin=$stage/bin
+fi
+chmod -R a+rX "$stage"
+rig=$stage/rig
+
 # --- Everything the guest's uid 1000 touches must be readable by it --------------------
 # (CI clones the repository anywhere, e.g. under a 0700 home.) Checked here, as uid 1000,
 # to fail early with the directory to fix; the guest checks again.
@@ -81,7 +98,7 @@ blocker() { # first component of $1 that uid 1000 cannot traverse/read
   done
 }
 if [[ $(id -u) == 0 ]] && command -v setpriv >/dev/null; then
-  need=("$py" "$stdlib/pdb.py" "$pycache" "$here/probe.py" "$here/guest_checks.py" "$fixture")
+  need=("$py" "$stdlib/pdb.py" "$pycache" "$rig/probe.py" "$rig/guest_checks.py" "$fixture")
   [[ $only == all ]] && need+=("$bin/heli-controller" "$bin/heli-client")
   for f in "${need[@]}"; do
     b=$(blocker "$f")
@@ -107,7 +124,7 @@ ln -sfn "$run" "$runs/latest"
 ls -1dt "$runs"/2* 2>/dev/null | tail -n +11 | xargs -r rm -rf
 
 cfg_bin=$([[ $only == all ]] && echo "$bin" || true)
-"$py" - "$run/config.json" "$py" "$cfg_bin" "$here" "$fixture" "$pycache" "$only" "$break_grant" "$scopes_json" <<'PY'
+"$py" - "$run/config.json" "$py" "$cfg_bin" "$rig" "$fixture" "$pycache" "$only" "$break_grant" "$scopes_json" <<'PY'
 import json, sys
 out, py, bin_, rig, fixture, pycache, only, brk, scopes = sys.argv[1:]
 json.dump({"python": py, "bin": bin_ or None, "rig": rig, "fixture": fixture,
@@ -118,7 +135,7 @@ PY
 cat >"$run/job.sh" <<JOB
 exec /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \\
   HOME=/run/tmp TMPDIR=/run/tmp LANG=C.UTF-8 PYTHONPYCACHEPREFIX='$pycache' PYTHONDONTWRITEBYTECODE=1 \\
-  '$py' '$here/guest_checks.py' /run/work
+  '$py' '$rig/guest_checks.py' /run/work
 JOB
 
 # --- Boot ------------------------------------------------------------------------------
