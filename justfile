@@ -18,7 +18,7 @@ demo: build
 
 # All tests: unit, end-to-end (real Python 3.14, real pdb), and the seed acceptance check
 test: build
-    cargo test --all-targets
+    cargo test
     just acceptance
 
 # The seed's example session, checked from outside (needs ../shared/acceptance)

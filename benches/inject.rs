@@ -161,16 +161,7 @@ fn main() {
     let mut helper = Vec::new();
     for _ in 0..15 {
         let start = Instant::now();
-        let status = Command::new(&python)
-            .args([
-                "-c",
-                "import sys; sys.remote_exec(int(sys.argv[1]), sys.argv[2])",
-                &busy.pid().to_string(),
-            ])
-            .arg(&silent)
-            .stdin(Stdio::null())
-            .status()
-            .unwrap();
+        let status = sys_remote_exec(&python, busy.pid(), &silent);
         helper.push(start.elapsed());
         assert!(status.success());
         wait_pickup(&process, busy.pid());
@@ -195,16 +186,7 @@ fn main() {
     let mut helper_delivery = Vec::new();
     for _ in 0..10 {
         let start = Instant::now();
-        let status = Command::new(&python)
-            .args([
-                "-c",
-                "import sys; sys.remote_exec(int(sys.argv[1]), sys.argv[2])",
-                &busy.pid().to_string(),
-            ])
-            .arg(&printing)
-            .stdin(Stdio::null())
-            .status()
-            .unwrap();
+        let status = sys_remote_exec(&python, busy.pid(), &printing);
         assert!(status.success());
         busy.expect_line("injected", RUN);
         helper_delivery.push(start.elapsed());
@@ -256,4 +238,22 @@ fn main() {
             median.as_secs_f64() / baseline
         );
     }
+}
+
+/// `sys.remote_exec` as a whole helper process, the way the published tool injects.
+fn sys_remote_exec(
+    python: &std::path::Path,
+    pid: i32,
+    script: &std::path::Path,
+) -> std::process::ExitStatus {
+    Command::new(python)
+        .args([
+            "-c",
+            "import sys; sys.remote_exec(int(sys.argv[1]), sys.argv[2])",
+            &pid.to_string(),
+        ])
+        .arg(script)
+        .stdin(Stdio::null())
+        .status()
+        .unwrap()
 }

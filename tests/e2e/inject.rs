@@ -6,11 +6,8 @@
 //! with a deadline. Every target is killed and reaped when its guard drops.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use helicopter_parent::io::inject::{
@@ -19,36 +16,17 @@ use helicopter_parent::io::inject::{
 };
 use tempfile::TempDir;
 
+use crate::support::{fixture, python, Lines};
+
 /// Interpreter start-up on a loaded 2-core machine.
 const STARTUP: Duration = Duration::from_secs(30);
 /// From a write to the script's output line, for a target that picks up at once.
 const RUN: Duration = Duration::from_secs(10);
 
-/// The provisioned python3.14, found once per test binary.
-fn python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/provision-python.sh");
-        let out = Command::new(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/provision-python.sh");
-        assert!(out.status.success(), "provision-python.sh failed");
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
 /// A running target; killed and reaped on drop, pass or fail.
 struct Target {
     child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
+    lines: Lines,
 }
 
 impl Target {
@@ -63,21 +41,8 @@ impl Target {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn target");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Target {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
+        let lines = Lines::spawn(child.stdout.take().unwrap());
+        Target { child, lines }
     }
 
     /// Starts `fixture_name` and waits for its `ready` line; returns the line.
@@ -98,25 +63,13 @@ impl Target {
             None => panic!(
                 "target {} printed no line starting with {prefix:?} within {within:?}; seen: {:?}",
                 self.pid(),
-                self.seen
+                self.lines.seen
             ),
         }
     }
 
     fn next_line(&mut self, prefix: &str, within: Duration) -> Option<String> {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.starts_with(prefix) {
-                        return Some(line);
-                    }
-                }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
-            }
-        }
+        self.lines.next_starting_with(prefix, within)
     }
 }
 
@@ -344,9 +297,9 @@ fn withdrawn_request_never_runs() {
     signal_main();
     target.expect_line("injected kept", RUN);
     assert!(
-        !target.seen.iter().any(|l| l.contains("withdrawn")),
+        !target.lines.seen.iter().any(|l| l.contains("withdrawn")),
         "withdrawn script ran: {:?}",
-        target.seen
+        target.lines.seen
     );
 }
 
@@ -541,6 +494,7 @@ fn same_script_injected_twice_runs_twice() {
         target.expect_line("injected again", RUN);
     }
     let runs = target
+        .lines
         .seen
         .iter()
         .filter(|l| *l == "injected again")

@@ -98,6 +98,18 @@ impl Lines {
         }
     }
 
+    /// The next line not yet received that starts with `prefix`, within `within`.
+    pub fn next_starting_with(&mut self, prefix: &str, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        while let Ok(line) = self.rx.recv_deadline(deadline) {
+            self.seen.push(line.clone());
+            if line.starts_with(prefix) {
+                return Some(line);
+            }
+        }
+        None
+    }
+
     /// Forgets every line received so far, so the next wait sees only newer ones.
     pub fn forget(&mut self) {
         while self.rx.try_recv().is_ok() {}
