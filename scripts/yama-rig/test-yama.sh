@@ -74,16 +74,17 @@ fi
 # matter. One directory per run, removed on exit.
 stage=$(mktemp -d "$shared/stage-XXXXXX")
 trap 'rm -rf "$stage"' EXIT
-mkdir -p "$stage/rig" "$stage/bin"
-cp "$here"/*.py "$stage/rig/"
-cp "$fixture" "$stage/"
-fixture=$stage/${fixture##*/}
+# Same layout as the repository: probe.py finds the fixture relative to itself.
+mkdir -p "$stage/scripts/yama-rig" "$stage/tests/fixtures" "$stage/bin"
+cp "$here"/*.py "$stage/scripts/yama-rig/"
+cp "$fixture" "$stage/tests/fixtures/"
+fixture=$stage/tests/fixtures/${fixture##*/}
 if [[ $only == all ]]; then
   cp "$bin/heli-controller" "$bin/heli-client" "$stage/bin/"
   bin=$stage/bin
 fi
 chmod -R a+rX "$stage"
-rig=$stage/rig
+rig=$stage/scripts/yama-rig
 
 # --- Everything the guest's uid 1000 touches must be readable by it --------------------
 # (CI clones the repository anywhere, e.g. under a 0700 home.) Checked here, as uid 1000,
