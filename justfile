@@ -34,7 +34,7 @@ acceptance: build
 
 # Benchmarks (medians and ratios, side by side in one run)
 bench:
-    cargo bench
+    cargo bench --bench inject
 
 # The end-to-end suite under a real Yama kernel (qemu), as uid 1000 at ptrace_scope 0-3
 test-yama: build
