@@ -18,7 +18,7 @@ demo: build
 
 # All tests: unit, end-to-end (real Python 3.14, real pdb), and the seed acceptance check
 test: build
-    cargo test --all-targets
+    cargo test
     just acceptance
 
 # The seed's example session, checked from outside (needs ../shared/acceptance)
@@ -46,8 +46,14 @@ conformance: build
 
 # Benchmarks (medians and ratios, side by side in one run)
 bench:
-    cargo bench
+    cargo bench --bench inject
 
 # The end-to-end suite under a real Yama kernel (qemu), as uid 1000 at ptrace_scope 0-3
 test-yama: build
     scripts/yama-rig/test-yama.sh
+
+# Record the fixture sessions in tests/fixtures/sessions again, from real controller runs
+record-sessions:
+    cargo test --test e2e record_sessions -- --ignored --exact sessions::record_sessions
+    INSTA_UPDATE=always cargo test --test e2e recorded_sessions || true
+    @echo "review: git diff tests/fixtures/sessions tests/e2e/snapshots"

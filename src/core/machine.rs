@@ -182,14 +182,23 @@ pub enum Input {
         grant: GrantId,
         tid: i32,
     },
+    /// A retarget found no other thread running Python code: the grant stays where it
+    /// is. `threads` says what each thread is doing ("1234 (main) S in do_sys_poll").
+    GrantStayed {
+        grant: GrantId,
+        threads: String,
+    },
     /// A retarget found the grant already picked up: its acknowledgement is on the way.
     GrantPickedUp {
         grant: GrantId,
     },
-    /// The request could not be written into the target.
+    /// The request could not be written into the target. `transient`: it may work in a
+    /// moment (the interpreter is still starting), so it is tried again until the deadline.
     GrantNotScheduled {
         grant: GrantId,
         error: String,
+        #[serde(default)]
+        transient: bool,
     },
     /// The injected script reported `prctl`'s result: 0 or an errno.
     GrantRan {
@@ -252,15 +261,22 @@ enum Phase {
     Inspecting,
     /// Waiting for [`Input::GrantScheduled`].
     Scheduling,
-    /// In the target; moved to a running thread at `retarget_at` unless picked up.
+    /// In the target; at `retarget_at`, if not picked up, moved to a thread that runs.
+    /// `backoff` doubles each time no other thread was running, so a target that runs no
+    /// Python code at all is checked a few times, not every few milliseconds.
     Delivering {
-        tid: i32,
-        retarget_at: Option<Millis>,
+        retarget_at: Millis,
+        backoff: Millis,
     },
     /// Waiting for the edge to report what the retarget did.
-    Retargeting,
+    Retargeting { backoff: Millis },
     /// The target took the request; its acknowledgement is on the way.
     PickedUp,
+    /// The last injection failed transiently; try again at `retry_at`.
+    Retrying {
+        retry_at: Millis,
+        last_error: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -272,6 +288,8 @@ struct Grant {
     phase: Phase,
     /// The client that held the grant before; it keeps it if this one fails.
     previous: Option<u32>,
+    /// What the target's threads were last seen doing, to explain a timeout.
+    threads: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,6 +331,12 @@ impl State {
 /// in uninterruptible sleep): the controller must not hang on it.
 const KILL_WAIT_MS: Millis = 2000;
 
+/// Longest pause between two looks for a running thread to move a grant to.
+const MAX_RETARGET_BACKOFF_MS: Millis = 320;
+
+/// Pause before trying again an injection that failed transiently.
+const RETRY_INJECTION_MS: Millis = 10;
+
 /// The controller's decisions, without I/O. Feed it [`Input`]s with [`Controller::handle`],
 /// carry out the [`Effect`]s it returns in order, and feed [`Input::DeadlineReached`] when
 /// [`Controller::poll_timeout`] comes.
@@ -352,10 +376,8 @@ impl Controller {
     pub fn poll_timeout(&self) -> Option<Millis> {
         match &self.state {
             State::Granting(g) => match g.phase {
-                Phase::Delivering {
-                    retarget_at: Some(at),
-                    ..
-                } => Some(at.min(g.deadline)),
+                Phase::Delivering { retarget_at, .. } => Some(retarget_at.min(g.deadline)),
+                Phase::Retrying { retry_at, .. } => Some(retry_at.min(g.deadline)),
                 _ => Some(g.deadline),
             },
             State::Stopping {
@@ -384,31 +406,54 @@ impl Controller {
                 }
             }
             Input::ClientInspected { pid, facts } => self.on_client_inspected(now, pid, facts, out),
-            Input::GrantScheduled { grant, tid } | Input::GrantMoved { grant, tid } => {
-                let retarget_after = self.config.retarget_after_ms;
+            Input::GrantScheduled { grant, .. } | Input::GrantMoved { grant, .. } => {
+                let backoff = self.config.retarget_after_ms;
                 if let Some(g) = self.grant_mut(grant) {
-                    if matches!(g.phase, Phase::Scheduling | Phase::Retargeting) {
+                    if matches!(g.phase, Phase::Scheduling | Phase::Retargeting { .. }) {
+                        let retarget_at = now + backoff;
                         g.phase = Phase::Delivering {
-                            tid,
-                            retarget_at: Some(now + retarget_after),
+                            retarget_at,
+                            backoff,
                         };
+                    }
+                }
+            }
+            Input::GrantStayed { grant, threads } => {
+                if let Some(g) = self.grant_mut(grant) {
+                    if let Phase::Retargeting { backoff } = g.phase {
+                        let backoff = (backoff * 2).min(MAX_RETARGET_BACKOFF_MS);
+                        g.phase = Phase::Delivering {
+                            retarget_at: now + backoff,
+                            backoff,
+                        };
+                        g.threads = Some(threads);
                     }
                 }
             }
             Input::GrantPickedUp { grant } => {
                 if let Some(g) = self.grant_mut(grant) {
-                    if let Phase::Retargeting = g.phase {
+                    if let Phase::Retargeting { .. } = g.phase {
                         g.phase = Phase::PickedUp;
                     }
                 }
             }
-            Input::GrantNotScheduled { grant, error } => {
-                if self.grant_mut(grant).is_some() {
-                    self.finish_grant(
-                        now,
-                        Err(format!("cannot inject the grant into the target: {error}")),
-                        out,
-                    );
+            Input::GrantNotScheduled {
+                grant,
+                error,
+                transient,
+            } => {
+                let Some(g) = self.grant_mut(grant) else {
+                    return;
+                };
+                let retry_at = now + RETRY_INJECTION_MS;
+                if transient && retry_at < g.deadline {
+                    g.phase = Phase::Retrying {
+                        retry_at,
+                        last_error: error,
+                    };
+                } else {
+                    let message = format!("cannot inject the grant into the target: {error}");
+                    self.finish_grant(now, Err(message), out);
                 }
             }
             Input::GrantRan { grant, errno } => self.on_grant_ran(now, grant, errno, out),
@@ -518,6 +563,7 @@ impl Controller {
             deadline: now + self.config.grant_timeout_ms,
             phase: Phase::Inspecting,
             previous,
+            threads: None,
         });
         out.push(Effect::InspectClient { pid: client });
     }
@@ -632,26 +678,41 @@ impl Controller {
         match &mut self.state {
             State::Granting(g) if now >= g.deadline => {
                 let id = g.id;
-                if matches!(g.phase, Phase::Delivering { .. } | Phase::Retargeting) {
+                if matches!(
+                    g.phase,
+                    Phase::Delivering { .. } | Phase::Retargeting { .. }
+                ) {
                     out.push(Effect::WithdrawGrant { grant: id });
                 }
-                let message = format!(
-                    "timed out after {timeout} ms: the target ran no Python code (blocked in a C call, a long sleep or I/O?); try again when it is busy"
-                );
+                let seen = match &g.threads {
+                    Some(threads) => format!(" (threads: {threads})"),
+                    None => String::new(),
+                };
+                let message = match &g.phase {
+                    Phase::Retrying { last_error, .. } => {
+                        format!("timed out after {timeout} ms: cannot inject the grant into the target: {last_error}")
+                    }
+                    _ => format!(
+                        "timed out after {timeout} ms: the target ran no Python code{seen}; it may be blocked in a C call, a long sleep or I/O; try again when it is busy"
+                    ),
+                };
                 self.finish_grant(now, Err(message), out);
             }
-            State::Granting(g) => {
-                if let Phase::Delivering {
-                    retarget_at: Some(at),
-                    ..
-                } = g.phase
-                {
-                    if now >= at {
-                        g.phase = Phase::Retargeting;
-                        out.push(Effect::RetargetGrant { grant: g.id });
-                    }
+            State::Granting(g) => match g.phase {
+                Phase::Delivering {
+                    retarget_at,
+                    backoff,
+                } if now >= retarget_at => {
+                    g.phase = Phase::Retargeting { backoff };
+                    out.push(Effect::RetargetGrant { grant: g.id });
                 }
-            }
+                Phase::Retrying { retry_at, .. } if now >= retry_at => {
+                    g.phase = Phase::Scheduling;
+                    let (grant, client) = (g.id, g.client);
+                    out.push(Effect::ScheduleGrant { grant, client });
+                }
+                _ => {}
+            },
             State::Stopping {
                 kill_at: Some(at), ..
             } if now >= *at => {
@@ -693,7 +754,10 @@ impl Controller {
     fn begin_stop(&mut self, now: Millis, reason: StopReason, out: &mut Vec<Effect>) {
         if let State::Granting(g) = &self.state {
             let id = g.id;
-            if matches!(g.phase, Phase::Delivering { .. } | Phase::Retargeting) {
+            if matches!(
+                g.phase,
+                Phase::Delivering { .. } | Phase::Retargeting { .. }
+            ) {
                 out.push(Effect::WithdrawGrant { grant: id });
             }
             let client = g.client;
@@ -805,8 +869,16 @@ impl fmt::Display for Input {
             }
             Input::GrantMoved { grant, tid } => write!(f, "grant {grant} moved to thread {tid}"),
             Input::GrantPickedUp { grant } => write!(f, "grant {grant} already picked up"),
-            Input::GrantNotScheduled { grant, error } => {
-                write!(f, "grant {grant} not injected: {error}")
+            Input::GrantStayed { grant, threads } => {
+                write!(f, "grant {grant} stays: no other thread runs ({threads})")
+            }
+            Input::GrantNotScheduled {
+                grant,
+                error,
+                transient,
+            } => {
+                let retry = if *transient { " (will retry)" } else { "" };
+                write!(f, "grant {grant} not injected{retry}: {error}")
             }
             Input::GrantRan { grant, errno } => write!(f, "grant {grant} ran, prctl errno {errno}"),
             Input::TargetExited { status } => write!(f, "target {status}"),

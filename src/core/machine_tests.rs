@@ -179,15 +179,94 @@ fn a_grant_not_picked_up_moves_to_a_running_thread_then_times_out() {
     assert_eq!(
         h.session.controller().poll_timeout(),
         Some(40),
-        "retargets again while not picked up"
+        "looks again while not picked up"
     );
+    assert_eq!(
+        h.at(40, Input::DeadlineReached),
+        vec![Effect::RetargetGrant { grant }]
+    );
+    let threads = "1 (main) S in hrtimer_nanosleep, 7 S in futex_wait".to_string();
+    assert!(h
+        .on(Input::GrantStayed {
+            grant,
+            threads: threads.clone()
+        })
+        .is_empty());
+    assert_eq!(
+        h.session.controller().poll_timeout(),
+        Some(80),
+        "backs off when nothing runs"
+    );
+    assert_eq!(
+        h.at(80, Input::DeadlineReached),
+        vec![Effect::RetargetGrant { grant }]
+    );
+    assert!(h
+        .on(Input::GrantStayed {
+            grant,
+            threads: threads.clone()
+        })
+        .is_empty());
+    assert_eq!(h.session.controller().poll_timeout(), Some(160));
     let effects = h.at(1500, Input::DeadlineReached);
     assert_eq!(effects[0], Effect::WithdrawGrant { grant });
-    assert!(error_text(&effects).contains("timed out after 1500 ms"));
+    let message = error_text(&effects);
+    assert!(
+        message.contains("timed out after 1500 ms") && message.contains(&threads),
+        "{message}"
+    );
     assert_eq!(h.state(), "idle");
     // A late acknowledgement of the withdrawn grant is not taken for anything newer.
     let late = h.at(1600, Input::GrantRan { grant, errno: 0 });
     assert!(replies(&late).is_empty());
+}
+
+#[test]
+fn a_transient_injection_failure_is_retried_until_the_deadline() {
+    let mut h = Harness::new(Yama::Scope(1));
+    h.on(line(&format!("GRANT_ACCESS {CLIENT}")));
+    let effects = h.on(Input::ClientInspected {
+        pid: CLIENT,
+        facts: running(UID),
+    });
+    let [Effect::ScheduleGrant { grant, .. }] = effects.as_slice() else {
+        panic!("{effects:?}")
+    };
+    let grant = *grant;
+    let starting = "the interpreter is starting up".to_string();
+    assert!(h
+        .on(Input::GrantNotScheduled {
+            grant,
+            error: starting.clone(),
+            transient: true
+        })
+        .is_empty());
+    let retry_at = h.session.controller().poll_timeout().unwrap();
+    assert_eq!(
+        h.at(retry_at, Input::DeadlineReached),
+        vec![Effect::ScheduleGrant {
+            grant,
+            client: CLIENT
+        }]
+    );
+    assert!(h.on(Input::GrantScheduled { grant, tid: 1 }).is_empty());
+    assert_eq!(
+        replies(&h.on(Input::GrantRan { grant, errno: 0 })),
+        vec![Reply::Ready]
+    );
+    // A permanent failure ends the grant at once.
+    h.on(line("GRANT_ACCESS 3000"));
+    h.on(Input::ClientInspected {
+        pid: 3000,
+        facts: running(UID),
+    });
+    let effects = h.on(Input::GrantNotScheduled {
+        grant: 2,
+        error: "remote debugging is disabled".into(),
+        transient: false,
+    });
+    assert!(error_text(&effects)
+        .contains("cannot inject the grant into the target: remote debugging is disabled"));
 }
 
 #[test]

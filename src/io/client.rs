@@ -104,6 +104,24 @@ fn is_pdb_quit(line: &str) -> bool {
     )
 }
 
+/// At Yama scope 3, or scope 2 without root, no grant lets this user attach.
+fn scope_forbids_attach() -> Option<String> {
+    let Yama::Scope(scope @ 2..) = procfs::yama() else {
+        return None;
+    };
+    if scope == 2 && nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let rule = if scope >= 3 {
+        "no process may attach to another"
+    } else {
+        "only processes with CAP_SYS_PTRACE may attach"
+    };
+    Some(format!(
+        "kernel.yama.ptrace_scope is {scope}: {rule}; no grant can help"
+    ))
+}
+
 extern "C" fn interrupt_read(_: libc::c_int) {}
 
 /// At the prompt Ctrl-C interrupts the read (no SA_RESTART) instead of killing the client.
@@ -141,6 +159,10 @@ impl Client {
         say("Helicopter Parent - Debug Client");
         if let Err(e) = self.target_pid() {
             say(&format!("❌ {e}"));
+            // The controller refuses to start at these scopes: say why none is running.
+            if let Some(why) = scope_forbids_attach() {
+                say(&format!("   note: {why}"));
+            }
             return EXIT_NO_CONTROLLER;
         }
         say("Type 'help' for available commands");
@@ -240,18 +262,9 @@ impl Client {
                 return false;
             }
         };
-        if let Yama::Scope(scope @ 2..) = procfs::yama() {
-            if scope >= 3 || !nix::unistd::geteuid().is_root() {
-                say(&format!(
-                    "❌ kernel.yama.ptrace_scope is {scope}: {}; no grant can help",
-                    if scope >= 3 {
-                        "no process may attach to another"
-                    } else {
-                        "only processes with CAP_SYS_PTRACE may attach"
-                    }
-                ));
-                return false;
-            }
+        if let Some(why) = scope_forbids_attach() {
+            say(&format!("❌ {why}"));
+            return false;
         }
         let me = std::process::id();
         say(&format!(

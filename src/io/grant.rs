@@ -2,7 +2,7 @@
 //! it through the native injector (from this process: at `ptrace_scope=1` only an
 //! ancestor may write into the target), and turns the script's report on the
 //! `grant-ack` FIFO into [`Input::GrantRan`].
-use super::inject::{running_threads, PythonProcess, ThreadChoice};
+use super::inject::{describe_threads, running_threads, InjectError, PythonProcess, ThreadChoice};
 use super::pipes::GRANT_ACK;
 use crate::core::machine::{GrantId, Input};
 use crossbeam_channel::Sender;
@@ -60,19 +60,45 @@ impl Granter {
             Ok(tid) => Input::GrantScheduled { grant, tid },
             Err(error) => {
                 self.forget(grant);
-                Input::GrantNotScheduled { grant, error }
+                let transient = error.is_transient() || self.still_starting(&error);
+                Input::GrantNotScheduled {
+                    grant,
+                    error: error.to_string(),
+                    transient,
+                }
             }
         }
     }
 
-    fn try_schedule(&mut self, grant: GrantId, client: u32) -> Result<i32, String> {
+    /// Right after launch the interpreter's "remote debugging enabled" flag still reads 0.
+    /// A real opt-out always shows from outside, as `PYTHON_DISABLE_REMOTE_DEBUG` in the
+    /// environment or `-X disable-remote-debug` on the command line; without either, the
+    /// target is still starting and the grant is tried again.
+    fn still_starting(&self, error: &InjectError) -> bool {
+        if !matches!(error, InjectError::RemoteDebugDisabled { .. }) {
+            return false;
+        }
+        let read =
+            |what: &str| fs::read(format!("/proc/{}/{what}", self.target)).unwrap_or_default();
+        let environ = read("environ");
+        let cmdline = read("cmdline");
+        let opted_out = environ
+            .split(|&b| b == 0)
+            .any(|var| var.starts_with(b"PYTHON_DISABLE_REMOTE_DEBUG="))
+            || cmdline
+                .split(|&b| b == 0)
+                .any(|arg| arg.ends_with(b"disable-remote-debug"));
+        !opted_out
+    }
+
+    fn try_schedule(&mut self, grant: GrantId, client: u32) -> Result<i32, InjectError> {
         let script = self.dir.join(format!("{SCRIPT_PREFIX}{grant}.py"));
         let ack = self.dir.join(GRANT_ACK);
-        write_new_file(
-            &script,
-            grant_script(client, &ack, &self.token, grant).as_bytes(),
-        )
-        .map_err(|e| format!("cannot write {}: {e}", script.display()))?;
+        let content = grant_script(client, &ack, &self.token, grant);
+        write_new_file(&script, content.as_bytes()).map_err(|e| InjectError::InvalidPath {
+            path: script.display().to_string(),
+            reason: format!("cannot write it: {e}"),
+        })?;
         let scheduled = PythonProcess::open(self.target as i32)
             .and_then(|process| Ok((process.schedule(ThreadChoice::Main, &script)?, process)));
         match scheduled {
@@ -89,7 +115,7 @@ impl Granter {
             }
             Err(e) => {
                 let _ = fs::remove_file(&script);
-                Err(e.to_string())
+                Err(e)
             }
         }
     }
@@ -100,25 +126,31 @@ impl Granter {
         let Some(entry) = self.in_flight.get_mut(&grant) else {
             return Input::GrantPickedUp { grant };
         };
+        let python_tids: Vec<i32> = match entry.process.threads() {
+            Ok(threads) => threads.iter().map(|t| t.native_tid).collect(),
+            Err(_) => Vec::new(),
+        };
+        let candidate = running_threads(self.target as i32)
+            .into_iter()
+            .find(|tid| *tid != entry.tid && python_tids.contains(tid));
+        // Nothing better to move to: leave the request where it is rather than take it
+        // back and write it again, which opens a window for nothing.
+        let Some(tid) = candidate else {
+            let threads = describe_threads(self.target as i32);
+            return Input::GrantStayed { grant, threads };
+        };
         match entry.process.withdraw(entry.tid) {
             Ok(true) => {}
             Ok(false) => return Input::GrantPickedUp { grant },
             Err(e) => {
+                let error = e.to_string();
                 return Input::GrantNotScheduled {
                     grant,
-                    error: e.to_string(),
-                }
+                    error,
+                    transient: false,
+                };
             }
         }
-        let python_tids: Vec<i32> = entry
-            .process
-            .threads()
-            .map(|ts| ts.iter().map(|t| t.native_tid).collect())
-            .unwrap_or_default();
-        let candidate = running_threads(self.target as i32)
-            .into_iter()
-            .find(|tid| *tid != entry.tid && python_tids.contains(tid));
-        let tid = candidate.unwrap_or(entry.tid);
         match entry
             .process
             .schedule(ThreadChoice::Tid(tid), &entry.script)
@@ -127,10 +159,14 @@ impl Granter {
                 entry.tid = tid;
                 Input::GrantMoved { grant, tid }
             }
-            Err(e) => Input::GrantNotScheduled {
-                grant,
-                error: e.to_string(),
-            },
+            Err(e) => {
+                let error = e.to_string();
+                Input::GrantNotScheduled {
+                    grant,
+                    error,
+                    transient: false,
+                }
+            }
         }
     }
 

@@ -1,6 +1,5 @@
 //! Thin adapters between the OS and [`crate::core`]: each turns OS events into core inputs
 //! or carries out core effects. Decisions live in the core, not here.
-#![allow(clippy::disallowed_methods)] // the edge reads clocks; the core does not
 
 pub mod client;
 pub mod conformance;

@@ -131,7 +131,7 @@ impl Terminal {
 
 #[test]
 fn on_a_terminal_ctrl_c_interrupts_the_target_not_the_client() {
-    let controller = Controller::start("counter.py");
+    let mut controller = Controller::start("ticking.py");
     let pty = nix::pty::openpty(None, None).unwrap();
     let slave: OwnedFd = pty.slave;
     let mut command = Command::new(bin("heli-client"));
@@ -173,10 +173,11 @@ fn on_a_terminal_ctrl_c_interrupts_the_target_not_the_client() {
     term.type_text("attach\n");
     term.wait_for("(Pdb) ");
     term.mark();
+    // The target is stopped in pdb now; once `c` is processed it prints ticks again, and
+    // only then is Ctrl-C an interrupt of a running target.
+    controller.stdout.forget();
     term.type_text("c\n");
-    // readline echoes the line and its newline once it has taken it: only then is pdb
-    // past its prompt (a Ctrl-C before that would flush the typed `c`).
-    term.wait_for("c\r\n");
+    controller.stdout.wait_for("tick");
     term.type_text("\x03");
     term.wait_for("Program interrupted");
     term.wait_for("(Pdb) ");
@@ -194,4 +195,46 @@ fn on_a_terminal_ctrl_c_interrupts_the_target_not_the_client() {
     let status = wait_with_deadline(guard.0.as_mut().unwrap(), TIMEOUT);
     guard.0 = None;
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_target_that_opted_out_of_remote_debugging_is_refused_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pipes");
+    let child = Command::new(bin("heli-controller"))
+        .arg("--pipe-dir")
+        .arg(&dir)
+        .arg("--python")
+        .arg(python())
+        // A retried opt-out would only end at this timeout, far past the 5 s exchange below.
+        .args(["--grant-timeout", "60000"])
+        .arg(fixture("no_remote_debug.py"))
+        .env("PYTHON_DISABLE_REMOTE_DEBUG", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = KillOnDrop(Some(child));
+    let mut stderr = Lines::spawn(guard.0.as_mut().unwrap().stderr.take().unwrap());
+    stderr.wait_for("listening on");
+    let reply = helicopter_parent::io::exchange::exchange_raw(
+        &dir,
+        &format!("GRANT_ACCESS {}", std::process::id()),
+        std::time::Duration::from_secs(5),
+        true,
+    )
+    .unwrap()
+    .unwrap();
+    assert!(
+        reply.contains("remote debugging is disabled")
+            && reply.contains("PYTHON_DISABLE_REMOTE_DEBUG"),
+        "{reply}"
+    );
+    let _ = helicopter_parent::io::exchange::exchange_raw(
+        &dir,
+        "TERMINATE",
+        std::time::Duration::from_secs(5),
+        true,
+    );
+    wait_with_deadline(guard.0.as_mut().unwrap(), TIMEOUT);
+    guard.0 = None;
 }

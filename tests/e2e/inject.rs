@@ -6,11 +6,8 @@
 //! with a deadline. Every target is killed and reaped when its guard drops.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use helicopter_parent::io::inject::{
@@ -19,36 +16,17 @@ use helicopter_parent::io::inject::{
 };
 use tempfile::TempDir;
 
+use crate::support::{fixture, python, Lines};
+
 /// Interpreter start-up on a loaded 2-core machine.
 const STARTUP: Duration = Duration::from_secs(30);
 /// From a write to the script's output line, for a target that picks up at once.
 const RUN: Duration = Duration::from_secs(10);
 
-/// The provisioned python3.14, found once per test binary.
-fn python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/provision-python.sh");
-        let out = Command::new(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/provision-python.sh");
-        assert!(out.status.success(), "provision-python.sh failed");
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
 /// A running target; killed and reaped on drop, pass or fail.
 struct Target {
     child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
+    lines: Lines,
 }
 
 impl Target {
@@ -63,21 +41,8 @@ impl Target {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn target");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Target {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
+        let lines = Lines::spawn(child.stdout.take().unwrap());
+        Target { child, lines }
     }
 
     /// Starts `fixture_name` and waits for its `ready` line; returns the line.
@@ -98,25 +63,13 @@ impl Target {
             None => panic!(
                 "target {} printed no line starting with {prefix:?} within {within:?}; seen: {:?}",
                 self.pid(),
-                self.seen
+                self.lines.seen
             ),
         }
     }
 
     fn next_line(&mut self, prefix: &str, within: Duration) -> Option<String> {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.starts_with(prefix) {
-                        return Some(line);
-                    }
-                }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
-            }
-        }
+        self.lines.next_starting_with(prefix, within)
     }
 }
 
@@ -344,9 +297,9 @@ fn withdrawn_request_never_runs() {
     signal_main();
     target.expect_line("injected kept", RUN);
     assert!(
-        !target.seen.iter().any(|l| l.contains("withdrawn")),
+        !target.lines.seen.iter().any(|l| l.contains("withdrawn")),
         "withdrawn script ran: {:?}",
-        target.seen
+        target.lines.seen
     );
 }
 
@@ -423,7 +376,10 @@ fn live_subinterpreter_does_not_hide_the_main_interpreter() {
         Ok(()) => {
             target.expect_line("injected cpython", RUN);
         }
-        Err(message) => assert!(message.contains("main thread"), "{message}"),
+        Err(message) => {
+            assert!(message.contains("main thread"), "{message}");
+            eprintln!("sys.remote_exec with a live subinterpreter: {message}");
+        }
     }
 }
 
@@ -538,6 +494,7 @@ fn same_script_injected_twice_runs_twice() {
         target.expect_line("injected again", RUN);
     }
     let runs = target
+        .lines
         .seen
         .iter()
         .filter(|l| *l == "injected again")
@@ -590,4 +547,96 @@ fn deleted_binary_is_still_found_like_cpython() {
 
     sys_remote_exec(target.pid(), &scripts.printing("cpython")).unwrap();
     target.expect_line("injected cpython", RUN);
+}
+
+#[test]
+fn other_python_versions_are_refused_like_cpython() {
+    // Whatever non-3.14 interpreter this machine has (Debian 12: 3.11); none is fine.
+    let other = ["python3.13", "python3.12", "python3.11", "python3"]
+        .into_iter()
+        .find(|name| {
+            Command::new(name)
+                .args(["-c", "import sys; assert sys.version_info[:2] != (3, 14)"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+    let Some(other) = other else {
+        eprintln!("skipped: no Python other than 3.14 on PATH");
+        return;
+    };
+    let mut cmd = Command::new(other);
+    cmd.args([
+        "-c",
+        "import sys, time; print('ready', sys.version_info[:2], flush=True); time.sleep(120)",
+    ]);
+    let mut target = Target::spawn(cmd);
+    let ready = target.expect_line("ready", STARTUP);
+    let error = PythonProcess::open(target.pid()).unwrap_err();
+    match &error {
+        // 3.13 has debug offsets but no remote execution; older ones have no cookie.
+        InjectError::UnsupportedVersion { supported, .. } => assert_eq!(supported, "3.14"),
+        InjectError::NotPython { .. } => {}
+        other => panic!("{ready}: expected UnsupportedVersion or NotPython, got {other:?}"),
+    }
+    let scripts = Scripts::new();
+    let cpython = sys_remote_exec(target.pid(), &scripts.printing("cpython")).unwrap_err();
+    assert!(cpython.contains("Error"), "{ready}: {cpython}");
+    eprintln!("{ready}: ours: {error}\n  sys.remote_exec: {cpython}");
+}
+
+/// Set for the child run of [`permission_probe_child`]: the pid to open.
+const PROBE_PID_ENV: &str = "HELI_INJECT_PROBE_PID";
+
+#[test]
+fn permission_denied_explains_uid_yama_and_ancestry() {
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run the probe as another uid");
+        return;
+    }
+    // A root-owned target, opened by this same test binary re-run as `nobody`.
+    let (target, _) = Target::ready("inject_busy.py");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "inject::permission_probe_child",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(PROBE_PID_ENV, target.pid().to_string())
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let probe = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("PROBE: "))
+        .unwrap_or_else(|| panic!("probe printed nothing: {stdout}"));
+    assert!(probe.starts_with("permission denied"), "{probe}");
+    assert!(
+        probe.contains("uid 0") && probe.contains("uid 65534"),
+        "{probe}"
+    );
+    assert!(probe.contains("not a descendant"), "{probe}");
+    let yama = fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").ok();
+    match yama {
+        None => assert!(probe.contains("Yama is not active"), "{probe}"),
+        Some(scope) => assert!(
+            probe.contains(&format!("ptrace_scope={}", scope.trim())),
+            "{probe}"
+        ),
+    }
+}
+
+#[test]
+#[ignore = "run by permission_denied_explains_uid_yama_and_ancestry as another uid"]
+fn permission_probe_child() {
+    let pid: i32 = std::env::var(PROBE_PID_ENV).unwrap().parse().unwrap();
+    match PythonProcess::open(pid) {
+        Ok(_) => println!("PROBE: opened"),
+        Err(error) => println!("PROBE: {error}"),
+    }
 }

@@ -6,4 +6,5 @@ mod conformance;
 mod inject;
 mod lifecycle;
 mod protocol;
+mod sessions;
 mod support;

@@ -1,50 +1,8 @@
 //! The pipe protocol at the FIFO level, against the real controller.
 use crate::support::*;
 use helicopter_parent::io::pipes;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use rstest::rstest;
-use std::io::{Read, Write};
-use std::os::fd::AsFd;
-use std::time::{Duration, Instant};
-
-/// Writes raw bytes on `control` (response opened first) and reads `n` reply lines.
-fn raw(controller: &Controller, bytes: &[u8], n: usize) -> Vec<String> {
-    let mut response = pipes::open_reader(&controller.pipe("response")).unwrap();
-    // Blocking writer: a line larger than the pipe buffer is written in several parts.
-    let mut control = std::fs::OpenOptions::new()
-        .write(true)
-        .open(controller.pipe("control"))
-        .unwrap();
-    control.write_all(bytes).unwrap();
-    drop(control);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut buf = Vec::new();
-    while buf.iter().filter(|&&b| b == b'\n').count() < n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            !left.is_zero(),
-            "only {:?} after 5 s",
-            String::from_utf8_lossy(&buf)
-        );
-        let mut fds = [PollFd::new(response.as_fd(), PollFlags::POLLIN)];
-        poll(&mut fds, PollTimeout::from(left.as_millis() as u16)).unwrap();
-        let mut chunk = [0u8; 4096];
-        match response.read(&mut chunk) {
-            // The controller closes after each reply; reopen-free: keep reading later ones.
-            Ok(0) => {
-                response = pipes::open_reader(&controller.pipe("response")).unwrap();
-            }
-            Ok(k) => buf.extend_from_slice(&chunk[..k]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => panic!("{e}"),
-        }
-    }
-    String::from_utf8(buf)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect()
-}
+use std::time::Instant;
 
 #[test]
 fn get_target_pid_names_the_running_target() {

@@ -98,6 +98,24 @@ impl Lines {
         }
     }
 
+    /// The next line not yet received that starts with `prefix`, within `within`.
+    pub fn next_starting_with(&mut self, prefix: &str, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        while let Ok(line) = self.rx.recv_deadline(deadline) {
+            self.seen.push(line.clone());
+            if line.starts_with(prefix) {
+                return Some(line);
+            }
+        }
+        None
+    }
+
+    /// Forgets every line received so far, so the next wait sees only newer ones.
+    pub fn forget(&mut self) {
+        while self.rx.try_recv().is_ok() {}
+        self.seen.clear();
+    }
+
     /// Everything until the writer closes.
     pub fn drain(&mut self) -> &[String] {
         let deadline = Instant::now() + TIMEOUT;
@@ -264,5 +282,53 @@ pub fn pdb_numbers(output: &str) -> Vec<u64> {
             l.strip_prefix("(Pdb) ")
                 .and_then(|rest| rest.trim().parse().ok())
         })
+        .collect()
+}
+
+/// Writes raw bytes on `control` (response opened first) and reads `n` reply lines.
+pub fn raw(controller: &Controller, bytes: &[u8], n: usize) -> Vec<String> {
+    let mut response =
+        helicopter_parent::io::pipes::open_reader(&controller.pipe("response")).unwrap();
+    // Blocking writer: a line larger than the pipe buffer is written in several parts.
+    let mut control = std::fs::OpenOptions::new()
+        .write(true)
+        .open(controller.pipe("control"))
+        .unwrap();
+    control.write_all(bytes).unwrap();
+    drop(control);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = Vec::new();
+    while buf.iter().filter(|&&b| b == b'\n').count() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "only {:?} after 5 s",
+            String::from_utf8_lossy(&buf)
+        );
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&response),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        nix::poll::poll(
+            &mut fds,
+            nix::poll::PollTimeout::from(left.as_millis() as u16),
+        )
+        .unwrap();
+        let mut chunk = [0u8; 4096];
+        match response.read(&mut chunk) {
+            // The controller closes after each reply; reopen-free: keep reading later ones.
+            Ok(0) => {
+                response = helicopter_parent::io::pipes::open_reader(&controller.pipe("response"))
+                    .unwrap();
+            }
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    String::from_utf8(buf)
+        .unwrap()
+        .lines()
+        .map(String::from)
         .collect()
 }

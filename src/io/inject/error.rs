@@ -50,12 +50,27 @@ pub enum InjectError {
     NoMainThread {
         pid: i32,
     },
+    /// The runtime lists no main interpreter yet (the process is starting up).
+    NoMainInterpreter {
+        pid: i32,
+    },
     /// [`super::deliver`] gave up; the request was withdrawn and will never run.
     NotPickedUp {
         pid: i32,
         waited_ms: u64,
         threads: String,
     },
+}
+
+impl InjectError {
+    /// Whether the same request may succeed in a moment without anyone changing anything:
+    /// the interpreter is still starting (a client that attaches right after launch).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            InjectError::NoMainThread { .. } | InjectError::NoMainInterpreter { .. }
+        )
+    }
 }
 
 impl fmt::Display for InjectError {
@@ -115,6 +130,10 @@ impl fmt::Display for InjectError {
             InjectError::InvalidPath { path, reason } => {
                 write!(f, "script path {path:?} cannot be used: {reason}")
             }
+            InjectError::NoMainInterpreter { pid } => write!(
+                f,
+                "process {pid} has no main Python interpreter yet: it is still starting up; try again"
+            ),
             InjectError::NoMainThread { pid } => write!(
                 f,
                 "process {pid} has no main Python thread state: the interpreter is starting \

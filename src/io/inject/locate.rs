@@ -79,7 +79,7 @@ pub(crate) fn locate_runtime(
             detail: "no mapped file has \"python\" in its name".into(),
         });
     }
-    let mut notes = Vec::new();
+    let mut notes = Notes::default();
     for file in &files {
         match locate_in_file(pid, memory, file, search, &mut notes)? {
             Some(found) => return Ok(found),
@@ -90,9 +90,44 @@ pub(crate) fn locate_runtime(
         pid,
         detail: format!(
             "no _PyRuntime with the xdebugpy cookie found ({})",
-            notes.join("; ")
+            notes.summary()
         ),
     })
+}
+
+/// Why each candidate file was rejected, kept short enough for an error message.
+#[derive(Default)]
+struct Notes {
+    details: Vec<String>,
+    /// Files without a `.PyRuntime` section (extension modules match "python" too).
+    without_section: usize,
+}
+
+impl Notes {
+    const MAX_DETAILS: usize = 4;
+
+    fn push(&mut self, note: String) {
+        self.details.push(note);
+    }
+
+    fn summary(&self) -> String {
+        let mut parts: Vec<String> = self
+            .details
+            .iter()
+            .take(Self::MAX_DETAILS)
+            .cloned()
+            .collect();
+        if self.details.len() > Self::MAX_DETAILS {
+            parts.push(format!("{} more", self.details.len() - Self::MAX_DETAILS));
+        }
+        if self.without_section > 0 {
+            parts.push(format!(
+                "{} python-named file(s) without a .PyRuntime section",
+                self.without_section
+            ));
+        }
+        parts.join("; ")
+    }
 }
 
 fn read_maps(pid: i32) -> Result<String, InjectError> {
@@ -101,7 +136,9 @@ fn read_maps(pid: i32) -> Result<String, InjectError> {
     }
     std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => InjectError::NoSuchProcess { pid },
-        io::ErrorKind::PermissionDenied => permission_denied(pid, "reading /proc/PID/maps"),
+        io::ErrorKind::PermissionDenied => {
+            permission_denied(pid, &format!("reading /proc/{pid}/maps"))
+        }
         // ESRCH when the process exits during the read.
         _ if e.raw_os_error() == Some(libc::ESRCH) => InjectError::NoSuchProcess { pid },
         _ => InjectError::Memory {
@@ -128,7 +165,7 @@ fn locate_in_file(
     memory: &RemoteMemory,
     file: &MappedFile<'_>,
     search: RuntimeSearch,
-    notes: &mut Vec<String>,
+    notes: &mut Notes,
 ) -> Result<Option<FoundRuntime>, InjectError> {
     let Some(base) = file.offset_zero_region().map(|r| r.start) else {
         notes.push(format!("{}: no mapping at file offset 0", file.path));
@@ -172,7 +209,7 @@ fn locate_in_file(
     // A file that opened and plainly has no `.PyRuntime` (an executable linked against
     // libpython) holds no runtime; anything else may be a deleted or replaced binary.
     if opened_any && !has_section {
-        notes.push(format!("{}: no .PyRuntime section", file.path));
+        notes.without_section += 1;
         return Ok(None);
     }
     for region in file.writable_private_regions() {

@@ -178,7 +178,9 @@ impl PythonProcess {
     }
 
     /// Clears a request not yet picked up; returns true if it was still pending (and so
-    /// will now never run), false if the target had already taken it.
+    /// will now never run), false if the target had already taken it. A pickup that races
+    /// with the withdrawal is reported as false ("may have run"): the target then ran
+    /// either the script or, once the path was blanked, nothing.
     pub fn withdraw(&self, tid: i32) -> Result<bool, InjectError> {
         let tstate = self.find_tstate(tid)?;
         if self.pending_flag(tstate)? == 0 {
@@ -226,10 +228,7 @@ impl PythonProcess {
             let next_addr = self.addr(self.offsets.interp_next_addr(interp))?;
             interp = self.read_u64(next_addr, "reading interpreter.next")?;
         }
-        Err(InjectError::NotPython {
-            pid: self.pid,
-            detail: "its runtime has no main interpreter yet (still starting up?)".into(),
-        })
+        Err(InjectError::NoMainInterpreter { pid: self.pid })
     }
 
     fn main_tstate(&self) -> Result<Option<u64>, InjectError> {
@@ -407,5 +406,33 @@ fn path_error(script: &Path, problem: PathProblem) -> InjectError {
             path: script.display().to_string(),
             reason: "it contains a NUL byte".into(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_handle_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<PythonProcess>();
+        assert_send_sync::<InjectError>();
+    }
+
+    #[test]
+    fn open_refuses_impossible_pids_without_touching_proc() {
+        for pid in [0, -1, i32::MIN] {
+            assert_eq!(
+                PythonProcess::open(pid).unwrap_err(),
+                InjectError::NoSuchProcess { pid }
+            );
+        }
+    }
+
+    #[test]
+    fn this_test_binary_is_not_python() {
+        let error = PythonProcess::open(std::process::id() as i32).unwrap_err();
+        assert!(matches!(error, InjectError::NotPython { .. }), "{error:?}");
     }
 }

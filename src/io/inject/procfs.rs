@@ -142,7 +142,11 @@ mod tests {
     #[test]
     fn this_process_is_readable() {
         let me = std::process::id() as i32;
-        assert_eq!(process_stat(me).map(|s| s.state), Some('R'));
+        assert!(process_stat(me).is_some());
+        // The thread asking is, by definition, running.
+        let tid = nix::unistd::gettid().as_raw();
+        assert_eq!(thread_stat(me, tid).map(|s| s.state), Some('R'));
+        assert!(running_threads(me).contains(&tid));
         assert!(task_ids(me).contains(&me));
         assert!(!is_descendant_of_self(me));
         assert!(!describe_threads(me, Some(me)).is_empty());

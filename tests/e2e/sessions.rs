@@ -1,0 +1,148 @@
+//! Recorded real sessions (`tests/fixtures/sessions/*.jsonl`): each replays through the
+//! core with every effect matching the recording, and its transcript is snapshot-tested.
+//! `just record-sessions` records them again by running the real controller.
+use crate::support::*;
+use helicopter_parent::core::journal::replay;
+use std::path::PathBuf;
+
+fn sessions_dir() -> PathBuf {
+    fixture("sessions")
+}
+
+#[test]
+fn recorded_sessions_replay_clean_and_match_their_transcripts() {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(sessions_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            names.push(path);
+        }
+    }
+    names.sort();
+    assert!(
+        names.len() >= 6,
+        "expected the recorded sessions, found {names:?}"
+    );
+    for path in names {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let done = replay(&text, true).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        insta::assert_snapshot!(name, done.session.transcript());
+    }
+}
+
+#[test]
+fn heli_replay_check_reports_a_divergence_with_both_sides() {
+    let text = std::fs::read_to_string(sessions_dir().join("terminate.jsonl")).unwrap();
+    let tampered = text.replacen(
+        r#""reply":"ready""#,
+        r#""reply":"error","value":"tampered""#,
+        1,
+    );
+    assert_ne!(
+        tampered, text,
+        "the fixture has a READY reply to tamper with"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("tampered.jsonl");
+    std::fs::write(&path, tampered).unwrap();
+    let out = std::process::Command::new(bin("heli-replay"))
+        .arg("--check")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("replay diverged")
+            && err.contains("recorded:")
+            && err.contains("ERROR: tampered"),
+        "{err}"
+    );
+    let ok = std::process::Command::new(bin("heli-replay"))
+        .arg("--check")
+        .arg(sessions_dir().join("terminate.jsonl"))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
+/// Records one session: starts the controller with a journal, runs `drive`, waits for
+/// the controller to end, and copies the journal into the fixtures.
+fn record(name: &str, script: &str, extra: &[&str], drive: impl FnOnce(&mut Controller)) {
+    let tmp = tempfile::tempdir().unwrap();
+    let journal = tmp.path().join("journal.jsonl");
+    let journal_arg = journal.to_str().unwrap().to_string();
+    let mut args = vec!["--journal", journal_arg.as_str()];
+    args.extend_from_slice(extra);
+    let mut controller = Controller::start_with(script, &args);
+    drive(&mut controller);
+    controller.wait();
+    std::fs::copy(&journal, sessions_dir().join(format!("{name}.jsonl"))).unwrap();
+}
+
+#[test]
+#[ignore = "records tests/fixtures/sessions again; run with `just record-sessions`"]
+fn record_sessions() {
+    std::fs::create_dir_all(sessions_dir()).unwrap();
+    record("seed_two_cycles", "counter.py", &[], |c| {
+        let (code, out) = c.client("attach\np counter\nq\nattach\np counter\nq\nterminate\n");
+        assert_eq!(code, 0, "{out}");
+    });
+    record("bad_inputs", "counter.py", &[], |c| {
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let dead = gone.id();
+        gone.wait().unwrap();
+        for line in [
+            "FLY_AWAY",
+            "GRANT_ACCESS",
+            "GRANT_ACCESS 1 2",
+            "GET_TARGET_PID x",
+            "GRANT_ACCESS abc",
+            "GRANT_ACCESS 0",
+            "GRANT_ACCESS -1",
+            "GRANT_ACCESS +7",
+            "GRANT_ACCESS 1_000",
+            "GRANT_ACCESS 99999999",
+            &format!("GRANT_ACCESS {dead}"),
+            "   ",
+        ] {
+            c.send(line);
+        }
+        raw(c, b"GRANT_ACCESS \xff\n", 1);
+        raw(c, &[[b'A'; 2000].as_slice(), b"\n"].concat(), 1);
+        raw(c, b"get_target_pid\nGET_TARGET_PID", 2);
+        assert_eq!(c.send("TERMINATE"), "READY");
+    });
+    record(
+        "grant_timeout",
+        "stuck_in_c.py",
+        &["--grant-timeout", "300"],
+        |c| {
+            c.stdout.wait_for("sleeping in C");
+            let reply = c.send(&format!("GRANT_ACCESS {}", std::process::id()));
+            assert!(reply.starts_with("ERROR: timed out"), "{reply}");
+            assert_eq!(c.send("TERMINATE"), "READY");
+        },
+    );
+    record("target_crash", "exit_on_request.py", &[], |c| {
+        c.send("GET_TARGET_PID");
+        std::fs::write(c.dir.join("../exit-now"), "abort").unwrap();
+    });
+    record("terminate", "counter.py", &[], |c| {
+        c.send("GET_TARGET_PID");
+        assert_eq!(c.send("TERMINATE"), "READY");
+    });
+    record("yama_absent_grant", "blocked_main.py", &[], |c| {
+        c.stdout.wait_for("main thread blocking in join");
+        assert_eq!(
+            c.send(&format!("GRANT_ACCESS {}", std::process::id())),
+            "READY"
+        );
+        c.signal(libc::SIGTERM);
+    });
+}
