@@ -383,13 +383,23 @@ fn spawn_control_reader(path: &Path, tx: Sender<Input>) -> io::Result<()> {
                 let Ok(mut reader) = pipes::open_reader(&path) else {
                     return;
                 };
+                // After data, read again before polling: Linux reports POLLHUP on a FIFO
+                // reader only for writers that closed after that reader was opened. A
+                // client that wrote and closed while this descriptor was being (re)opened
+                // leaves its bytes with no HUP ever, so poll would wait for the next
+                // client and a last line without newline would never be answered; read()
+                // returns 0 for it all the same.
+                let mut read_again = false;
                 loop {
-                    let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
-                    match poll(&mut fds, PollTimeout::NONE) {
-                        Ok(_) => {}
-                        Err(nix::errno::Errno::EINTR) => continue,
-                        Err(_) => return,
+                    if !read_again {
+                        let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
+                        match poll(&mut fds, PollTimeout::NONE) {
+                            Ok(_) => {}
+                            Err(nix::errno::Errno::EINTR) => continue,
+                            Err(_) => return,
+                        }
                     }
+                    read_again = false;
                     let frames = match reader.read(&mut buf) {
                         Ok(0) => {
                             if let Some(frame) = framer.finish() {
@@ -399,7 +409,10 @@ fn spawn_control_reader(path: &Path, tx: Sender<Input>) -> io::Result<()> {
                             }
                             continue 'reopen;
                         }
-                        Ok(n) => framer.push(&buf[..n]),
+                        Ok(n) => {
+                            read_again = true;
+                            framer.push(&buf[..n])
+                        }
                         Err(e)
                             if matches!(
                                 e.kind(),
