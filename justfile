@@ -16,9 +16,11 @@ demo: build
     @echo "In another terminal: target/release/heli-client   (then: attach, p counter, q, quit)"
     target/release/heli-controller --python "$(scripts/provision-python.sh)" tests/fixtures/demo_target.py
 
-# All tests: unit, end-to-end (real Python 3.14, real pdb), and the seed acceptance check
+# All tests: unit, end-to-end (real Python 3.14, real pdb), protocol conformance in both
+# dialects, and the seed acceptance check
 test: build
     cargo test
+    just conformance
     just acceptance
 
 # The seed's example session, checked from outside (needs ../shared/acceptance)
