@@ -17,6 +17,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 
@@ -159,27 +160,36 @@ class Probe:
 
 
 class Controller:
-    """heli-controller as uid 1000, serving PIPE_DIR, with the counter fixture as target."""
+    """heli-controller as uid 1000, serving PIPE_DIR, with the counter fixture as target.
+    Its output goes to a log through a copier thread, which also reports the controller's
+    `listening on` line: readiness is that event, not the appearance of files."""
 
     def __init__(self, tag, env_extra=None):
+        self.tag = tag
         self.dir = f"/run/tmp/heli-{tag}"
         self.logpath = os.path.join(LOGS, f"controller-{tag}.log")
-        self.log = open(self.logpath, "w")
+        self.log = open(self.logpath, "w", buffering=1)
+        self.listening = threading.Event()
         self.p = subprocess.Popen([CONTROLLER, "--pipe-dir", self.dir, "--python", PY, FIXTURE],
-                                  stdin=subprocess.DEVNULL, stdout=self.log,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, **user_kw(env_extra))
+        self.copier = threading.Thread(target=self._copy, daemon=True)
+        self.copier.start()
+
+    def _copy(self):
+        for raw in self.p.stdout:
+            line = raw.decode(errors="replace")
+            self.log.write(line)
+            if "listening on" in line:
+                self.listening.set()
+        self.listening.set()  # output ended: wait_ready then sees the exit
 
     def wait_ready(self, timeout=60):
-        """Ready when both FIFOs exist: bounded wait, the contract prints no ready line."""
-        deadline = time.monotonic() + timeout
-        fifos = [os.path.join(self.dir, n) for n in ("control", "response")]
-        while time.monotonic() < deadline:
-            if self.p.poll() is not None:
-                return f"controller exited with status {self.p.returncode}"
-            if all(os.path.exists(f) for f in fifos):
-                return None
-            time.sleep(0.05)
-        return f"pipes not there after {timeout}s"
+        if not self.listening.wait(timeout):
+            return f"no `listening on` line after {timeout}s"
+        if self.p.poll() is not None:
+            return f"controller exited with status {self.p.returncode}"
+        return None
 
     def output(self):
         self.log.flush()
@@ -190,7 +200,15 @@ class Controller:
         if self.p.poll() is None:
             self.p.kill()
             self.p.wait()
+        self.copier.join(timeout=10)
         self.log.close()
+        # The journal outlives the pipes; keep it with the run's logs (a real session under
+        # Yama, for tests/fixtures/sessions).
+        for name in sorted(os.listdir(self.dir)) if os.path.isdir(self.dir) else []:
+            if name.startswith("journal-") and name.endswith(".jsonl"):
+                with open(os.path.join(self.dir, name), "rb") as src, \
+                        open(os.path.join(LOGS, f"journal-{self.tag}.jsonl"), "wb") as dst:
+                    dst.write(src.read())
 
 
 def set_scope(n):

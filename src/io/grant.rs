@@ -136,6 +136,9 @@ impl Granter {
         // Nothing better to move to: leave the request where it is rather than take it
         // back and write it again, which opens a window for nothing.
         let Some(tid) = candidate else {
+            if let Ok(false) = entry.process.is_pending(entry.tid) {
+                return Input::GrantPickedUp { grant };
+            }
             let threads = describe_threads(self.target as i32);
             return Input::GrantStayed { grant, threads };
         };
