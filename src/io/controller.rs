@@ -139,6 +139,9 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     let mut target_argv: Vec<OsString> = vec![python.clone().into(), opts.script.clone().into()];
     target_argv.extend(opts.args.iter().cloned());
     let child = spawn_target(&python, &opts.script, &opts.args).map_err(|e| {
+        if let Some(writer) = &journal {
+            let _ = std::fs::remove_file(writer.path());
+        }
         ControllerError(format!(
             "starting {} {}: {e}",
             python.display(),
@@ -165,17 +168,16 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
             .map_or(0, |d| d.as_millis() as u64),
         config: config.clone(),
     };
-    let mut journal_ok = true;
-    let mut record = |journal: &mut Option<JournalWriter>, record: Record| {
+    // After a failed write the journal stops for good: a journal with a gap in it would
+    // replay as a divergence; one that ends early is reported as truncated.
+    let record = |journal: &mut Option<JournalWriter>, record: Record| {
         if let Some(writer) = journal.as_mut() {
             if let Err(e) = writer.append(&record) {
-                if journal_ok {
-                    log(&format!(
-                        "journal {}: {e}; journaling stopped",
-                        writer.path().display()
-                    ));
-                    journal_ok = false;
-                }
+                log(&format!(
+                    "journal {}: {e}; journaling stopped",
+                    writer.path().display()
+                ));
+                *journal = None;
             }
         }
     };
@@ -183,16 +185,22 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
 
     let (tx, rx) = crossbeam_channel::unbounded::<Input>();
     let disabled = std::env::var_os("HELI_DISABLE_GRANT").is_some_and(|v| v == "1");
-    let mut granter = Granter::new(target_pid, pipes.path(), disabled);
-    let spawned = spawn_signal_thread(stop_signals, tx.clone())
-        .and_then(|_| spawn_target_waiter(target_pid, tx.clone()))
-        .and_then(|_| spawn_ack_reader(pipes.path(), granter.token().to_string(), tx.clone()))
-        .and_then(|_| spawn_control_reader(&pipes.join(CONTROL), tx.clone()));
-    if let Err(e) = spawned {
-        let _ = kill(Pid::from_raw(target_pid as i32), Signal::SIGKILL);
-        let _ = waitpid(Pid::from_raw(target_pid as i32), None);
-        return fail(format!("starting the controller's threads: {e}"));
-    }
+    let adapters = || -> io::Result<Granter> {
+        let granter = Granter::new(target_pid, pipes.path(), disabled)?;
+        spawn_signal_thread(stop_signals, tx.clone())?;
+        spawn_target_waiter(target_pid, tx.clone())?;
+        spawn_ack_reader(pipes.path(), granter.token().to_string(), tx.clone())?;
+        spawn_control_reader(&pipes.join(CONTROL), tx.clone())?;
+        Ok(granter)
+    };
+    let mut granter = match adapters() {
+        Ok(granter) => granter,
+        Err(e) => {
+            let _ = kill(Pid::from_raw(target_pid as i32), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(target_pid as i32), None);
+            return fail(format!("starting the controller's adapters: {e}"));
+        }
+    };
     drop(tx);
 
     log(&format!(
@@ -219,10 +227,16 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
 
     let mut session = Session::new(config);
     let mut immediate: VecDeque<Input> = VecDeque::new();
+    let mut adapters_gone = false;
     loop {
         let input = match immediate.pop_front() {
             Some(input) => input,
-            None => next_input(&rx, session.controller().poll_timeout(), started),
+            None => next_input(
+                &rx,
+                session.controller().poll_timeout(),
+                started,
+                &mut adapters_gone,
+            ),
         };
         let at = started.elapsed().as_millis() as u64;
         record(
@@ -276,8 +290,21 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     }
 }
 
-fn next_input(rx: &Receiver<Input>, timeout: Option<u64>, started: Instant) -> Input {
+/// The next fact: from an adapter, or `DeadlineReached` when the core's deadline comes.
+/// Every adapter thread holds a sender for the controller's life; if they are all gone
+/// the only sound move left is to stop, said once; after that only deadlines can come.
+fn next_input(
+    rx: &Receiver<Input>,
+    timeout: Option<u64>,
+    started: Instant,
+    adapters_gone: &mut bool,
+) -> Input {
     let deadline = timeout.map(|ms| started + Duration::from_millis(ms));
+    if *adapters_gone {
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let _ = crossbeam_channel::at(deadline).recv();
+        return Input::DeadlineReached;
+    }
     let input = match deadline {
         Some(deadline) => select! {
             recv(rx) -> input => input.ok(),
@@ -285,10 +312,11 @@ fn next_input(rx: &Receiver<Input>, timeout: Option<u64>, started: Instant) -> I
         },
         None => rx.recv().ok(),
     };
-    // Every adapter thread holds a sender for the controller's life; all gone means they
-    // all died, and the only sound move left is to stop.
-    input.unwrap_or(Input::SignalReceived {
-        signal: StopSignal::Terminate,
+    input.unwrap_or_else(|| {
+        *adapters_gone = true;
+        Input::SignalReceived {
+            signal: StopSignal::Terminate,
+        }
     })
 }
 

@@ -37,14 +37,14 @@ pub struct Granter {
 }
 
 impl Granter {
-    pub fn new(target: u32, dir: &Path, disabled: bool) -> Granter {
-        Granter {
+    pub fn new(target: u32, dir: &Path, disabled: bool) -> io::Result<Granter> {
+        Ok(Granter {
             target,
             dir: dir.to_path_buf(),
-            token: random_token(),
+            token: random_token()?,
             in_flight: HashMap::new(),
             disabled,
-        }
+        })
     }
 
     pub fn token(&self) -> &str {
@@ -235,12 +235,14 @@ fn write_new_file(path: &Path, content: &[u8]) -> io::Result<()> {
     file.write_all(content)
 }
 
-fn random_token() -> String {
+fn random_token() -> io::Result<String> {
     let mut bytes = [0u8; 16];
     // SAFETY: getrandom writes at most `len` bytes into the buffer we own.
     let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    assert_eq!(n, bytes.len() as isize, "getrandom failed");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    if n != bytes.len() as isize {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Reads acknowledgements from the `grant-ack` FIFO for the controller's life. The FIFO
@@ -291,4 +293,58 @@ pub fn parse_ack(line: &str, token: &str) -> Option<Input> {
         .next()
         .is_none()
         .then_some(Input::GrantRan { grant, errno })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_well_formed_reports_with_our_token_are_acknowledgements() {
+        let token = "00ff";
+        assert_eq!(
+            parse_ack("00ff 3 0", token),
+            Some(Input::GrantRan { grant: 3, errno: 0 })
+        );
+        assert_eq!(
+            parse_ack("00ff 4 22", token),
+            Some(Input::GrantRan {
+                grant: 4,
+                errno: 22
+            })
+        );
+        for forged in [
+            "ffff 3 0",
+            "00ff 3",
+            "00ff 3 0 extra",
+            "00ff x 0",
+            "00ff 3 -",
+            "",
+            "00ff  3 0",
+        ] {
+            assert_eq!(parse_ack(forged, token), None, "{forged:?}");
+        }
+    }
+
+    #[test]
+    fn the_grant_script_names_exactly_the_client_and_the_ack_pipe() {
+        let script = grant_script(4242, Path::new("/tmp/p/grant-ack"), "abcd", 7);
+        assert!(
+            script.contains("libc.prctl(0x59616d61, arg(4242), arg(0), arg(0), arg(0))"),
+            "{script}"
+        );
+        assert!(
+            script.contains(r#"os.open("/tmp/p/grant-ack", os.O_WRONLY | os.O_NONBLOCK)"#),
+            "{script}"
+        );
+        assert!(script.contains(r#"b"abcd 7 %d\n" % errno"#), "{script}");
+    }
+
+    #[test]
+    fn tokens_are_random_hex() {
+        let (a, b) = (random_token().unwrap(), random_token().unwrap());
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
 }
