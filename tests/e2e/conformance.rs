@@ -79,9 +79,11 @@ fn our_controller_passes_every_case_in_the_legacy_dialect() {
     check_all_pass("legacy", 1);
 }
 
-/// Creates the pipes and answers every line with READY: right for a grant, wrong for
-/// everything else.
-const ALWAYS_READY: &str = r#"sh -c 'mkdir -p "$0" && mkfifo "$0/control" "$0/response" && while :; do while IFS= read -r line; do echo READY > "$0/response"; done < "$0/control"; done' {pipe_dir} {target}"#;
+/// A broken controller that answers every line with READY. It holds `control` open
+/// read-write from before it serves, like a correct controller, so that the only thing
+/// wrong with it is its replies (a `while read ... < control` loop would reopen `control`
+/// after every client and leave a window with no reader, a different failure).
+const ALWAYS_READY: &str = r#"sh -c 'mkdir -p "$0" && mkfifo "$0/control" "$0/response" && exec 3<>"$0/control" && while IFS= read -r line <&3; do echo READY > "$0/response"; done' {pipe_dir} {target}"#;
 
 #[rstest::rstest]
 #[case::reply_to_bad_pid(
