@@ -86,6 +86,8 @@ fn grant_reaches_a_target_whose_main_thread_is_blocked() {
 fn grant_times_out_with_an_explanation_when_no_python_code_runs() {
     let mut controller = Controller::start_with("stuck_in_c.py", &["--grant-timeout", "300"]);
     controller.stdout.wait_for("sleeping in C");
+    let target = controller.target_pid as i32;
+    wait_until_asleep(target, target);
     let me = std::process::id();
     let reply = controller.send(&format!("GRANT_ACCESS {me}"));
     assert!(

@@ -16,7 +16,7 @@ use helicopter_parent::io::inject::{
 };
 use tempfile::TempDir;
 
-use crate::support::{fixture, python, Lines};
+use crate::support::{fixture, python, wait_until_asleep, Lines};
 
 /// Interpreter start-up on a loaded 2-core machine.
 const STARTUP: Duration = Duration::from_secs(30);
@@ -130,23 +130,6 @@ fn sys_remote_exec(pid: i32, path: &Path) -> Result<(), String> {
         .find(|l| !l.trim().is_empty())
         .unwrap_or("")
         .to_owned())
-}
-
-/// Waits until the kernel reports thread `tid` of `pid` asleep in `clock_nanosleep`.
-/// A target that printed `ready` just before `time.sleep` may still be running bytecode
-/// (and would pick a request up at once), and a signal sent before it enters the syscall
-/// is only handled when the sleep ends (CPython checks for signals before sleeping, not
-/// atomically with it).
-fn wait_until_asleep(pid: i32, tid: i32) {
-    let deadline = Instant::now() + STARTUP;
-    let wchan = format!("/proc/{pid}/task/{tid}/wchan");
-    while !fs::read_to_string(&wchan).is_ok_and(|w| w.contains("nanosleep")) {
-        assert!(
-            Instant::now() < deadline,
-            "thread {tid} of {pid} never fell asleep"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 fn quick() -> DeliverOptions {

@@ -124,6 +124,7 @@ fn record_sessions() {
         &["--grant-timeout", "300"],
         |c| {
             c.stdout.wait_for("sleeping in C");
+            wait_until_asleep(c.target_pid as i32, c.target_pid as i32);
             let reply = c.send(&format!("GRANT_ACCESS {}", std::process::id()));
             assert!(reply.starts_with("ERROR: timed out"), "{reply}");
             assert_eq!(c.send("TERMINATE"), "READY");

@@ -126,6 +126,22 @@ impl Lines {
     }
 }
 
+/// Waits until the kernel reports thread `tid` of `pid` asleep in `clock_nanosleep`.
+/// A target that printed its readiness line just before `time.sleep` may still be running
+/// bytecode (and would pick a request up at once), and there is no event for "entered
+/// the syscall": the wait channel is polled, with a deadline.
+pub fn wait_until_asleep(pid: i32, tid: i32) {
+    let deadline = Instant::now() + TIMEOUT;
+    let wchan = format!("/proc/{pid}/task/{tid}/wchan");
+    while !std::fs::read_to_string(&wchan).is_ok_and(|w| w.contains("nanosleep")) {
+        assert!(
+            Instant::now() < deadline,
+            "thread {tid} of {pid} never fell asleep"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Waits for a child with a deadline; kills it if the deadline passes.
 pub fn wait_with_deadline(child: &mut Child, timeout: Duration) -> ExitStatus {
     let deadline = Instant::now() + timeout;
