@@ -128,7 +128,8 @@ fn main() {
     let silent = dir.path().join("silent.py");
     fs::write(&silent, "pass\n").unwrap();
     let printing = dir.path().join("printing.py");
-    fs::write(&printing, "print('injected', flush=True)\n").unwrap();
+    // fd 1 directly: `print` could re-enter the target's own locked stdout writer.
+    fs::write(&printing, "import os\nos.write(1, b'injected\\n')\n").unwrap();
 
     let busy = Target::start(&python, "inject_busy.py");
     let mut rows = Vec::new();

@@ -99,10 +99,13 @@ impl Scripts {
     }
 }
 
+/// The script writes on fd 1 directly: it may run from inside the target's own write to
+/// stdout (CPython also runs it from `PyErr_CheckSignals`), where `print` would re-enter
+/// the locked buffered writer and fail with "reentrant call".
 fn write_printing_script(path: &Path, tag: &str) {
     fs::write(
         path,
-        format!("import sys\nprint('injected {tag}', flush=True)\n"),
+        format!("import os\nos.write(1, b'injected {tag}\\n')\n"),
     )
     .unwrap();
 }
