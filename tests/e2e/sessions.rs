@@ -147,3 +147,25 @@ fn record_sessions() {
         c.signal(libc::SIGTERM);
     });
 }
+
+#[test]
+fn every_session_snapshot_belongs_to_a_recorded_session() {
+    // A fixture removed or renamed must not leave its snapshot behind.
+    let snapshots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/snapshots");
+    for entry in std::fs::read_dir(snapshots).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if let Some(session) = name
+            .strip_prefix("e2e__sessions__")
+            .and_then(|n| n.strip_suffix(".snap"))
+        {
+            let fixture = sessions_dir().join(format!("{session}.jsonl"));
+            assert!(
+                fixture.exists(),
+                "snapshot {name} has no session {}",
+                fixture.display()
+            );
+        } else {
+            panic!("unexpected file in tests/e2e/snapshots: {name} (a stray .snap.new?)");
+        }
+    }
+}
