@@ -303,48 +303,14 @@ pub fn pdb_numbers(output: &str) -> Vec<u64> {
 
 /// Writes raw bytes on `control` (response opened first) and reads `n` reply lines.
 pub fn raw(controller: &Controller, bytes: &[u8], n: usize) -> Vec<String> {
-    let mut response =
-        helicopter_parent::io::pipes::open_reader(&controller.pipe("response")).unwrap();
-    // Blocking writer: a line larger than the pipe buffer is written in several parts.
-    let mut control = std::fs::OpenOptions::new()
-        .write(true)
-        .open(controller.pipe("control"))
-        .unwrap();
-    control.write_all(bytes).unwrap();
-    drop(control);
+    use helicopter_parent::io::exchange::{write_control, NextLine, ResponseReader};
     let deadline = Instant::now() + Duration::from_secs(5);
-    let mut buf = Vec::new();
-    while buf.iter().filter(|&&b| b == b'\n').count() < n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            !left.is_zero(),
-            "only {:?} after 5 s",
-            String::from_utf8_lossy(&buf)
-        );
-        let mut fds = [nix::poll::PollFd::new(
-            std::os::fd::AsFd::as_fd(&response),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        nix::poll::poll(
-            &mut fds,
-            nix::poll::PollTimeout::from(left.as_millis() as u16),
-        )
-        .unwrap();
-        let mut chunk = [0u8; 4096];
-        match response.read(&mut chunk) {
-            // The controller closes after each reply; reopen-free: keep reading later ones.
-            Ok(0) => {
-                response = helicopter_parent::io::pipes::open_reader(&controller.pipe("response"))
-                    .unwrap();
-            }
-            Ok(k) => buf.extend_from_slice(&chunk[..k]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => panic!("{e}"),
-        }
-    }
-    String::from_utf8(buf)
-        .unwrap()
-        .lines()
-        .map(String::from)
+    let mut response = ResponseReader::open(&controller.dir).unwrap();
+    write_control(&controller.dir, bytes, deadline).unwrap();
+    (0..n)
+        .map(|i| match response.next_line(deadline, None).unwrap() {
+            NextLine::Line(line) => line,
+            other => panic!("reply {} of {n}: {other:?} after 5 s", i + 1),
+        })
         .collect()
 }
