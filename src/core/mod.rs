@@ -16,6 +16,7 @@
 //! answered with an `ERROR:` reply; it is never an `Err` of the core.
 pub mod journal;
 pub mod machine;
+pub mod ptrace_policy;
 pub mod wire;
 
 #[cfg(test)]

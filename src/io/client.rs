@@ -8,7 +8,7 @@
 use super::controller::resolve_python;
 use super::exchange::{exchange, exchange_raw, ExchangeError};
 use super::procfs;
-use crate::core::machine::Yama;
+use crate::core::ptrace_policy::{attach_rule, AttachRule};
 use crate::core::wire::{Command, Dialect, Reply};
 use crossbeam_channel::Receiver;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
@@ -104,22 +104,12 @@ fn is_pdb_quit(line: &str) -> bool {
     )
 }
 
-/// At Yama scope 3, or scope 2 without root, no grant lets this user attach.
+/// Whether the Yama policy leaves this client no way to attach, whatever the controller does.
 fn scope_forbids_attach() -> Option<String> {
-    let Yama::Scope(scope @ 2..) = procfs::yama() else {
-        return None;
-    };
-    if scope == 2 && nix::unistd::geteuid().is_root() {
-        return None;
+    match attach_rule(procfs::yama(), procfs::own_tracer_privilege()) {
+        AttachRule::Forbidden(why) => Some(why),
+        AttachRule::Grant | AttachRule::NoGrantNeeded(_) => None,
     }
-    let rule = if scope >= 3 {
-        "no process may attach to another"
-    } else {
-        "only processes with CAP_SYS_PTRACE may attach"
-    };
-    Some(format!(
-        "kernel.yama.ptrace_scope is {scope}: {rule}; no grant can help"
-    ))
 }
 
 extern "C" fn interrupt_read(_: libc::c_int) {}

@@ -6,7 +6,8 @@ use super::journal::JournalWriter;
 use super::pipes::{self, PipeDir, CONTROL, RESPONSE};
 use super::procfs;
 use crate::core::journal::{Header, Record, Session, JOURNAL_FORMAT};
-use crate::core::machine::{Config, Effect, ExitStatus, Input, StopSignal, Yama};
+use crate::core::machine::{Config, Effect, ExitStatus, Input, StopSignal};
+use crate::core::ptrace_policy::controller_may_start;
 use crate::core::wire::{Dialect, LineFramer};
 use crossbeam_channel::{select, Receiver, Sender};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -100,15 +101,7 @@ pub fn resolve_python(explicit: Option<&Path>) -> Result<PathBuf, ControllerErro
 /// Runs a whole controller session; returns the exit code.
 pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     let yama = procfs::yama();
-    if let Yama::Scope(scope) = yama {
-        if scope >= 3 || (scope == 2 && !nix::unistd::geteuid().is_root()) {
-            return fail(format!(
-                "kernel.yama.ptrace_scope is {scope}: {}; no grant can help. Lower it (as root: sysctl kernel.yama.ptrace_scope=1){}",
-                if scope >= 3 { "no process may attach to another" } else { "only processes with CAP_SYS_PTRACE may attach" },
-                if scope >= 3 { " after a reboot: scope 3 cannot be lowered while running" } else { "" }
-            ));
-        }
-    }
+    controller_may_start(yama, procfs::own_tracer_privilege()).map_err(ControllerError)?;
     match std::fs::metadata(&opts.script) {
         Ok(m) if m.is_file() => {}
         Ok(_) => return fail(format!("{}: not a regular file", opts.script.display())),
