@@ -6,7 +6,7 @@ use clap::Parser;
 use helicopter_parent::conformance::template::CommandTemplate;
 use helicopter_parent::core::wire::Dialect;
 use helicopter_parent::io::conformance::{load_cases, run_suite, SuiteOptions};
-use helicopter_parent::io::controller::resolve_python;
+use helicopter_parent::io::find_python::resolve_python;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

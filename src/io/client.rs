@@ -5,8 +5,8 @@
 //! itself. When stdin is a pipe the client is the only reader of it: a child pdb reads
 //! ahead and would swallow the commands after its `q`, so the client hands pdb exactly
 //! the lines up to and including its quit command and keeps the rest for itself.
-use super::controller::resolve_python;
 use super::exchange::{exchange, exchange_raw, ExchangeError};
+use super::find_python::resolve_python;
 use super::procfs;
 use crate::core::ptrace_policy::{attach_rule, AttachRule};
 use crate::core::wire::{Command, Dialect, Reply};

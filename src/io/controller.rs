@@ -1,13 +1,16 @@
 //! The controller's driver: starts the target, runs the adapters (one blocking thread per
 //! FIFO, child and signal source, all feeding one channel) and one owner loop that
 //! journals each input, hands it to the core and carries out the effects.
-use super::grant::{spawn_ack_reader, Granter};
-use super::journal::JournalWriter;
+use super::find_python::resolve_python;
+use super::grant::GrantInjector;
+use super::journal_writer::JournalWriter;
 use super::pipes::{self, PipeDir, CONTROL, RESPONSE};
 use super::procfs;
-use crate::core::journal::{Header, Record, Session, JOURNAL_FORMAT};
-use crate::core::machine::{Config, Effect, ExitStatus, Input, StopSignal};
+use crate::core::journal::{Header, Record, JOURNAL_FORMAT};
 use crate::core::ptrace_policy::controller_may_start;
+use crate::core::supervisor::{
+    Config, ControllerExit, Effect, ExitStatus, GrantInjection, Input, StopSignal, Supervisor,
+};
 use crate::core::wire::{Dialect, LineFramer};
 use crossbeam_channel::{select, Receiver, Sender};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -24,9 +27,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Exit code for the controller's own failures, distinct from any target status it
-/// passes through (the convention of `timeout`, `env` and `docker run`).
-pub const EXIT_CONTROLLER_FAILED: i32 = 125;
+/// Exit code for the controller's own failures (see [`ControllerExit::Failed`]).
+pub const EXIT_CONTROLLER_FAILED: i32 = ControllerExit::FAILED_CODE;
 
 #[derive(Debug, Clone)]
 pub struct ControllerOptions {
@@ -60,44 +62,6 @@ fn log(message: &str) {
     let _ = writeln!(io::stderr(), "heli-controller: {message}");
 }
 
-/// Finds the interpreter: `--python`, else `$HELI_PYTHON`, else `python3.14` on PATH.
-pub fn resolve_python(explicit: Option<&Path>) -> Result<PathBuf, ControllerError> {
-    let executable = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| {
-            m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
-        })
-    };
-    if let Some(p) = explicit {
-        return if executable(p) {
-            Ok(p.to_path_buf())
-        } else {
-            fail(format!("--python {}: not an executable file", p.display()))
-        };
-    }
-    if let Some(p) = std::env::var_os("HELI_PYTHON").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        return if executable(&p) {
-            Ok(p)
-        } else {
-            fail(format!(
-                "HELI_PYTHON={}: not an executable file",
-                p.display()
-            ))
-        };
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        let candidate = dir.join("python3.14");
-        if executable(&candidate) {
-            return Ok(candidate);
-        }
-    }
-    fail(format!(
-        "Python 3.14 not found: tried --python (not given), $HELI_PYTHON (not set) and python3.14 on PATH ({}). Install Python 3.14 or pass --python PATH (scripts/provision-python.sh provisions one)",
-        path.to_string_lossy()
-    ))
-}
-
 /// Runs a whole controller session; returns the exit code.
 pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     let yama = procfs::yama();
@@ -107,7 +71,7 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
         Ok(_) => return fail(format!("{}: not a regular file", opts.script.display())),
         Err(e) => return fail(format!("{}: {e}", opts.script.display())),
     }
-    let python = resolve_python(opts.python.as_deref())?;
+    let python = resolve_python(opts.python.as_deref()).map_err(ControllerError)?;
 
     // Block the stop signals before any thread exists so that every thread inherits the
     // mask and only the signal thread receives them (with sigwait).
@@ -148,6 +112,9 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     config.dialect = opts.dialect;
     config.grant_timeout_ms = opts.grant_timeout_ms;
     config.stop_grace_ms = opts.stop_grace_ms;
+    if std::env::var_os("HELI_DISABLE_GRANT").is_some_and(|v| v == "1") {
+        config.grant_injection = GrantInjection::SkippedForDiagnostics;
+    }
     let header = Header {
         format: JOURNAL_FORMAT,
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -177,17 +144,15 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     record(&mut journal, Record::Header(header));
 
     let (tx, rx) = crossbeam_channel::unbounded::<Input>();
-    let disabled = std::env::var_os("HELI_DISABLE_GRANT").is_some_and(|v| v == "1");
-    let adapters = || -> io::Result<Granter> {
-        let granter = Granter::new(target_pid, pipes.path(), disabled)?;
+    let adapters = || -> io::Result<GrantInjector> {
+        let injector = GrantInjector::start(target_pid, tx.clone())?;
         spawn_signal_thread(stop_signals, tx.clone())?;
         spawn_target_waiter(target_pid, tx.clone())?;
-        spawn_ack_reader(pipes.path(), granter.token().to_string(), tx.clone())?;
         spawn_control_reader(&pipes.join(CONTROL), tx.clone())?;
-        Ok(granter)
+        Ok(injector)
     };
-    let mut granter = match adapters() {
-        Ok(granter) => granter,
+    let mut injector = match adapters() {
+        Ok(injector) => injector,
         Err(e) => {
             let _ = kill(Pid::from_raw(target_pid as i32), Signal::SIGKILL);
             let _ = waitpid(Pid::from_raw(target_pid as i32), None);
@@ -213,23 +178,20 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     if let Some(writer) = &journal {
         log(&format!("journal: {}", writer.path().display()));
     }
-    if disabled {
-        log("HELI_DISABLE_GRANT=1: grants are acknowledged WITHOUT being injected (diagnostics only)");
+    if config.grant_injection == GrantInjection::SkippedForDiagnostics {
+        log("HELI_DISABLE_GRANT=1: grants are answered READY WITHOUT being injected (diagnostics only)");
     }
     let response_path = pipes.join(RESPONSE);
 
-    let mut session = Session::new(config);
+    let mut supervisor = Supervisor::new(config);
+    // Facts the effects just produced (an inspection, an injection's outcome) are handled
+    // before anything else arrives, in the order they were found.
     let mut immediate: VecDeque<Input> = VecDeque::new();
     let mut adapters_gone = false;
     loop {
         let input = match immediate.pop_front() {
             Some(input) => input,
-            None => next_input(
-                &rx,
-                session.controller().poll_timeout(),
-                started,
-                &mut adapters_gone,
-            ),
+            None => next_input(&rx, supervisor.poll_timeout(), started, &mut adapters_gone),
         };
         let at = started.elapsed().as_millis() as u64;
         record(
@@ -239,10 +201,7 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
                 input: input.clone(),
             },
         );
-        if let Input::GrantRan { grant, .. } = input {
-            granter.acknowledged(grant);
-        }
-        let effects = session.handle(at, input);
+        let effects = supervisor.handle(at, input);
         record(
             &mut journal,
             Record::Effects {
@@ -257,11 +216,15 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
                     pid,
                     facts: procfs::inspect(pid),
                 }),
-                Effect::ScheduleGrant { grant, client } => {
-                    immediate.push_back(granter.schedule(grant, client))
-                }
-                Effect::RetargetGrant { grant } => immediate.push_back(granter.retarget(grant)),
-                Effect::WithdrawGrant { grant } => granter.withdraw(grant),
+                Effect::Deliver {
+                    grant,
+                    client,
+                    action,
+                } => immediate.push_back(Input::Delivery {
+                    grant,
+                    fact: injector.carry_out(grant, client, &action),
+                }),
+                Effect::ForgetGrant { grant } => injector.forget(grant),
                 Effect::StopTarget { force } => {
                     let signal = if force {
                         Signal::SIGKILL
@@ -307,9 +270,7 @@ fn next_input(
     };
     input.unwrap_or_else(|| {
         *adapters_gone = true;
-        Input::SignalReceived {
-            signal: StopSignal::Terminate,
-        }
+        Input::AdaptersGone
     })
 }
 

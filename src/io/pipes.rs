@@ -1,6 +1,6 @@
 //! The pipe directory: created 0700, verified with `lstat` (never followed through a
 //! symlink), locked for the controller's life, holding the FIFOs `control` (client →
-//! controller), `response` (controller → client) and `grant-ack` (target → controller).
+//! controller), `response` (controller → client).
 use nix::errno::Errno;
 use nix::sys::stat::Mode;
 use std::fmt;
@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_PIPE_DIR: &str = "/tmp/heliparent_debug";
 pub const CONTROL: &str = "control";
 pub const RESPONSE: &str = "response";
-pub const GRANT_ACK: &str = "grant-ack";
 
 #[derive(Debug)]
 pub enum PipeDirError {
@@ -122,7 +121,7 @@ impl PipeDir {
             _lock: lock,
             removed: false,
         };
-        for name in [CONTROL, RESPONSE, GRANT_ACK] {
+        for name in [CONTROL, RESPONSE] {
             pipes.make_fifo(name)?;
         }
         Ok(pipes)
@@ -158,24 +157,15 @@ impl PipeDir {
         self.dir.join(name)
     }
 
-    /// Removes the FIFOs and leftover grant scripts, then the directory if this
+    /// Removes the FIFOs, then the directory if this
     /// controller made it and nothing else (a journal) is in it.
     pub fn remove(&mut self) {
         if self.removed {
             return;
         }
         self.removed = true;
-        for name in [CONTROL, RESPONSE, GRANT_ACK] {
+        for name in [CONTROL, RESPONSE] {
             let _ = fs::remove_file(self.dir.join(name));
-        }
-        if let Ok(entries) = fs::read_dir(&self.dir) {
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if name.starts_with(crate::io::grant::SCRIPT_PREFIX) && name.ends_with(".py") {
-                    let _ = fs::remove_file(entry.path());
-                }
-            }
         }
         if self.created_dir {
             let _ = fs::remove_dir(&self.dir);
