@@ -11,6 +11,7 @@
 #![allow(clippy::disallowed_methods)]
 
 // Pure like the core: no clocks there either (the runner owns every deadline).
+pub mod cli;
 #[deny(clippy::disallowed_methods)]
 pub mod conformance;
 #[deny(clippy::disallowed_methods)]

@@ -2,6 +2,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod attach;
+mod cli_durations;
 mod conformance;
 mod inject;
 mod lifecycle;
