@@ -21,7 +21,8 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -144,15 +145,16 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     record(&mut journal, Record::Header(header));
 
     let (tx, rx) = crossbeam_channel::unbounded::<Input>();
-    let adapters = || -> io::Result<GrantInjector> {
+    let adapters = || -> io::Result<(GrantInjector, ResponseWriter)> {
         let injector = GrantInjector::start(target_pid, tx.clone())?;
+        let responses = ResponseWriter::start(pipes.join(RESPONSE), opts.dialect)?;
         spawn_signal_thread(stop_signals, tx.clone())?;
         spawn_target_waiter(target_pid, tx.clone())?;
         spawn_control_reader(&pipes.join(CONTROL), tx.clone())?;
-        Ok(injector)
+        Ok((injector, responses))
     };
-    let mut injector = match adapters() {
-        Ok(injector) => injector,
+    let (mut injector, mut responses) = match adapters() {
+        Ok(adapters) => adapters,
         Err(e) => {
             let _ = kill(Pid::from_raw(target_pid as i32), Signal::SIGKILL);
             let _ = waitpid(Pid::from_raw(target_pid as i32), None);
@@ -181,7 +183,6 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     if config.grant_injection == GrantInjection::SkippedForDiagnostics {
         log("HELI_DISABLE_GRANT=1: grants are answered READY WITHOUT being injected (diagnostics only)");
     }
-    let response_path = pipes.join(RESPONSE);
 
     let mut supervisor = Supervisor::new(config);
     // Facts the effects just produced (an inspection, an injection's outcome) are handled
@@ -211,7 +212,7 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
         );
         for effect in effects {
             match effect {
-                Effect::Reply { reply } => send_reply(&response_path, &reply.to_line(opts.dialect)),
+                Effect::Reply { reply } => responses.send(reply.to_line(opts.dialect)),
                 Effect::InspectClient { pid } => immediate.push_back(Input::ClientInspected {
                     pid,
                     facts: procfs::inspect(pid),
@@ -233,7 +234,11 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
                     };
                     let _ = kill(Pid::from_raw(target_pid as i32), signal);
                 }
-                Effect::RemovePipes => pipes.remove(),
+                Effect::RemovePipes => {
+                    // Replies already decided reach their readers before the pipes go.
+                    responses.finish();
+                    pipes.remove();
+                }
                 Effect::Log { message } => log(&message),
                 Effect::Exit { code } => {
                     // The waiter left the child unreaped (WNOWAIT) so its pid could not be
@@ -416,17 +421,152 @@ fn spawn_control_reader(path: &Path, tx: Sender<Input>) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes one reply line. Never blocks: a reply nobody is reading is dropped and said so
-/// (a client that follows the protocol opens `response` before writing its command).
-fn send_reply(path: &Path, line: &str) {
-    let result = pipes::open_writer(path)
-        .and_then(|mut file| file.write_all(format!("{line}\n").as_bytes()));
-    if let Err(e) = result {
-        let why = match e.raw_os_error() {
-            Some(libc::ENXIO) => "no client is reading the response pipe".to_string(),
-            Some(libc::EAGAIN) => "the response pipe is full (a client is not reading)".to_string(),
-            _ => e.to_string(),
-        };
-        log(&format!("reply '{line}' not delivered: {why}"));
+/// How long a reply waits for a reader of `response` (0.x clients open it only after
+/// sending) and for room in it (a reader that is late to read).
+const REPLY_HOLD: Duration = Duration::from_secs(5);
+
+/// Replies waiting for the writer; beyond this the controller says it dropped one.
+const MAX_REPLIES_WAITING: usize = 10_000;
+
+/// The `response` writer: one thread that delivers replies in order, so the owner loop
+/// never blocks on a client. A reply waits for room in the pipe (a reader late to read),
+/// within [`REPLY_HOLD`]. Whether it also waits for a reader to open the pipe depends on
+/// the dialect: seed clients open `response` before they write, so a reply with no reader
+/// is nobody's and is dropped at once (held, it would reach the next client); 0.x clients
+/// open it only after writing, so for them the reply is held until they do. A reply that
+/// cannot be delivered is logged.
+struct ResponseWriter {
+    replies: Option<Sender<(String, Instant)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ResponseWriter {
+    fn start(path: PathBuf, dialect: Dialect) -> io::Result<ResponseWriter> {
+        let (replies, queue) = crossbeam_channel::bounded::<(String, Instant)>(MAX_REPLIES_WAITING);
+        let wait_for_reader = dialect == Dialect::Legacy;
+        let thread = std::thread::Builder::new()
+            .name("response".into())
+            .spawn(move || {
+                for (line, deadline) in queue {
+                    if let Err(why) = deliver_reply(&path, &line, deadline, wait_for_reader) {
+                        log(&format!("reply '{line}' not delivered: {why}"));
+                    }
+                }
+            })?;
+        Ok(ResponseWriter {
+            replies: Some(replies),
+            thread: Some(thread),
+        })
     }
+
+    fn send(&self, line: String) {
+        let Some(replies) = &self.replies else {
+            return log(&format!(
+                "reply '{line}' not delivered: the pipes are removed"
+            ));
+        };
+        if let Err(e) = replies.try_send((line, Instant::now() + REPLY_HOLD)) {
+            let (line, _) = e.into_inner();
+            log(&format!(
+                "reply '{line}' not delivered: {MAX_REPLIES_WAITING} replies already wait for a reader of the response pipe"
+            ));
+        }
+    }
+
+    /// Delivers what is queued (each reply within its own deadline), then stops.
+    fn finish(&mut self) {
+        self.replies = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Opens `response` for writing once a reader is there and writes `line`, both before
+/// `deadline`. The open blocks (the rendezvous a FIFO offers: it returns when a reader
+/// opens); at the deadline a short-lived reader of our own releases it and the reply is
+/// dropped unwritten, so no later client can read a stale reply.
+fn deliver_reply(
+    path: &Path,
+    line: &str,
+    deadline: Instant,
+    wait_for_reader: bool,
+) -> Result<(), String> {
+    let mut file = if wait_for_reader {
+        open_writer_by(path, deadline)?
+    } else {
+        pipes::open_writer(path).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENXIO) => "no client is reading the response pipe".to_string(),
+            _ => e.to_string(),
+        })?
+    };
+    // Non-blocking from here: a reader that never reads must not hold the writer forever.
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        libc::fcntl(
+            fd,
+            libc::F_SETFL,
+            libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
+        )
+    };
+    let bytes = format!("{line}\n");
+    let mut written = 0;
+    while written < bytes.len() {
+        match file.write(&bytes.as_bytes()[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(format!(
+                        "the response pipe stayed full for {} s (a client is not reading)",
+                        REPLY_HOLD.as_secs()
+                    ));
+                }
+                let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLOUT)];
+                let ms = left.as_millis().min(i32::MAX as u128) as i32;
+                let _ = poll(
+                    &mut fds,
+                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+                );
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {
+                return Err("the client closed the response pipe before reading its reply".into())
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+fn open_writer_by(path: &Path, deadline: Instant) -> Result<std::fs::File, String> {
+    // The common case, a client that opened `response` before writing its command.
+    match pipes::open_writer(path) {
+        Ok(file) => return Ok(file),
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    let releaser_path = path.to_path_buf();
+    let releaser = std::thread::spawn(move || {
+        if done_rx.recv_deadline(deadline).is_err() {
+            // Deadline: become the reader for an instant so the blocked open returns.
+            let _ = pipes::open_reader(&releaser_path);
+        }
+    });
+    let opened = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path);
+    let _ = done_tx.send(());
+    let _ = releaser.join();
+    let file = opened.map_err(|e| e.to_string())?;
+    if Instant::now() >= deadline {
+        return Err(format!(
+            "no client opened the response pipe within {} s",
+            REPLY_HOLD.as_secs()
+        ));
+    }
+    Ok(file)
 }

@@ -7,5 +7,6 @@ mod conformance;
 mod inject;
 mod lifecycle;
 mod protocol;
+mod replies;
 mod sessions;
 mod support;
