@@ -35,6 +35,17 @@ pub enum Record {
         at: Millis,
         effects: Vec<Effect>,
     },
+    /// The input and effects just before happened `count` more times, the last at
+    /// `last_at` (a flood of the same line is journaled once, not a million times).
+    Repeated {
+        count: u64,
+        last_at: Millis,
+    },
+    /// The journal reached its size limit here; nothing after this was recorded.
+    Capped {
+        at: Millis,
+        limit_bytes: u64,
+    },
 }
 
 /// A [`Supervisor`] that also writes the human transcript: one line per input, state
@@ -441,6 +452,8 @@ pub struct Replay {
     pub header: Header,
     pub session: Transcribed,
     pub inputs: usize,
+    /// `(line, at, limit)` when the journal hit its size limit: replay stops there.
+    pub capped: Option<(usize, Millis, u64)>,
 }
 
 /// Folds a journal's text through a fresh [`Supervisor`]. With `check`, every recorded
@@ -491,6 +504,9 @@ pub fn replay(text: &str, check: bool) -> Result<Replay, ReplayError> {
     let mut session = Transcribed::new(header.config.clone());
     let mut inputs = 0;
     let mut index = 1;
+    let mut capped = None;
+    // The last input with its recorded effects, for `Repeated` records.
+    let mut last_step: Option<(Input, Vec<Effect>)> = None;
     while index < lines.len() {
         let line = index + 1;
         match parse(index)? {
@@ -501,8 +517,34 @@ pub fn replay(text: &str, check: bool) -> Result<Replay, ReplayError> {
                 })
             }
             Record::Effects { .. } => return Err(ReplayError::UnexpectedEffects { line }),
+            Record::Capped { at, limit_bytes } => {
+                capped = Some((line, at, limit_bytes));
+                break;
+            }
+            Record::Repeated { count, last_at } => {
+                let Some((input, recorded)) = last_step.clone() else {
+                    return Err(ReplayError::Malformed {
+                        line,
+                        why: "a repeat with no input before it".into(),
+                    });
+                };
+                for _ in 0..count {
+                    inputs += 1;
+                    let replayed = session.handle(last_at, input.clone());
+                    if check && replayed != recorded {
+                        return Err(ReplayError::Diverged {
+                            line,
+                            input: input.to_string(),
+                            recorded: recorded.clone(),
+                            replayed,
+                        });
+                    }
+                }
+                index += 1;
+            }
             Record::Input { at, input } => {
                 inputs += 1;
+                let kept = input.clone();
                 let shown = input.to_string();
                 let replayed = session.handle(at, input);
                 index += 1;
@@ -512,6 +554,7 @@ pub fn replay(text: &str, check: bool) -> Result<Replay, ReplayError> {
                     } = parse(index)?
                     {
                         index += 1;
+                        last_step = Some((kept, recorded.clone()));
                         if check && recorded != replayed {
                             return Err(ReplayError::Diverged {
                                 line: line + 1,
@@ -531,5 +574,6 @@ pub fn replay(text: &str, check: bool) -> Result<Replay, ReplayError> {
         header,
         session,
         inputs,
+        capped,
     })
 }

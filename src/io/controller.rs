@@ -3,7 +3,7 @@
 //! journals each input, hands it to the core and carries out the effects.
 use super::find_python::resolve_python;
 use super::grant::GrantInjector;
-use super::journal_writer::JournalWriter;
+use super::journal_writer::{Appended, JournalWriter, DEFAULT_LIMIT_BYTES};
 use super::pipes::{self, PipeDir, CONTROL, RESPONSE};
 use super::procfs;
 use crate::core::journal::{Header, Record, JOURNAL_FORMAT};
@@ -59,8 +59,62 @@ fn fail<T>(message: impl Into<String>) -> Result<T, ControllerError> {
     Err(ControllerError(message.into()))
 }
 
+/// Writes one line on stderr, bounded whatever happens: a message equal to the one before
+/// is counted, not repeated (the count is said when another message comes), and beyond
+/// [`LOG_LINES_PER_SECOND`] lines in a second the rest of that second is counted and said
+/// once. A flood of bad input cannot fill the disk through the log.
 fn log(message: &str) {
-    let _ = writeln!(io::stderr(), "heli-controller: {message}");
+    static STATE: std::sync::Mutex<LogState> = std::sync::Mutex::new(LogState {
+        last: String::new(),
+        repeats: 0,
+        second: None,
+        lines_this_second: 0,
+        suppressed: 0,
+    });
+    let mut state = STATE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut err = io::stderr().lock();
+    if state.last == message {
+        state.repeats += 1;
+        return;
+    }
+    if state.repeats > 0 {
+        let _ = writeln!(
+            err,
+            "heli-controller: (the message above repeated {} more times)",
+            state.repeats
+        );
+        state.repeats = 0;
+    }
+    let now = Instant::now();
+    let new_second =
+        !matches!(state.second, Some(start) if now.duration_since(start) < Duration::from_secs(1));
+    if new_second {
+        if state.suppressed > 0 {
+            let _ = writeln!(err, "heli-controller: ({} log lines left out: more than {LOG_LINES_PER_SECOND} a second)", state.suppressed);
+        }
+        state.second = Some(now);
+        state.lines_this_second = 0;
+        state.suppressed = 0;
+    }
+    state.last = message.to_string();
+    if state.lines_this_second >= LOG_LINES_PER_SECOND {
+        state.suppressed += 1;
+        return;
+    }
+    state.lines_this_second += 1;
+    let _ = writeln!(err, "heli-controller: {message}");
+}
+
+const LOG_LINES_PER_SECOND: u32 = 50;
+
+struct LogState {
+    last: String,
+    repeats: u64,
+    second: Option<Instant>,
+    lines_this_second: u32,
+    suppressed: u64,
 }
 
 /// Runs a whole controller session; returns the exit code.
@@ -89,7 +143,7 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
         None => Some(pipes.join(&format!("journal-{controller_pid}.jsonl"))),
     }
     .map(|path| {
-        JournalWriter::create(&path)
+        JournalWriter::create(&path, DEFAULT_LIMIT_BYTES)
             .map_err(|e| ControllerError(format!("journal {}: {e}", path.display())))
     })
     .transpose()?;
@@ -131,20 +185,35 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     };
     // After a failed write the journal stops for good: a journal with a gap in it would
     // replay as a divergence; one that ends early is reported as truncated.
-    let record = |journal: &mut Option<JournalWriter>, record: Record| {
-        if let Some(writer) = journal.as_mut() {
-            if let Err(e) = writer.append(&record) {
-                log(&format!(
-                    "journal {}: {e}; journaling stopped",
-                    writer.path().display()
-                ));
-                *journal = None;
+    let record =
+        |journal: &mut Option<JournalWriter>,
+         write: &mut dyn FnMut(&mut JournalWriter) -> io::Result<Appended>| {
+            if let Some(writer) = journal.as_mut() {
+                match write(writer) {
+                    Ok(Appended::Written | Appended::AlreadyCapped) => {}
+                    Ok(Appended::CappedNow) => log(&format!(
+                        "journal {} reached its limit of {} MiB; later inputs are not journaled",
+                        writer.path().display(),
+                        DEFAULT_LIMIT_BYTES >> 20
+                    )),
+                    Err(e) => {
+                        log(&format!(
+                            "journal {}: {e}; journaling stopped",
+                            writer.path().display()
+                        ));
+                        *journal = None;
+                    }
+                }
             }
-        }
-    };
-    record(&mut journal, Record::Header(header));
+        };
+    record(&mut journal, &mut |w| {
+        w.append(&Record::Header(header.clone()))
+            .map(|()| Appended::Written)
+    });
 
-    let (tx, rx) = crossbeam_channel::unbounded::<Input>();
+    // Bounded: a flood of lines waits in the control pipe (the writer blocks), not in
+    // the controller's memory.
+    let (tx, rx) = crossbeam_channel::bounded::<Input>(1024);
     let adapters = || -> io::Result<(GrantInjector, ResponseWriter)> {
         let injector = GrantInjector::start(target_pid, tx.clone())?;
         let responses = ResponseWriter::start(pipes.join(RESPONSE), opts.dialect)?;
@@ -195,21 +264,9 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
             None => next_input(&rx, supervisor.poll_timeout(), started, &mut adapters_gone),
         };
         let at = started.elapsed().as_millis() as u64;
-        record(
-            &mut journal,
-            Record::Input {
-                at,
-                input: input.clone(),
-            },
-        );
-        let effects = supervisor.handle(at, input);
-        record(
-            &mut journal,
-            Record::Effects {
-                at,
-                effects: effects.clone(),
-            },
-        );
+        record(&mut journal, &mut |w| w.step(at, &input, None));
+        let effects = supervisor.handle(at, input.clone());
+        record(&mut journal, &mut |w| w.step(at, &input, Some(&effects)));
         for effect in effects {
             match effect {
                 Effect::Reply { reply } => responses.send(reply.to_line(opts.dialect)),
@@ -241,6 +298,9 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
                 }
                 Effect::Log { message } => log(&message),
                 Effect::Exit { code } => {
+                    record(&mut journal, &mut |w| {
+                        w.flush_repeats().map(|()| Appended::Written)
+                    });
                     // The waiter left the child unreaped (WNOWAIT) so its pid could not be
                     // reused while we might still signal it; reap it now.
                     let _ = waitpid(Pid::from_raw(target_pid as i32), Some(WaitPidFlag::WNOHANG));

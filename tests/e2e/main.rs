@@ -4,6 +4,7 @@
 mod attach;
 mod cli_durations;
 mod conformance;
+mod flood;
 mod inject;
 mod lifecycle;
 mod protocol;
