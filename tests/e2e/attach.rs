@@ -21,17 +21,11 @@ fn seed_session_through_pipes_attaches_twice_and_terminates() {
     assert_eq!(out.matches("✅ Permission granted").count(), 2, "{out}");
     assert_eq!(controller.wait(), 0);
     assert!(!is_alive(controller.target_pid));
-    assert!(!controller.pipe("control").exists());
-    // The grant scripts ran and were removed.
-    let leftovers: Vec<_> = std::fs::read_dir(&controller.dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name())
-                .filter(|n| n.to_string_lossy().starts_with("grant-"))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Only the journal stays (README, "What the pipe directory holds").
+    assert_eq!(
+        dir_entries(&controller.dir),
+        [format!("journal-{}.jsonl", controller.child.id())]
+    );
 }
 
 #[test]
@@ -47,6 +41,15 @@ fn twenty_attach_cycles_in_one_client_session() {
     assert!(
         is_alive(controller.target_pid),
         "quit must leave the target running"
+    );
+    // Twenty grants later the directory holds what README documents, nothing else.
+    assert_eq!(
+        dir_entries(&controller.dir),
+        [
+            "control".to_string(),
+            format!("journal-{}.jsonl", controller.child.id()),
+            "response".to_string(),
+        ]
     );
     assert_eq!(
         controller.send("GET_TARGET_PID"),

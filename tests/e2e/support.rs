@@ -206,6 +206,16 @@ fn read_to_end_in_thread(mut source: impl Read + Send + 'static) -> Receiver<Vec
     rx
 }
 
+/// The names in directory `dir`, sorted.
+pub fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 /// A pid that is no process: that of a `true` just run and reaped. (Reuse this fast is
 /// practically impossible.)
 pub fn reaped_pid() -> u32 {
