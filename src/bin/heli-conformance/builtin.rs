@@ -88,7 +88,10 @@ mod tests {
             .collect();
         on_disk.sort();
         let built_in: Vec<&str> = CASE_FILES.iter().map(|(name, _)| *name).collect();
-        assert_eq!(on_disk, built_in);
+        assert_eq!(
+            on_disk, built_in,
+            "tests/fixtures/conformance (left) and CASE_FILES (right) differ"
+        );
     }
 
     /// Loading checks that every case's target exists: none is missing from `TARGETS`.
