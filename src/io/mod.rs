@@ -2,7 +2,6 @@
 //! or carries out core effects. Decisions live in the core, not here.
 
 pub mod client;
-pub mod conformance;
 pub mod controller;
 pub mod exchange;
 pub mod find_python;
