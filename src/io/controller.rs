@@ -485,7 +485,7 @@ fn spawn_control_reader(path: &Path, tx: Sender<Input>) -> io::Result<()> {
 /// sending) and for room in it (a reader that is late to read).
 const REPLY_HOLD: Duration = Duration::from_secs(5);
 
-/// Replies waiting for the writer; beyond this the controller says it dropped one.
+/// Replies waiting for the writer; beyond this the owner loop waits for room.
 const MAX_REPLIES_WAITING: usize = 10_000;
 
 /// The `response` writer: one thread that delivers replies in order, so the owner loop
@@ -519,16 +519,21 @@ impl ResponseWriter {
         })
     }
 
+    /// Queues a reply. When [`MAX_REPLIES_WAITING`] already wait (a reader slower than the
+    /// lines coming in), the owner loop waits here: the flood then waits in the control
+    /// pipe, not in memory, and no reply is dropped for lack of room. Each reply waits at
+    /// most [`REPLY_HOLD`] in the writer, which bounds this wait too.
     fn send(&self, line: String) {
         let Some(replies) = &self.replies else {
             return log(&format!(
                 "reply '{line}' not delivered: the pipes are removed"
             ));
         };
-        if let Err(e) = replies.try_send((line, Instant::now() + REPLY_HOLD)) {
+        let queued = replies.send((line, Instant::now() + REPLY_HOLD));
+        if let Err(e) = queued {
             let (line, _) = e.into_inner();
             log(&format!(
-                "reply '{line}' not delivered: {MAX_REPLIES_WAITING} replies already wait for a reader of the response pipe"
+                "reply '{line}' not delivered: the response writer has stopped"
             ));
         }
     }
