@@ -5,6 +5,7 @@ mod attach;
 mod conformance;
 mod inject;
 mod lifecycle;
+mod pipe_dir_security;
 mod protocol;
 mod sessions;
 mod support;

@@ -314,3 +314,23 @@ pub fn raw(controller: &Controller, bytes: &[u8], n: usize) -> Vec<String> {
         })
         .collect()
 }
+
+/// A system user named `name` (created with `useradd` when missing; needs root):
+/// (uid, gid). Tests that need a second user call this only as root.
+pub fn ensure_user(name: &str) -> (u32, u32) {
+    let lookup = || nix::unistd::User::from_name(name).expect("read the user database");
+    if lookup().is_none() {
+        let out = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name])
+            .output()
+            .expect("run useradd");
+        // Another test may have created it meanwhile (useradd then exits 9).
+        assert!(
+            out.status.success() || lookup().is_some(),
+            "useradd {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let user = lookup().expect("the user just created");
+    (user.uid.as_raw(), user.gid.as_raw())
+}
