@@ -4,7 +4,7 @@
 use super::find_python::resolve_python;
 use super::grant::GrantInjector;
 use super::journal_writer::JournalWriter;
-use super::pipes::{self, PipeDir, CONTROL, RESPONSE};
+use super::pipes::{PipeDir, PipeHandle};
 use super::procfs;
 use crate::core::journal::{Header, Record, JOURNAL_FORMAT};
 use crate::core::ptrace_policy::controller_may_start;
@@ -82,16 +82,21 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
 
     let mut pipes = PipeDir::create(&opts.pipe_dir).map_err(|e| ControllerError(e.to_string()))?;
     let controller_pid = std::process::id();
+    let journal_err =
+        |path: &Path, e: io::Error| ControllerError(format!("journal {}: {e}", path.display()));
     let mut journal = match &opts.journal {
         Some(None) => None,
-        Some(Some(path)) => Some(path.clone()),
-        None => Some(pipes.join(&format!("journal-{controller_pid}.jsonl"))),
-    }
-    .map(|path| {
-        JournalWriter::create(&path)
-            .map_err(|e| ControllerError(format!("journal {}: {e}", path.display())))
-    })
-    .transpose()?;
+        Some(Some(path)) => Some(JournalWriter::create(path).map_err(|e| journal_err(path, e))?),
+        // Through the pipe directory's handle, not its path (issue 9).
+        None => {
+            let name = format!("journal-{controller_pid}.jsonl");
+            let path = pipes.join(&name);
+            let file = pipes
+                .create_file(&name)
+                .map_err(|e| journal_err(&path, e))?;
+            Some(JournalWriter::from_new_file(file, path))
+        }
+    };
 
     let mut target_argv: Vec<OsString> = vec![python.clone().into(), opts.script.clone().into()];
     target_argv.extend(opts.args.iter().cloned());
@@ -148,7 +153,7 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
         let injector = GrantInjector::start(target_pid, tx.clone())?;
         spawn_signal_thread(stop_signals, tx.clone())?;
         spawn_target_waiter(target_pid, tx.clone())?;
-        spawn_control_reader(&pipes.join(CONTROL), tx.clone())?;
+        spawn_control_reader(pipes.handle()?, tx.clone())?;
         Ok(injector)
     };
     let mut injector = match adapters() {
@@ -181,7 +186,6 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     if config.grant_injection == GrantInjection::SkippedForDiagnostics {
         log("HELI_DISABLE_GRANT=1: grants are answered READY WITHOUT being injected (diagnostics only)");
     }
-    let response_path = pipes.join(RESPONSE);
 
     let mut supervisor = Supervisor::new(config);
     // Facts the effects just produced (an inspection, an injection's outcome) are handled
@@ -211,7 +215,7 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
         );
         for effect in effects {
             match effect {
-                Effect::Reply { reply } => send_reply(&response_path, &reply.to_line(opts.dialect)),
+                Effect::Reply { reply } => send_reply(&pipes, &reply.to_line(opts.dialect)),
                 Effect::InspectClient { pid } => immediate.push_back(Input::ClientInspected {
                     pid,
                     facts: procfs::inspect(pid),
@@ -352,9 +356,8 @@ fn spawn_target_waiter(pid: u32, tx: Sender<Input>) -> io::Result<()> {
 /// whole time, so a client never finds the pipe without a reader (writers would get
 /// ENXIO or block); the reading descriptor is reopened after each EOF (all writers
 /// gone), which is also how a last line without `\n` is recognised as complete.
-fn spawn_control_reader(path: &Path, tx: Sender<Input>) -> io::Result<()> {
-    let keeper = pipes::open_reader(path)?;
-    let path = path.to_path_buf();
+fn spawn_control_reader(pipes: PipeHandle, tx: Sender<Input>) -> io::Result<()> {
+    let keeper = pipes.open_control_reader()?;
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -362,7 +365,7 @@ fn spawn_control_reader(path: &Path, tx: Sender<Input>) -> io::Result<()> {
             let mut framer = LineFramer::default();
             let mut buf = [0u8; 4096];
             'reopen: loop {
-                let Ok(mut reader) = pipes::open_reader(&path) else {
+                let Ok(mut reader) = pipes.open_control_reader() else {
                     return;
                 };
                 // After data, read again before polling: Linux reports POLLHUP on a FIFO
@@ -418,8 +421,9 @@ fn spawn_control_reader(path: &Path, tx: Sender<Input>) -> io::Result<()> {
 
 /// Writes one reply line. Never blocks: a reply nobody is reading is dropped and said so
 /// (a client that follows the protocol opens `response` before writing its command).
-fn send_reply(path: &Path, line: &str) {
-    let result = pipes::open_writer(path)
+fn send_reply(pipes: &PipeDir, line: &str) {
+    let result = pipes
+        .open_response_writer()
         .and_then(|mut file| file.write_all(format!("{line}\n").as_bytes()));
     if let Err(e) = result {
         let why = match e.raw_os_error() {

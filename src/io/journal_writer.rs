@@ -26,6 +26,12 @@ impl JournalWriter {
         })
     }
 
+    /// A journal in a file the caller has just created (exclusively, with mode 0600),
+    /// for example relative to the pipe directory's handle; `path` is for messages.
+    pub fn from_new_file(file: File, path: PathBuf) -> JournalWriter {
+        JournalWriter { file, path }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

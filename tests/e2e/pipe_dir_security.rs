@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-
 fn controller_in(dir: &Path) -> Command {
     let mut command = Command::new(bin("heli-controller"));
     command
@@ -58,7 +57,10 @@ fn issue9_a_refused_start_keeps_the_users_files_and_modes() {
     assert_eq!(content("response"), "important\n");
     assert_eq!(content("grant-helper.py"), "x\n");
     assert_eq!(mode(&dir), 0o755, "the user's directory was chmodded");
-    assert!(!dir.join("control").exists(), "a refused start left a FIFO behind");
+    assert!(
+        !dir.join("control").exists(),
+        "a refused start left a FIFO behind"
+    );
     assert!(
         err.contains(&dir.display().to_string()) && err.contains("chmod 700"),
         "the refusal names the directory and the fix: {err}"
@@ -73,9 +75,18 @@ fn issue9_a_refused_start_keeps_the_users_files_and_modes() {
             && err.contains("not a named pipe"),
         "the refusal names the file: {err}"
     );
-    assert_eq!(fs::read_to_string(dir.join("response")).unwrap(), "important\n");
-    assert_eq!(fs::read_to_string(dir.join("grant-helper.py")).unwrap(), "x\n");
-    assert!(!dir.join("control").exists(), "a refused start left a FIFO behind");
+    assert_eq!(
+        fs::read_to_string(dir.join("response")).unwrap(),
+        "important\n"
+    );
+    assert_eq!(
+        fs::read_to_string(dir.join("grant-helper.py")).unwrap(),
+        "x\n"
+    );
+    assert!(
+        !dir.join("control").exists(),
+        "a refused start left a FIFO behind"
+    );
     assert_eq!(mode(&dir), 0o700);
 }
 
@@ -96,15 +107,23 @@ fn issue9_terminate_removes_only_what_the_controller_created() {
     ));
     let mut err = Lines::spawn(child.0.as_mut().unwrap().stderr.take().unwrap());
     err.wait_for("listening on");
-    let reply = helicopter_parent::io::exchange::exchange_raw(&dir, "TERMINATE", Duration::from_secs(5), true)
-        .expect("TERMINATE")
-        .expect("a reply");
+    let reply = helicopter_parent::io::exchange::exchange_raw(
+        &dir,
+        "TERMINATE",
+        Duration::from_secs(5),
+        true,
+    )
+    .expect("TERMINATE")
+    .expect("a reply");
     assert_eq!(reply, "READY");
     let status = wait_with_deadline(child.0.as_mut().unwrap(), TIMEOUT);
     child.0 = None;
     assert_eq!(status.code(), Some(0));
     assert!(!dir.join("control").exists() && !dir.join("response").exists());
-    assert_eq!(fs::read_to_string(dir.join("grant-utils.py")).unwrap(), "mine\n");
+    assert_eq!(
+        fs::read_to_string(dir.join("grant-utils.py")).unwrap(),
+        "mine\n"
+    );
     assert_eq!(mode(&dir), 0o700, "the user's directory is kept as it was");
 }
 
@@ -159,7 +178,10 @@ impl HeldController {
                 Some(line) if line.contains(" started: ") => return true,
                 Some(line) if line.contains("error") => return false,
                 Some(_) => continue,
-                None => panic!("no verdict from the controller; saw {:#?}", self.stderr.seen),
+                None => panic!(
+                    "no verdict from the controller; saw {:#?}",
+                    self.stderr.seen
+                ),
             }
         }
     }
@@ -202,7 +224,11 @@ impl HeldController {
             .next()
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("strace has no child: {children:?}"));
-        HeldController { strace, pid, stderr }
+        HeldController {
+            strace,
+            pid,
+            stderr,
+        }
     }
 
     fn resume(&self) {
@@ -252,10 +278,15 @@ fn attacker_parent(user: (u32, u32)) -> (tempfile::TempDir, PathBuf, PathBuf) {
 
 #[test]
 fn issue9_a_pipe_dir_swapped_for_a_symlink_right_after_mkdir_changes_nothing_outside() {
-    let Some(user) = second_user("issue9_..._right_after_mkdir") else { return };
+    let Some(user) = second_user("issue9_..._right_after_mkdir") else {
+        return;
+    };
     let (_tmp, parent, victim) = attacker_parent(user);
     let held = HeldController::start(&parent, "pipes", Hold::AfterMkdir);
-    assert!(parent.join("pipes").is_dir(), "held after creating the directory");
+    assert!(
+        parent.join("pipes").is_dir(),
+        "held after creating the directory"
+    );
     as_user(
         user,
         &format!(
@@ -280,7 +311,9 @@ fn issue9_a_pipe_dir_swapped_for_a_symlink_right_after_mkdir_changes_nothing_out
 
 #[test]
 fn issue9_a_pipe_dir_swapped_after_verification_is_still_the_one_served() {
-    let Some(user) = second_user("issue9_..._after_verification") else { return };
+    let Some(user) = second_user("issue9_..._after_verification") else {
+        return;
+    };
     let (_tmp, parent, _victim) = attacker_parent(user);
     // The attacker's own directory with its own FIFOs, waiting to be adopted.
     as_user(
@@ -297,7 +330,10 @@ fn issue9_a_pipe_dir_swapped_after_verification_is_still_the_one_served() {
     let held = HeldController::start(&parent, "pipes", Hold::AtLock);
     as_user(
         user,
-        &format!("cd '{}' && mv pipes moved && ln -s evil pipes", parent.display()),
+        &format!(
+            "cd '{}' && mv pipes moved && ln -s evil pipes",
+            parent.display()
+        ),
     );
     held.resume();
     let mut held = held;
@@ -312,7 +348,11 @@ fn issue9_a_pipe_dir_swapped_after_verification_is_still_the_one_served() {
         .collect();
     let mut names = names;
     names.sort();
-    assert_eq!(names, ["control", "response"], "the controller wrote into the attacker's directory");
+    assert_eq!(
+        names,
+        ["control", "response"],
+        "the controller wrote into the attacker's directory"
+    );
     assert_eq!(
         (inode("control"), inode("response")),
         before,
@@ -327,7 +367,10 @@ fn issue9_a_pipe_dir_swapped_after_verification_is_still_the_one_served() {
         assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o700));
         for name in ["control", "response"] {
             let fifo = fs::symlink_metadata(moved.join(name)).unwrap();
-            assert!(std::os::unix::fs::FileTypeExt::is_fifo(&fifo.file_type()), "{name}");
+            assert!(
+                std::os::unix::fs::FileTypeExt::is_fifo(&fifo.file_type()),
+                "{name}"
+            );
             assert_eq!(fifo.uid(), 0);
         }
         // It answers on the directory it verified, wherever that now is.

@@ -321,7 +321,13 @@ pub fn ensure_user(name: &str) -> (u32, u32) {
     let lookup = || nix::unistd::User::from_name(name).expect("read the user database");
     if lookup().is_none() {
         let out = Command::new("useradd")
-            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name])
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ])
             .output()
             .expect("run useradd");
         // Another test may have created it meanwhile (useradd then exits 9).
