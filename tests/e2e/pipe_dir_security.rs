@@ -131,11 +131,14 @@ fn issue9_terminate_removes_only_what_the_controller_created() {
 /// when this is not root or a tool is missing.
 fn second_user(test: &str) -> Option<(u32, u32)> {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP {test}: needs root (a second uid and strace); run the tests as root");
+        skip(
+            test,
+            "needs root (a second uid, chown, strace); run the tests as root",
+        );
         return None;
     }
     if Command::new("strace").arg("-V").output().is_err() {
-        eprintln!("SKIP {test}: strace is not installed (apt-get install strace)");
+        skip(test, "strace is not installed (apt-get install strace)");
         return None;
     }
     Some(ensure_user("heliattacker"))
@@ -185,9 +188,7 @@ impl HeldController {
             }
         }
     }
-}
 
-impl HeldController {
     fn start(parent: &Path, name: &str, hold: Hold) -> HeldController {
         let syscalls = match hold {
             Hold::AfterMkdir => "mkdir,mkdirat",
@@ -239,10 +240,12 @@ impl HeldController {
 impl Drop for HeldController {
     fn drop(&mut self) {
         // The controller first (its target gets SIGTERM through PDEATHSIG), then strace
-        // (the KillOnDrop field). Only while strace is unreaped: until then the
-        // controller, its traced child, cannot have been reaped either, so the pid is
-        // still the controller's.
-        if self.strace.0.is_some() {
+        // (the KillOnDrop field): strace killed first would leave a held controller
+        // stopped for good. Only while strace is unreaped and the pid still shows the
+        // controller: strace reaps the controller just before it exits itself.
+        let ours = fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .is_ok_and(|stat| stat.contains("(heli-controller)"));
+        if self.strace.0.is_some() && ours {
             unsafe { libc::kill(self.pid, libc::SIGKILL) };
         }
     }
@@ -278,7 +281,9 @@ fn attacker_parent(user: (u32, u32)) -> (tempfile::TempDir, PathBuf, PathBuf) {
 
 #[test]
 fn issue9_a_pipe_dir_swapped_for_a_symlink_right_after_mkdir_changes_nothing_outside() {
-    let Some(user) = second_user("issue9_..._right_after_mkdir") else {
+    let Some(user) = second_user(
+        "issue9_a_pipe_dir_swapped_for_a_symlink_right_after_mkdir_changes_nothing_outside",
+    ) else {
         return;
     };
     let (_tmp, parent, victim) = attacker_parent(user);
@@ -311,7 +316,9 @@ fn issue9_a_pipe_dir_swapped_for_a_symlink_right_after_mkdir_changes_nothing_out
 
 #[test]
 fn issue9_a_pipe_dir_swapped_after_verification_is_still_the_one_served() {
-    let Some(user) = second_user("issue9_..._after_verification") else {
+    let Some(user) =
+        second_user("issue9_a_pipe_dir_swapped_after_verification_is_still_the_one_served")
+    else {
         return;
     };
     let (_tmp, parent, _victim) = attacker_parent(user);
@@ -384,4 +391,41 @@ fn issue9_a_pipe_dir_swapped_after_verification_is_still_the_one_served() {
         .expect("a reply");
         assert!(reply.starts_with("TARGET_PID "), "{reply}");
     }
+}
+
+#[test]
+fn issue9_stale_pipes_of_a_dead_controller_are_replaced_and_the_directory_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+    let mode = nix::sys::stat::Mode::from_bits_truncate(0o600);
+    for name in ["control", "response"] {
+        nix::unistd::mkfifo(&dir.join(name), mode).unwrap();
+    }
+    let mut child = KillOnDrop(Some(
+        controller_in(&dir)
+            .arg("--no-journal")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn heli-controller"),
+    ));
+    let mut err = Lines::spawn(child.0.as_mut().unwrap().stderr.take().unwrap());
+    err.wait_for("listening on");
+    let reply = helicopter_parent::io::exchange::exchange_raw(
+        &dir,
+        "TERMINATE",
+        Duration::from_secs(5),
+        true,
+    )
+    .expect("TERMINATE")
+    .expect("a reply");
+    assert_eq!(reply, "READY");
+    let status = wait_with_deadline(child.0.as_mut().unwrap(), TIMEOUT);
+    child.0 = None;
+    assert_eq!(status.code(), Some(0));
+    // The replacements were the controller's own: removed; the user's directory stays.
+    assert!(!dir.join("control").exists() && !dir.join("response").exists());
+    assert!(dir.is_dir());
 }

@@ -340,3 +340,10 @@ pub fn ensure_user(name: &str) -> (u32, u32) {
     let user = lookup().expect("the user just created");
     (user.uid.as_raw(), user.gid.as_raw())
 }
+
+/// Says on the real stderr that a test did not run and why. `eprintln!` would be captured
+/// by the test harness and shown only on failure; a skipped test passes, so the line
+/// is written to the descriptor itself.
+pub fn skip(test: &str, why: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+}
