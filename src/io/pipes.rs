@@ -476,3 +476,72 @@ pub fn open_reader(path: &Path) -> io::Result<File> {
         .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
         .open(path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+
+    fn mode(path: &Path) -> u32 {
+        fs::symlink_metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_new_directory_is_made_private_and_removed_with_its_pipes() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A trailing slash names the same directory.
+        let dir = tmp.path().join("a/b/pipes/");
+        let mut pipes = PipeDir::create(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        for name in [CONTROL, RESPONSE] {
+            assert!(fs::symlink_metadata(dir.join(name))
+                .unwrap()
+                .file_type()
+                .is_fifo());
+        }
+        pipes.remove();
+        assert!(!dir.exists());
+        assert!(
+            tmp.path().join("a/b").is_dir(),
+            "parents made for it are the user's"
+        );
+    }
+
+    #[test]
+    fn a_directory_holding_a_journal_is_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pipes");
+        let mut pipes = PipeDir::create(&dir).unwrap();
+        drop(pipes.create_file("journal-1.jsonl").unwrap());
+        assert!(
+            pipes.create_file("journal-1.jsonl").is_err(),
+            "never replaced"
+        );
+        pipes.remove();
+        assert!(dir.join("journal-1.jsonl").is_file());
+        assert!(!dir.join(CONTROL).exists());
+    }
+
+    #[test]
+    fn a_path_without_a_final_name_is_refused() {
+        for path in [".", "/", "a/.."] {
+            let err = PipeDir::create(Path::new(path)).unwrap_err();
+            assert!(matches!(err, PipeDirError::NoName(_)), "{path}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_loose_existing_directory_is_refused_unchanged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pipes");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o750)).unwrap();
+        let err = PipeDir::create(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("mode 0750") && err.contains("chmod 700"),
+            "{err}"
+        );
+        assert_eq!(mode(&dir), 0o750);
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+    }
+}
