@@ -4,7 +4,7 @@
 use super::find_python::resolve_python;
 use super::grant::GrantInjector;
 use super::journal_writer::{Appended, JournalWriter, DEFAULT_LIMIT_BYTES};
-use super::pipes::{self, PipeDir, CONTROL, RESPONSE};
+use super::pipes::{PipeDir, PipeHandle};
 use super::procfs;
 use crate::core::journal::{Header, Record, JOURNAL_FORMAT};
 use crate::core::ptrace_policy::controller_may_start;
@@ -22,7 +22,6 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -137,16 +136,27 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
 
     let mut pipes = PipeDir::create(&opts.pipe_dir).map_err(|e| ControllerError(e.to_string()))?;
     let controller_pid = std::process::id();
+    let journal_err =
+        |path: &Path, e: io::Error| ControllerError(format!("journal {}: {e}", path.display()));
     let mut journal = match &opts.journal {
         Some(None) => None,
-        Some(Some(path)) => Some(path.clone()),
-        None => Some(pipes.join(&format!("journal-{controller_pid}.jsonl"))),
-    }
-    .map(|path| {
-        JournalWriter::create(&path, DEFAULT_LIMIT_BYTES)
-            .map_err(|e| ControllerError(format!("journal {}: {e}", path.display())))
-    })
-    .transpose()?;
+        Some(Some(path)) => Some(
+            JournalWriter::create(path, DEFAULT_LIMIT_BYTES).map_err(|e| journal_err(path, e))?,
+        ),
+        // Through the pipe directory's handle, not its path (issue 9).
+        None => {
+            let name = format!("journal-{controller_pid}.jsonl");
+            let path = pipes.join(&name);
+            let file = pipes
+                .create_file(&name)
+                .map_err(|e| journal_err(&path, e))?;
+            Some(JournalWriter::from_new_file(
+                file,
+                path,
+                DEFAULT_LIMIT_BYTES,
+            ))
+        }
+    };
 
     let mut target_argv: Vec<OsString> = vec![python.clone().into(), opts.script.clone().into()];
     target_argv.extend(opts.args.iter().cloned());
@@ -216,10 +226,10 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     let (tx, rx) = crossbeam_channel::bounded::<Input>(1024);
     let adapters = || -> io::Result<(GrantInjector, ResponseWriter)> {
         let injector = GrantInjector::start(target_pid, tx.clone())?;
-        let responses = ResponseWriter::start(pipes.join(RESPONSE), opts.dialect)?;
+        let responses = ResponseWriter::start(pipes.handle()?, opts.dialect)?;
         spawn_signal_thread(stop_signals, tx.clone())?;
         spawn_target_waiter(target_pid, tx.clone())?;
-        spawn_control_reader(&pipes.join(CONTROL), tx.clone())?;
+        spawn_control_reader(pipes.handle()?, tx.clone())?;
         Ok((injector, responses))
     };
     let (mut injector, mut responses) = match adapters() {
@@ -417,9 +427,8 @@ fn spawn_target_waiter(pid: u32, tx: Sender<Input>) -> io::Result<()> {
 /// whole time, so a client never finds the pipe without a reader (writers would get
 /// ENXIO or block); the reading descriptor is reopened after each EOF (all writers
 /// gone), which is also how a last line without `\n` is recognised as complete.
-fn spawn_control_reader(path: &Path, tx: Sender<Input>) -> io::Result<()> {
-    let keeper = pipes::open_reader(path)?;
-    let path = path.to_path_buf();
+fn spawn_control_reader(pipes: PipeHandle, tx: Sender<Input>) -> io::Result<()> {
+    let keeper = pipes.open_control_reader()?;
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -427,7 +436,7 @@ fn spawn_control_reader(path: &Path, tx: Sender<Input>) -> io::Result<()> {
             let mut framer = LineFramer::default();
             let mut buf = [0u8; 4096];
             'reopen: loop {
-                let Ok(mut reader) = pipes::open_reader(&path) else {
+                let Ok(mut reader) = pipes.open_control_reader() else {
                     return;
                 };
                 // After data, read again before polling: Linux reports POLLHUP on a FIFO
@@ -501,14 +510,14 @@ struct ResponseWriter {
 }
 
 impl ResponseWriter {
-    fn start(path: PathBuf, dialect: Dialect) -> io::Result<ResponseWriter> {
+    fn start(pipes: PipeHandle, dialect: Dialect) -> io::Result<ResponseWriter> {
         let (replies, queue) = crossbeam_channel::bounded::<(String, Instant)>(MAX_REPLIES_WAITING);
         let wait_for_reader = dialect == Dialect::Legacy;
         let thread = std::thread::Builder::new()
             .name("response".into())
             .spawn(move || {
                 for (line, deadline) in queue {
-                    if let Err(why) = deliver_reply(&path, &line, deadline, wait_for_reader) {
+                    if let Err(why) = deliver_reply(&pipes, &line, deadline, wait_for_reader) {
                         log(&format!("reply '{line}' not delivered: {why}"));
                     }
                 }
@@ -552,18 +561,20 @@ impl ResponseWriter {
 /// opens); at the deadline a short-lived reader of our own releases it and the reply is
 /// dropped unwritten, so no later client can read a stale reply.
 fn deliver_reply(
-    path: &Path,
+    pipes: &PipeHandle,
     line: &str,
     deadline: Instant,
     wait_for_reader: bool,
 ) -> Result<(), String> {
     let mut file = if wait_for_reader {
-        open_writer_by(path, deadline)?
+        open_writer_by(pipes, deadline)?
     } else {
-        pipes::open_writer(path).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENXIO) => "no client is reading the response pipe".to_string(),
-            _ => e.to_string(),
-        })?
+        pipes
+            .open_response_writer()
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENXIO) => "no client is reading the response pipe".to_string(),
+                _ => e.to_string(),
+            })?
     };
     // Non-blocking from here: a reader that never reads must not hold the writer forever.
     let fd = file.as_raw_fd();
@@ -605,27 +616,25 @@ fn deliver_reply(
     Ok(())
 }
 
-fn open_writer_by(path: &Path, deadline: Instant) -> Result<std::fs::File, String> {
+fn open_writer_by(pipes: &PipeHandle, deadline: Instant) -> Result<std::fs::File, String> {
     // The common case, a client that opened `response` before writing its command.
-    match pipes::open_writer(path) {
+    match pipes.open_response_writer() {
         Ok(file) => return Ok(file),
         Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {}
         Err(e) => return Err(e.to_string()),
     }
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
-    let releaser_path = path.to_path_buf();
-    let releaser = std::thread::spawn(move || {
-        if done_rx.recv_deadline(deadline).is_err() {
-            // Deadline: become the reader for an instant so the blocked open returns.
-            let _ = pipes::open_reader(&releaser_path);
-        }
+    let opened = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            if done_rx.recv_deadline(deadline).is_err() {
+                // Deadline: become the reader for an instant so the blocked open returns.
+                pipes.release_response_writer();
+            }
+        });
+        let opened = pipes.open_response_writer_waiting();
+        let _ = done_tx.send(());
+        opened
     });
-    let opened = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path);
-    let _ = done_tx.send(());
-    let _ = releaser.join();
     let file = opened.map_err(|e| e.to_string())?;
     if Instant::now() >= deadline {
         return Err(format!(

@@ -50,16 +50,26 @@ impl JournalWriter {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)?;
-        Ok(JournalWriter {
+        Ok(JournalWriter::from_new_file(
             file,
-            path: path.to_path_buf(),
+            path.to_path_buf(),
+            limit_bytes,
+        ))
+    }
+
+    /// A journal in a file the caller has just created (exclusively, with mode 0600),
+    /// for example relative to the pipe directory's handle; `path` is for messages.
+    pub fn from_new_file(file: File, path: PathBuf, limit_bytes: u64) -> JournalWriter {
+        JournalWriter {
+            file,
+            path,
             written: 0,
             limit_bytes,
             capped: false,
             last: None,
             repeats: 0,
             last_repeat_at: 0,
-        })
+        }
     }
 
     pub fn path(&self) -> &Path {

@@ -155,10 +155,12 @@ fn a_second_controller_on_the_same_pipes_is_refused() {
 
 #[test]
 fn stale_pipes_are_replaced_and_reported_to_clients_meanwhile() {
-    // What a controller killed with SIGKILL leaves behind: the directory and its FIFOs.
+    // What a controller killed with SIGKILL leaves behind: its 0700 directory and FIFOs.
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pipes");
-    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&dir)
+        .unwrap();
     let stale = ["control", "response"];
     for name in stale {
         nix::unistd::mkfifo(

@@ -7,6 +7,7 @@ mod conformance;
 mod flood;
 mod inject;
 mod lifecycle;
+mod pipe_dir_security;
 mod protocol;
 mod replies;
 mod sessions;

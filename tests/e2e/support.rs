@@ -424,3 +424,36 @@ fn output_within_kills_a_command_past_its_deadline() {
     );
     assert!(!is_alive(pid), "sleep {pid} still runs");
 }
+
+/// A system user named `name` (created with `useradd` when missing; needs root):
+/// (uid, gid). Tests that need a second user call this only as root.
+pub fn ensure_user(name: &str) -> (u32, u32) {
+    let lookup = || nix::unistd::User::from_name(name).expect("read the user database");
+    if lookup().is_none() {
+        let out = output_within(
+            Command::new("useradd").args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ]),
+            TIMEOUT,
+        );
+        // Another test may have created it meanwhile (useradd then exits 9).
+        assert!(
+            out.status.success() || lookup().is_some(),
+            "useradd {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let user = lookup().expect("the user just created");
+    (user.uid.as_raw(), user.gid.as_raw())
+}
+
+/// Says on the real stderr that a test did not run and why. `eprintln!` would be captured
+/// by the test harness and shown only on failure; a skipped test passes, so the line
+/// is written to the descriptor itself.
+pub fn skip(test: &str, why: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+}
