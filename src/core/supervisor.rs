@@ -65,6 +65,15 @@ pub struct Config {
     pub stop_grace_ms: Millis,
     #[serde(default)]
     pub grant_injection: GrantInjection,
+    /// A grant still held this long after it was given is taken back: one nobody uses
+    /// must not stay open forever. Our client takes its grant back when pdb detaches, and
+    /// a grant goes when its holder exits, so this bounds only forgotten ones.
+    #[serde(default = "default_grant_expiry")]
+    pub grant_expiry_ms: Millis,
+}
+
+fn default_grant_expiry() -> Millis {
+    30 * 60 * 1000
 }
 
 impl Config {
@@ -78,6 +87,7 @@ impl Config {
             delivery: DeliveryTiming::default(),
             stop_grace_ms: 2000,
             grant_injection: GrantInjection::Injected,
+            grant_expiry_ms: default_grant_expiry(),
         }
     }
 }
@@ -220,6 +230,10 @@ pub enum Input {
     TargetExited {
         status: ExitStatus,
     },
+    /// A process watched after [`Effect::WatchClient`] has exited.
+    ClientExited {
+        pid: u32,
+    },
     SignalReceived {
         signal: StopSignal,
     },
@@ -253,6 +267,10 @@ pub enum Effect {
     ForgetGrant {
         grant: GrantId,
     },
+    /// Report with [`Input::ClientExited`] when `pid` exits (it holds the grant).
+    WatchClient {
+        pid: u32,
+    },
     /// SIGTERM the target, or SIGKILL it when `force`.
     StopTarget {
         force: bool,
@@ -275,9 +293,51 @@ struct Grant {
     client: u32,
     asked_at: Millis,
     deadline: Millis,
-    /// The client that held the grant before; it keeps it if this one fails.
-    previous: Option<u32>,
+    /// The client that held the grant before, and when its grant expires; it keeps the
+    /// grant if this one fails.
+    previous: Option<(u32, Millis)>,
     step: GrantStep,
+    purpose: Purpose,
+}
+
+/// What a grant's injection declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// `prctl(PR_SET_PTRACER, client)`: the client may attach.
+    Declare,
+    /// `prctl(PR_SET_PTRACER, 0)`: nobody is declared any more; `client` held the grant.
+    Revoke {
+        reason: RevokeReason,
+        /// A REVOKE_ACCESS line asked for it, and waits for its reply.
+        requested: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RevokeReason {
+    Detached,
+    ClientExited,
+    Expired,
+}
+
+impl fmt::Display for RevokeReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RevokeReason::Detached => "its client detached",
+            RevokeReason::ClientExited => "its client exited",
+            RevokeReason::Expired => "it expired",
+        })
+    }
+}
+
+impl Grant {
+    /// The pid the target's prctl names: the client, or 0 (nobody) for a revocation.
+    fn declared(&self) -> u32 {
+        match self.purpose {
+            Purpose::Declare => self.client,
+            Purpose::Revoke { .. } => 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -334,6 +394,8 @@ enum State {
     Granting(Grant),
     Attached {
         client: u32,
+        /// When the grant is taken back if nobody took it back before.
+        expires_at: Millis,
     },
     Stopping {
         reason: StopReason,
@@ -419,7 +481,7 @@ impl Supervisor {
                     GrantStep::Delivering(d) => d.phase_name(),
                 },
             },
-            State::Attached { client } => Phase::Attached { client: *client },
+            State::Attached { client, .. } => Phase::Attached { client: *client },
             State::Stopping { .. } => Phase::Stopping,
             State::Terminated { exit } => Phase::Terminated { code: exit.code() },
         }
@@ -443,7 +505,8 @@ impl Supervisor {
                 give_up_at,
                 ..
             } => Some(kill_at.unwrap_or(*give_up_at)),
-            State::Idle | State::Attached { .. } | State::Terminated { .. } => None,
+            State::Attached { expires_at, .. } => Some(*expires_at),
+            State::Idle | State::Terminated { .. } => None,
         }
     }
 
@@ -524,7 +587,7 @@ impl Supervisor {
                 if grant.id == id && grant.step != GrantStep::Inspecting =>
             {
                 out.push(Effect::ForgetGrant { grant: id });
-                let outcome = self.grant_outcome(grant.client, errno);
+                let outcome = self.grant_outcome(grant.declared(), errno);
                 self.finish_grant(now, grant, outcome, out)
             }
             (
@@ -660,10 +723,39 @@ impl Supervisor {
             }
             // A deadline that came early (the driver's timer is coarse): nothing is due.
             (state @ State::Stopping { .. }, Input::DeadlineReached) => state,
+            (State::Attached { client, expires_at }, Input::DeadlineReached)
+                if now >= expires_at =>
+            {
+                self.begin_revoke(now, client, expires_at, RevokeReason::Expired, false, out)
+            }
+            // Early: nothing is due yet.
+            (state @ State::Attached { .. }, Input::DeadlineReached) => state,
+            (state @ (State::Idle | State::Terminated { .. }), input @ Input::DeadlineReached) => {
+                misuse(state, &input, out)
+            }
+
+            (State::Attached { client, expires_at }, Input::ClientExited { pid })
+                if client == pid =>
+            {
+                self.begin_revoke(
+                    now,
+                    client,
+                    expires_at,
+                    RevokeReason::ClientExited,
+                    false,
+                    out,
+                )
+            }
+            // A client that no longer holds the grant (it was replaced, taken back, or the
+            // controller is stopping): nothing to take back.
             (
-                state @ (State::Idle | State::Attached { .. } | State::Terminated { .. }),
-                input @ Input::DeadlineReached,
-            ) => misuse(state, &input, out),
+                state @ (State::Idle
+                | State::Granting(_)
+                | State::Attached { .. }
+                | State::Stopping { .. }
+                | State::Terminated { .. }),
+                Input::ClientExited { .. },
+            ) => state,
         }
     }
 
@@ -731,6 +823,25 @@ impl Supervisor {
                 self.begin_stop(now, state, StopReason::Requested, out)
             }
             (state, Command::GrantAccess { pid }) => self.begin_grant(now, state, pid, out),
+            (State::Attached { client, expires_at }, Command::RevokeAccess { pid })
+                if client == pid =>
+            {
+                self.begin_revoke(now, client, expires_at, RevokeReason::Detached, true, out)
+            }
+            (state, Command::RevokeAccess { pid }) => {
+                let holder = match &state {
+                    State::Attached { client, .. } => format!(" (pid {client} does)"),
+                    State::Idle
+                    | State::Granting(_)
+                    | State::Stopping { .. }
+                    | State::Terminated { .. } => String::new(),
+                };
+                reply(
+                    out,
+                    Reply::Error(format!("pid {pid} holds no grant{holder}")),
+                );
+                state
+            }
         }
     }
 
@@ -749,7 +860,7 @@ impl Supervisor {
             return state;
         }
         let previous = match state {
-            State::Attached { client } => Some(client),
+            State::Attached { client, expires_at } => Some((client, expires_at)),
             State::Idle
             | State::Granting(_)
             | State::Stopping { .. }
@@ -765,7 +876,45 @@ impl Supervisor {
             deadline: now + self.config.grant_timeout_ms,
             previous,
             step: GrantStep::Inspecting,
+            purpose: Purpose::Declare,
         })
+    }
+
+    /// Takes back the grant `holder` has: the target declares nobody.
+    fn begin_revoke(
+        &mut self,
+        now: Millis,
+        holder: u32,
+        expires_at: Millis,
+        reason: RevokeReason,
+        requested: bool,
+        out: &mut Vec<Effect>,
+    ) -> State {
+        let id = self.next_grant;
+        self.next_grant += 1;
+        let deadline = now + self.config.grant_timeout_ms;
+        let (delivery, action) = Delivery::start(self.config.delivery, deadline);
+        out.push(Effect::Deliver {
+            grant: id,
+            client: 0,
+            action,
+        });
+        State::Granting(Grant {
+            id,
+            client: holder,
+            asked_at: now,
+            deadline,
+            previous: Some((holder, expires_at)),
+            step: GrantStep::Delivering(delivery),
+            purpose: Purpose::Revoke { reason, requested },
+        })
+    }
+
+    fn attached(&self, now: Millis, client: u32) -> State {
+        State::Attached {
+            client,
+            expires_at: now + self.config.grant_expiry_ms,
+        }
     }
 
     fn on_client_inspected(
@@ -796,7 +945,7 @@ impl Supervisor {
                 reply(out, Reply::Ready);
                 // Nothing was declared: whoever held the grant keeps it.
                 match grant.previous {
-                    Some(client) => State::Attached { client },
+                    Some((client, expires_at)) => State::Attached { client, expires_at },
                     None => State::Idle,
                 }
             }
@@ -928,7 +1077,7 @@ impl Supervisor {
         }
     }
 
-    /// Ends the grant in flight with READY or `ERROR:`.
+    /// Ends the grant in flight: READY or `ERROR:` to whoever asked, and the new state.
     fn finish_grant(
         &mut self,
         now: Millis,
@@ -936,25 +1085,65 @@ impl Supervisor {
         outcome: Result<String, String>,
         out: &mut Vec<Effect>,
     ) -> State {
-        match outcome {
-            Ok(message) => {
+        let back_to_previous = |this: &Self| match grant.previous {
+            Some((client, expires_at)) => State::Attached { client, expires_at },
+            None => {
+                let _ = this;
+                State::Idle
+            }
+        };
+        match (grant.purpose, outcome) {
+            (Purpose::Declare, Ok(message)) => {
                 out.push(Effect::Log {
                     message: format!("{message} ({} ms)", now - grant.asked_at),
                 });
-                reply(out, Reply::Ready);
-                State::Attached {
-                    client: grant.client,
+                // Only one ptracer can be declared per process: this one replaces it.
+                if let Some((before, _)) =
+                    grant.previous.filter(|(before, _)| *before != grant.client)
+                {
+                    out.push(Effect::Log {
+                        message: format!(
+                            "pid {} replaces pid {before} as the target's declared ptracer",
+                            grant.client
+                        ),
+                    });
                 }
+                reply(out, Reply::Ready);
+                out.push(Effect::WatchClient { pid: grant.client });
+                self.attached(now, grant.client)
             }
-            Err(message) => {
+            (Purpose::Declare, Err(message)) => {
                 out.push(Effect::Log {
                     message: format!("grant for pid {} refused: {message}", grant.client),
                 });
                 reply(out, Reply::Error(message));
-                match grant.previous {
-                    Some(client) => State::Attached { client },
-                    None => State::Idle,
+                back_to_previous(self)
+            }
+            (Purpose::Revoke { reason, requested }, Ok(_)) => {
+                out.push(Effect::Log {
+                    message: format!(
+                        "took back the grant of pid {}: {reason} ({} ms)",
+                        grant.client,
+                        now - grant.asked_at
+                    ),
+                });
+                if requested {
+                    reply(out, Reply::Ready);
                 }
+                State::Idle
+            }
+            (Purpose::Revoke { reason, requested }, Err(message)) => {
+                out.push(Effect::Log {
+                    message: format!(
+                        "could not take back the grant of pid {} ({reason}): {message}",
+                        grant.client
+                    ),
+                });
+                if requested {
+                    reply(out, Reply::Error(message));
+                }
+                // Still declared: tried again when it expires next.
+                self.attached(now, grant.client)
             }
         }
     }
@@ -1059,6 +1248,7 @@ impl fmt::Display for Input {
                 write!(f, "signal {}", signal_name(signal.number()))
             }
             Input::AdaptersGone => f.write_str("every adapter thread has stopped"),
+            Input::ClientExited { pid } => write!(f, "client {pid} exited"),
             Input::DeadlineReached => f.write_str("deadline reached"),
         }
     }
@@ -1075,6 +1265,7 @@ impl fmt::Display for Effect {
                 action,
             } => write!(f, "grant {grant} for pid {client}: {action}"),
             Effect::ForgetGrant { grant } => write!(f, "forget grant {grant}"),
+            Effect::WatchClient { pid } => write!(f, "watch pid {pid} until it exits"),
             Effect::StopTarget { force: false } => f.write_str("stop target (SIGTERM)"),
             Effect::StopTarget { force: true } => f.write_str("stop target (SIGKILL)"),
             Effect::RemovePipes => f.write_str("remove pipes"),

@@ -159,7 +159,11 @@ fn grant_succeeds_when_the_target_reports_prctl_zero() {
     let effects = h.at(3, Input::GrantRan { grant, errno: 0 });
     assert_eq!(replies(&effects), vec![Reply::Ready]);
     assert_eq!(h.state(), attached(CLIENT));
-    assert_eq!(h.poll_timeout(), None, "no timers while attached");
+    assert_eq!(
+        h.poll_timeout(),
+        Some(3 + 30 * 60 * 1000),
+        "the only timer while attached is the grant's expiry"
+    );
 }
 
 #[test]
@@ -590,6 +594,8 @@ fn input_named(name: &str) -> Input {
         },
         "adapters_gone" => Input::AdaptersGone,
         "deadline" => Input::DeadlineReached,
+        "client_exited" => Input::ClientExited { pid: CLIENT },
+        "revoke" => line(&format!("REVOKE_ACCESS {CLIENT}")),
         other => panic!("no such input {other}"),
     }
 }
@@ -623,6 +629,12 @@ fn input_named(name: &str) -> Input {
 #[case("attached", "exited", Phase::Terminated { code: 0 })]
 #[case("attached", "signal", Phase::Stopping)]
 #[case("attached", "adapters_gone", Phase::Stopping)]
+#[case("attached", "deadline", attached(CLIENT))]
+#[case("attached", "client_exited", granting("scheduling"))]
+#[case("attached", "revoke", granting("scheduling"))]
+#[case("idle", "client_exited", Phase::Idle)]
+#[case("idle", "revoke", Phase::Idle)]
+#[case("stopping", "client_exited", Phase::Stopping)]
 #[case("stopping", "get_pid", Phase::Stopping)]
 #[case("stopping", "grant", Phase::Stopping)]
 #[case("stopping", "stale_ran", Phase::Stopping)]
@@ -647,10 +659,86 @@ fn transition_matrix(#[case] state: &str, #[case] input: &str, #[case] expected:
 #[case("idle", "inspected")]
 #[case("attached", "inspected")]
 #[case("idle", "deadline")]
-#[case("attached", "deadline")]
 #[case("terminated", "deadline")]
 #[should_panic(expected = "driver misuse")]
 fn driver_misuse_is_caught(#[case] state: &str, #[case] input: &str) {
     let mut h = reach(state);
     h.on(input_named(input));
+}
+
+/// The grant a client holds, taken back by the client at detach, when the client exits,
+/// and when it expires: the target then declares nobody (`prctl(PR_SET_PTRACER, 0)`).
+#[rstest]
+#[case::detached(line(&format!("REVOKE_ACCESS {CLIENT}")), Some(Reply::Ready), "its client detached")]
+#[case::client_exited(Input::ClientExited { pid: CLIENT }, None, "its client exited")]
+#[case::expired(Input::DeadlineReached, None, "it expired")]
+fn a_grant_is_taken_back(#[case] trigger: Input, #[case] answer: Option<Reply>, #[case] why: &str) {
+    let mut h = Harness::new(Yama::Scope(1));
+    let grant = h.grant_delivering(CLIENT, 1);
+    let effects = h.on(Input::GrantRan { grant, errno: 0 });
+    assert!(
+        effects.contains(&Effect::WatchClient { pid: CLIENT }),
+        "{effects:?}"
+    );
+    let expires_at = h.poll_timeout().expect("a held grant expires");
+    assert_eq!(expires_at, 30 * 60 * 1000);
+    let at = if trigger == Input::DeadlineReached {
+        expires_at
+    } else {
+        100
+    };
+    let effects = h.at(at, trigger);
+    let [Effect::Deliver {
+        grant: revoke,
+        client: 0,
+        action: DeliveryAction::Schedule {
+            on: ThreadChoice::Main,
+        },
+    }] = effects.as_slice()
+    else {
+        panic!("expected a revocation (prctl with pid 0) scheduled, got {effects:?}");
+    };
+    let revoke = *revoke;
+    assert!(h
+        .on(delivered(revoke, DeliveryFact::Scheduled { tid: 1 }))
+        .is_empty());
+    let effects = h.on(Input::GrantRan {
+        grant: revoke,
+        errno: 0,
+    });
+    assert_eq!(replies(&effects), answer.into_iter().collect::<Vec<_>>());
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::Log { message } if message.contains(why))),
+        "{effects:?}"
+    );
+    assert_eq!(h.state(), Phase::Idle);
+    assert_eq!(h.poll_timeout(), None);
+}
+
+#[test]
+fn only_the_holder_can_give_its_grant_back_and_a_new_grant_replaces_the_old() {
+    let mut h = Harness::new(Yama::Scope(1));
+    let first = h.grant_delivering(CLIENT, 1);
+    h.on(Input::GrantRan {
+        grant: first,
+        errno: 0,
+    });
+    let message = error_text(&h.on(line("REVOKE_ACCESS 3000")));
+    assert!(
+        message.contains("pid 3000 holds no grant (pid 2000 does)"),
+        "{message}"
+    );
+    assert_eq!(h.state(), attached(CLIENT));
+    // A second client: its grant replaces the first one's, and the journal says so.
+    let second = h.grant_delivering(3000, 1);
+    let effects = h.on(Input::GrantRan {
+        grant: second,
+        errno: 0,
+    });
+    assert!(effects.iter().any(|e| matches!(e, Effect::Log { message } if message.contains("pid 3000 replaces pid 2000"))), "{effects:?}");
+    // The first client's exit no longer concerns anyone.
+    assert!(h.on(Input::ClientExited { pid: CLIENT }).is_empty());
+    assert_eq!(h.state(), attached(3000));
 }

@@ -1,6 +1,7 @@
 //! The controller's driver: starts the target, runs the adapters (one blocking thread per
 //! FIFO, child and signal source, all feeding one channel) and one owner loop that
 //! journals each input, hands it to the core and carries out the effects.
+use super::client_watch::ClientWatcher;
 use super::find_python::resolve_python;
 use super::grant::GrantInjector;
 use super::journal_writer::{Appended, JournalWriter, DEFAULT_LIMIT_BYTES};
@@ -224,6 +225,7 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     // Bounded: a flood of lines waits in the control pipe (the writer blocks), not in
     // the controller's memory.
     let (tx, rx) = crossbeam_channel::bounded::<Input>(1024);
+    let watcher = ClientWatcher::new(tx.clone());
     let adapters = || -> io::Result<(GrantInjector, ResponseWriter)> {
         let injector = GrantInjector::start(target_pid, tx.clone())?;
         let responses = ResponseWriter::start(pipes.handle()?, opts.dialect)?;
@@ -293,6 +295,7 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
                     fact: injector.carry_out(grant, client, &action),
                 }),
                 Effect::ForgetGrant { grant } => injector.forget(grant),
+                Effect::WatchClient { pid } => watcher.watch(pid),
                 Effect::StopTarget { force } => {
                     let signal = if force {
                         Signal::SIGKILL

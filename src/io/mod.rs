@@ -2,6 +2,7 @@
 //! or carries out core effects. Decisions live in the core, not here.
 
 pub mod client;
+pub mod client_watch;
 pub mod controller;
 pub mod exchange;
 pub mod find_python;
