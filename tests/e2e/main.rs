@@ -8,3 +8,4 @@ mod lifecycle;
 mod protocol;
 mod sessions;
 mod support;
+mod tree_stop;

@@ -180,6 +180,11 @@ impl Controller {
     }
 
     pub fn start_with(script: &str, extra: &[&str]) -> Controller {
+        Controller::start_args(extra, script, &[])
+    }
+
+    /// `heli-controller EXTRA... fixture(SCRIPT) SCRIPT_ARGS...`
+    pub fn start_args(extra: &[&str], script: &str, script_args: &[&str]) -> Controller {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("pipes");
         let mut child = Command::new(bin("heli-controller"))
@@ -189,6 +194,7 @@ impl Controller {
             .arg(python())
             .args(extra)
             .arg(fixture(script))
+            .args(script_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
