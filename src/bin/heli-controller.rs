@@ -2,6 +2,7 @@
 //! supervision and grants pdb access to clients on request. Exit status: the target's
 //! (128+N when killed by signal N), 0 after TERMINATE, 125 for the controller's own errors.
 use clap::Parser;
+use helicopter_parent::core::supervisor::parse_signal;
 use helicopter_parent::core::wire::Dialect;
 use helicopter_parent::io::controller::{run, ControllerOptions, EXIT_CONTROLLER_FAILED};
 use helicopter_parent::io::pipes::DEFAULT_PIPE_DIR;
@@ -33,7 +34,11 @@ struct Args {
     /// Milliseconds to wait for the target to run the grant before answering ERROR
     #[arg(long, value_name = "MS", default_value_t = 1500)]
     grant_timeout: u64,
-    /// Milliseconds between SIGTERM and SIGKILL when stopping the target
+    /// First signal of a stop, sent to the target alone (INT lets Python run its
+    /// `finally` blocks and `atexit` handlers)
+    #[arg(long, value_name = "SIGNAL", default_value = "INT", value_parser = parse_signal)]
+    stop_signal: i32,
+    /// Milliseconds from the stop signal to SIGKILL of everything left of the target's tree
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     stop_grace: u64,
     /// The Python script to run
@@ -57,6 +62,7 @@ fn main() -> ExitCode {
         journal,
         grant_timeout_ms: args.grant_timeout,
         stop_grace_ms: args.stop_grace,
+        stop_signal: args.stop_signal,
         script: args.script,
         args: args.args,
     };

@@ -4,6 +4,7 @@
 use super::find_python::resolve_python;
 use super::grant::GrantInjector;
 use super::journal_writer::JournalWriter;
+use super::keeper::{Keeper, KeeperEvent, KeeperEvents};
 use super::pipes::{self, PipeDir, CONTROL, RESPONSE};
 use super::procfs;
 use crate::core::journal::{Header, Record, JOURNAL_FORMAT};
@@ -14,17 +15,13 @@ use crate::core::supervisor::{
 use crate::core::wire::{Dialect, LineFramer};
 use crossbeam_channel::{select, Receiver, Sender};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, SigSet, Signal};
-use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
+use nix::sys::signal::{SigSet, Signal};
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Exit code for the controller's own failures (see [`ControllerExit::Failed`]).
@@ -39,6 +36,8 @@ pub struct ControllerOptions {
     pub journal: Option<Option<PathBuf>>,
     pub grant_timeout_ms: u64,
     pub stop_grace_ms: u64,
+    /// The first signal of a stop, for the target alone (see [`Config::stop_signal`]).
+    pub stop_signal: i32,
     pub script: PathBuf,
     pub args: Vec<OsString>,
 }
@@ -95,23 +94,29 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
 
     let mut target_argv: Vec<OsString> = vec![python.clone().into(), opts.script.clone().into()];
     target_argv.extend(opts.args.iter().cloned());
-    let child = spawn_target(&python, &opts.script, &opts.args).map_err(|e| {
-        if let Some(writer) = &journal {
-            let _ = std::fs::remove_file(writer.path());
-        }
-        ControllerError(format!(
-            "starting {} {}: {e}",
-            python.display(),
-            opts.script.display()
-        ))
-    })?;
-    let target_pid = child.id();
+    // Orphans of the tree come to the controller if the keeper (their subreaper) is
+    // killed from outside, so they stay findable and are stopped with the rest.
+    // SAFETY: plain prctl.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let (mut keeper, keeper_events) =
+        Keeper::start(&python, &opts.script, &opts.args).map_err(|e| {
+            if let Some(writer) = &journal {
+                let _ = std::fs::remove_file(writer.path());
+            }
+            ControllerError(format!(
+                "starting {} {}: {e}",
+                python.display(),
+                opts.script.display()
+            ))
+        })?;
+    let target_pid = keeper.target_pid();
     let started = Instant::now();
 
     let mut config = Config::new(target_pid, nix::unistd::getuid().as_raw(), yama);
     config.dialect = opts.dialect;
     config.grant_timeout_ms = opts.grant_timeout_ms;
     config.stop_grace_ms = opts.stop_grace_ms;
+    config.stop_signal = opts.stop_signal;
     if std::env::var_os("HELI_DISABLE_GRANT").is_some_and(|v| v == "1") {
         config.grant_injection = GrantInjection::SkippedForDiagnostics;
     }
@@ -147,15 +152,15 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     let adapters = || -> io::Result<GrantInjector> {
         let injector = GrantInjector::start(target_pid, tx.clone())?;
         spawn_signal_thread(stop_signals, tx.clone())?;
-        spawn_target_waiter(target_pid, tx.clone())?;
+        spawn_target_waiter(keeper_events, tx.clone())?;
         spawn_control_reader(&pipes.join(CONTROL), tx.clone())?;
         Ok(injector)
     };
     let mut injector = match adapters() {
         Ok(injector) => injector,
         Err(e) => {
-            let _ = kill(Pid::from_raw(target_pid as i32), Signal::SIGKILL);
-            let _ = waitpid(Pid::from_raw(target_pid as i32), None);
+            keeper.signal_tree(libc::SIGKILL);
+            keeper.finish();
             return fail(format!("starting the controller's adapters: {e}"));
         }
     };
@@ -169,6 +174,10 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
             .map(|a| a.to_string_lossy())
             .collect::<Vec<_>>()
             .join(" ")
+    ));
+    log(&format!(
+        "keeper {} stops the target's whole tree if the controller ends in any way",
+        keeper.pid()
     ));
     log(&format!(
         "listening on {} ({yama}, dialect {:?})",
@@ -225,20 +234,14 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
                     fact: injector.carry_out(grant, client, &action),
                 }),
                 Effect::ForgetGrant { grant } => injector.forget(grant),
-                Effect::StopTarget { force } => {
-                    let signal = if force {
-                        Signal::SIGKILL
-                    } else {
-                        Signal::SIGTERM
-                    };
-                    let _ = kill(Pid::from_raw(target_pid as i32), signal);
-                }
+                Effect::SignalTarget { signal } => keeper.signal_target(signal),
+                Effect::StopTree { signal } => keeper.signal_tree(signal),
                 Effect::RemovePipes => pipes.remove(),
                 Effect::Log { message } => log(&message),
                 Effect::Exit { code } => {
-                    // The waiter left the child unreaped (WNOWAIT) so its pid could not be
-                    // reused while we might still signal it; reap it now.
-                    let _ = waitpid(Pid::from_raw(target_pid as i32), Some(WaitPidFlag::WNOHANG));
+                    // Closing the keeper's pipe makes it SIGKILL whatever is left of the
+                    // tree; waiting for it means nothing of the tree outlives this exit.
+                    keeper.finish();
                     return Ok(code);
                 }
             }
@@ -282,33 +285,6 @@ fn stop_signal_set() -> SigSet {
     set
 }
 
-fn spawn_target(
-    python: &Path,
-    script: &Path,
-    args: &[OsString],
-) -> io::Result<std::process::Child> {
-    let parent = std::process::id() as i32;
-    let mut command = Command::new(python);
-    command.arg(script).args(args);
-    // SAFETY: between fork and exec only async-signal-safe calls are made.
-    unsafe {
-        command.pre_exec(move || {
-            // Undo the controller's blocked stop signals: the target must see them.
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            // If the controller dies (even by SIGKILL) the target is told to stop rather
-            // than left running unsupervised with nobody able to attach to it.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            if libc::getppid() != parent {
-                libc::_exit(EXIT_CONTROLLER_FAILED);
-            }
-            Ok(())
-        });
-    }
-    command.spawn()
-}
-
 fn spawn_signal_thread(set: SigSet, tx: Sender<Input>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
@@ -326,24 +302,26 @@ fn spawn_signal_thread(set: SigSet, tx: Sender<Input>) -> io::Result<()> {
     Ok(())
 }
 
-fn spawn_target_waiter(pid: u32, tx: Sender<Input>) -> io::Result<()> {
+/// Turns the keeper's report of the target's end into [`Input::TargetExited`]. The
+/// keeper reaps the target (it is its parent) and never signals it afterwards, so the pid
+/// cannot be reused under the controller's feet.
+fn spawn_target_waiter(mut events: KeeperEvents, tx: Sender<Input>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("target-wait".into())
-        .spawn(move || loop {
-            // WNOWAIT: observe the exit but leave the zombie, so the pid stays ours until the
-            // owner loop has stopped sending signals to it.
-            let status = match waitid(
-                Id::Pid(Pid::from_raw(pid as i32)),
-                WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
-            ) {
-                Ok(WaitStatus::Exited(_, code)) => ExitStatus::Code(code),
-                Ok(WaitStatus::Signaled(_, signal, _)) => ExitStatus::Signal(signal as i32),
-                Ok(_) => continue,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return,
+        .spawn(move || {
+            let status = match events.next() {
+                KeeperEvent::Exited(code) => ExitStatus::Code(code),
+                KeeperEvent::Signaled(sig) => ExitStatus::Signal(sig),
+                KeeperEvent::KeeperGone => {
+                    // Only a SIGKILL from outside ends the keeper early; the target's
+                    // PR_SET_PDEATHSIG then killed it with SIGKILL.
+                    log(
+                        "the keeper process died; the target was killed with it (PR_SET_PDEATHSIG)",
+                    );
+                    ExitStatus::Signal(libc::SIGKILL)
+                }
             };
             let _ = tx.send(Input::TargetExited { status });
-            return;
         })?;
     Ok(())
 }

@@ -21,7 +21,11 @@ impl Tree {
         let mut parents = std::collections::HashMap::new();
         let mut names = std::collections::HashMap::new();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -56,7 +60,11 @@ impl Tree {
     }
 
     fn describe(&self) -> String {
-        let list: Vec<String> = self.members.iter().map(|(p, n, _)| format!("{p} {n}")).collect();
+        let list: Vec<String> = self
+            .members
+            .iter()
+            .map(|(p, n, _)| format!("{p} {n}"))
+            .collect();
         list.join(", ")
     }
 
@@ -92,7 +100,10 @@ impl Tree {
 fn ppid(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, t)| t.split_whitespace().nth(1).unwrap_or("?").to_string()))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, t)| t.split_whitespace().nth(1).unwrap_or("?").to_string())
+        })
         .unwrap_or_else(|| "?".into())
 }
 
@@ -148,7 +159,10 @@ fn kill_9_of_the_controller_leaves_nothing_even_when_the_tree_ignores_sigterm() 
     let (mut controller, tree) = start_tree(&["--ignore-sigterm"], &[]);
     controller.signal(libc::SIGKILL);
     let status = wait_with_deadline(&mut controller.child, Duration::from_secs(10));
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
     tree.wait_gone(TREE_GONE_WITHIN);
 }
 
