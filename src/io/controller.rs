@@ -309,7 +309,7 @@ fn spawn_target_waiter(mut events: KeeperEvents, tx: Sender<Input>) -> io::Resul
     std::thread::Builder::new()
         .name("target-wait".into())
         .spawn(move || {
-            let status = match events.next() {
+            let status = match events.wait_event() {
                 KeeperEvent::Exited(code) => ExitStatus::Code(code),
                 KeeperEvent::Signaled(sig) => ExitStatus::Signal(sig),
                 KeeperEvent::KeeperGone => {

@@ -73,7 +73,7 @@ pub struct KeeperEvents(BufReader<File>);
 impl KeeperEvents {
     /// Blocks until the next event. Every call after the target's exit is reported gives
     /// `KeeperGone`.
-    pub fn next(&mut self) -> KeeperEvent {
+    pub fn wait_event(&mut self) -> KeeperEvent {
         let mut line = String::new();
         loop {
             line.clear();
@@ -204,12 +204,7 @@ impl Keeper {
     /// controller as an orphan.
     pub fn finish(&mut self) {
         if self.commands.take().is_some() {
-            loop {
-                match waitpid(self.pid, None) {
-                    Err(Errno::EINTR) => continue,
-                    _ => break,
-                }
-            }
+            while let Err(Errno::EINTR) = waitpid(self.pid, None) {}
         }
         while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             if status == WaitStatus::StillAlive {
