@@ -257,6 +257,10 @@ pub enum Input {
     },
     SignalReceived {
         signal: StopSignal,
+        /// Sent by the kernel rather than by `kill()`: a terminal's Ctrl-C (or hang-up)
+        /// reaches the whole foreground process group, so the target got it too.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        by_kernel: bool,
     },
     /// Every adapter thread has stopped: no line, signal or exit can be observed anymore.
     AdaptersGone,
@@ -627,7 +631,7 @@ impl Supervisor {
             ) => state,
             (
                 state @ (State::Idle | State::Attached { .. } | State::Granting(_)),
-                Input::SignalReceived { signal },
+                Input::SignalReceived { signal, by_kernel },
             ) => {
                 out.push(Effect::Log {
                     message: format!(
@@ -636,7 +640,18 @@ impl Supervisor {
                         self.config.target_pid
                     ),
                 });
-                self.begin_stop(now, state, StopReason::Signal(signal), out)
+                // Ctrl-C on the terminal already gave the target its SIGINT; a second one
+                // a moment later would interrupt the `finally` blocks the first one started.
+                let target_has_it = by_kernel && signal.number() == self.config.stop_signal;
+                if target_has_it {
+                    out.push(Effect::Log {
+                        message: format!(
+                            "the target got {} from the terminal as well: not sending it again",
+                            signal_name(signal.number())
+                        ),
+                    });
+                }
+                self.begin_stop(now, state, StopReason::Signal(signal), !target_has_it, out)
             }
 
             (state @ State::Terminated { .. }, Input::AdaptersGone) => state,
@@ -664,7 +679,7 @@ impl Supervisor {
                     | State::Granting(_)
                     | State::Attached { .. }
                     | State::Terminated { .. }) => {
-                        self.begin_stop(now, other, StopReason::AdaptersGone, out)
+                        self.begin_stop(now, other, StopReason::AdaptersGone, true, out)
                     }
                 }
             }
@@ -782,7 +797,7 @@ impl Supervisor {
                         self.config.target_pid
                     ),
                 });
-                self.begin_stop(now, state, StopReason::Requested, out)
+                self.begin_stop(now, state, StopReason::Requested, true, out)
             }
             (state, Command::GrantAccess { pid }) => self.begin_grant(now, state, pid, out),
         }
@@ -1018,15 +1033,18 @@ impl Supervisor {
         now: Millis,
         state: State,
         reason: StopReason,
+        signal_target: bool,
         out: &mut Vec<Effect>,
     ) -> State {
         if let State::Granting(grant) = state {
             self.abandon_grant(grant, "shutting down", out);
             reply(out, Reply::Error("the controller is shutting down".into()));
         }
-        out.push(Effect::SignalTarget {
-            signal: self.config.stop_signal,
-        });
+        if signal_target {
+            out.push(Effect::SignalTarget {
+                signal: self.config.stop_signal,
+            });
+        }
         State::Stopping {
             reason,
             kill_at: Some(now + self.config.stop_grace_ms),
@@ -1111,8 +1129,12 @@ impl fmt::Display for Input {
             Input::Delivery { grant, fact } => write!(f, "grant {grant} {fact}"),
             Input::GrantRan { grant, errno } => write!(f, "grant {grant} ran, prctl errno {errno}"),
             Input::TargetExited { status } => write!(f, "target {status}"),
-            Input::SignalReceived { signal } => {
-                write!(f, "signal {}", signal_name(signal.number()))
+            Input::SignalReceived { signal, by_kernel } => {
+                write!(f, "signal {}", signal_name(signal.number()))?;
+                if *by_kernel {
+                    f.write_str(" (from the kernel: a terminal)")?;
+                }
+                Ok(())
             }
             Input::AdaptersGone => f.write_str("every adapter thread has stopped"),
             Input::DeadlineReached => f.write_str("deadline reached"),

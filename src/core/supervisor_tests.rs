@@ -447,7 +447,10 @@ fn stopping_interrupts_the_target_then_kills_the_tree_then_exits(
     let mut h = Harness::new(Yama::Scope(1));
     let effects = match signal {
         None => h.on(line("TERMINATE")),
-        Some(signal) => h.on(Input::SignalReceived { signal }),
+        Some(signal) => h.on(Input::SignalReceived {
+            signal,
+            by_kernel: false,
+        }),
     };
     // SIGINT by default, whichever signal the controller got: Python's finally and
     // atexit run on KeyboardInterrupt.
@@ -473,6 +476,30 @@ fn stopping_interrupts_the_target_then_kills_the_tree_then_exits(
         ]
     );
     assert!(h.session.supervisor().is_terminated());
+}
+
+#[rstest]
+#[case::ctrl_c_on_the_terminal(StopSignal::Interrupt, true, false)]
+#[case::kill_int(StopSignal::Interrupt, false, true)]
+#[case::terminal_hangup(StopSignal::Hangup, true, true)]
+fn a_terminal_sigint_is_not_sent_to_the_target_twice(
+    #[case] signal: StopSignal,
+    #[case] by_kernel: bool,
+    #[case] sent: bool,
+) {
+    let mut h = Harness::new(Yama::Scope(1));
+    let effects = h.on(Input::SignalReceived { signal, by_kernel });
+    assert_eq!(
+        effects.contains(&Effect::SignalTarget { signal: 2 }),
+        sent,
+        "{effects:?}"
+    );
+    assert_eq!(h.state(), Phase::Stopping);
+    let kill_at = h.poll_timeout().unwrap();
+    assert_eq!(
+        h.at(kill_at, Input::DeadlineReached).last(),
+        Some(&Effect::StopTree { signal: 9 })
+    );
 }
 
 #[test]
@@ -649,6 +676,7 @@ fn input_named(name: &str) -> Input {
             status: ExitStatus::Code(0),
         },
         "signal" => Input::SignalReceived {
+            by_kernel: false,
             signal: StopSignal::Terminate,
         },
         "adapters_gone" => Input::AdaptersGone,

@@ -289,13 +289,19 @@ fn spawn_signal_thread(set: SigSet, tx: Sender<Input>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
-            let signal = match set.wait() {
-                Ok(Signal::SIGINT) => StopSignal::Interrupt,
-                Ok(Signal::SIGHUP) => StopSignal::Hangup,
-                Ok(_) => StopSignal::Terminate,
-                Err(_) => continue,
+            // sigwaitinfo rather than sigwait: si_code tells a terminal's signal (sent by
+            // the kernel to the whole foreground group, the target included) from kill().
+            // SAFETY: a zeroed siginfo_t is valid; the set is blocked in every thread.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            let number = unsafe { libc::sigwaitinfo(set.as_ref(), &mut info) };
+            let signal = match number {
+                libc::SIGINT => StopSignal::Interrupt,
+                libc::SIGHUP => StopSignal::Hangup,
+                libc::SIGTERM => StopSignal::Terminate,
+                _ => continue,
             };
-            if tx.send(Input::SignalReceived { signal }).is_err() {
+            let by_kernel = info.si_code == libc::SI_KERNEL;
+            if tx.send(Input::SignalReceived { signal, by_kernel }).is_err() {
                 return;
             }
         })?;

@@ -181,3 +181,74 @@ fn terminate_lets_the_target_run_finally_and_atexit() {
     );
     tree.wait_gone(TREE_GONE_WITHIN);
 }
+
+/// Ctrl-C on the controller's terminal reaches the whole foreground process group, the
+/// target included; the controller must not send the target a second SIGINT, which would
+/// interrupt the `finally` blocks the first one started.
+#[test]
+fn ctrl_c_on_the_terminal_interrupts_the_target_once() {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let marker = tmp.path().join("ran");
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave: OwnedFd = pty.slave;
+    let mut command = Command::new(bin("heli-controller"));
+    command
+        .arg("--pipe-dir")
+        .arg(tmp.path().join("pipes"))
+        .arg("--no-journal")
+        .arg("--python")
+        .arg(python())
+        .arg(fixture("slow_finally.py"))
+        .arg(&marker)
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave.try_clone().unwrap()));
+    // SAFETY: setsid and ioctl are async-signal-safe. The controller leads a session
+    // whose controlling terminal is the pty, as in a shell's foreground job.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+            Ok(())
+        });
+    }
+    let child = command.spawn().unwrap();
+    drop(slave);
+    let mut guard = KillOnDrop(Some(child));
+    let mut master = std::fs::File::from(pty.master);
+    let mut reader = master.try_clone().unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + TIMEOUT;
+    let mut seen = String::new();
+    while !seen.contains("slow finally ready") {
+        match rx.recv_deadline(deadline) {
+            Ok(bytes) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+            Err(_) => panic!("no 'slow finally ready' on the terminal; saw {seen:?}"),
+        }
+    }
+    let tree = Tree::of(guard.0.as_ref().unwrap().id());
+    master.write_all(b"\x03").unwrap();
+    let status = wait_with_deadline(guard.0.as_mut().unwrap(), TIMEOUT);
+    guard.0 = None;
+    while let Ok(bytes) = rx.try_recv() {
+        seen.push_str(&String::from_utf8_lossy(&bytes));
+    }
+    assert_eq!(status.code(), Some(130), "terminal: {seen}");
+    let ran = std::fs::read_to_string(&marker).unwrap_or_default();
+    assert!(
+        ran.contains("finally completed"),
+        "the target's finally was cut short; terminal: {seen}"
+    );
+    tree.wait_gone(TREE_GONE_WITHIN);
+}
