@@ -216,6 +216,9 @@ fn ctrl_c_on_the_terminal_interrupts_the_target_once() {
         });
     }
     let child = command.spawn().unwrap();
+    // Only the controller's tree may hold the pty's slave side, so its output ends when
+    // the tree is gone.
+    drop(command);
     drop(slave);
     let mut guard = KillOnDrop(Some(child));
     let mut master = std::fs::File::from(pty.master);
@@ -241,10 +244,15 @@ fn ctrl_c_on_the_terminal_interrupts_the_target_once() {
     master.write_all(b"\x03").unwrap();
     let status = wait_with_deadline(guard.0.as_mut().unwrap(), TIMEOUT);
     guard.0 = None;
-    while let Ok(bytes) = rx.try_recv() {
+    // The terminal's output ends when the last holder of the pty's slave side exits.
+    while let Ok(bytes) = rx.recv_deadline(Instant::now() + Duration::from_secs(5)) {
         seen.push_str(&String::from_utf8_lossy(&bytes));
     }
     assert_eq!(status.code(), Some(130), "terminal: {seen}");
+    assert!(
+        seen.contains("from the terminal as well: not sending it again"),
+        "terminal: {seen}"
+    );
     let ran = std::fs::read_to_string(&marker).unwrap_or_default();
     assert!(
         ran.contains("finally completed"),
