@@ -190,11 +190,26 @@ impl Keeper {
             .as_mut()
             .map(|w| w.write_all(&[op, signal as u8]));
         if !matches!(sent, Some(Ok(()))) {
-            // The keeper is gone (killed from outside); the target died with it
-            // (PR_SET_PDEATHSIG) and its orphans came to the controller, the next subreaper
-            // up: signal what is below the controller instead.
-            for pid in descendants(std::process::id()) {
-                let _ = kill(pid, Signal::try_from(signal).ok());
+            // The keeper is gone (killed from outside); the target dies with it
+            // (PR_SET_PDEATHSIG) and its orphans come to the controller, the next
+            // subreaper up. A SIGKILL is the end of the session: sweep what is below the
+            // controller until nothing is left, as the keeper would have. Anything else
+            // is sent once.
+            let me = std::process::id();
+            let found = descendants(me);
+            let _ = writeln!(
+                io::stderr(),
+                "heli-controller: the keeper is gone: sending signal {signal} to the {} processes below the controller",
+                found.len()
+            );
+            match Signal::try_from(signal) {
+                Ok(Signal::SIGKILL) => sweep_below(me, std::time::Duration::from_secs(SWEEP_SECONDS.into())),
+                Ok(signal) => {
+                    for pid in found {
+                        let _ = kill(pid, signal);
+                    }
+                }
+                Err(_) => {}
             }
         }
     }
@@ -279,6 +294,9 @@ fn keeper_main(
 ) -> i32 {
     let mut events = File::from(events);
     let mut commands = File::from(commands);
+    retitle(b"heli-keeper");
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"heli-keeper".as_ptr(), 0, 0, 0) };
     // SAFETY: plain prctl.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     // SIGINT/SIGTERM/SIGHUP stay blocked (inherited from the controller): a Ctrl-C on the
@@ -391,6 +409,72 @@ fn keeper_main(
     drop(events);
     sweep();
     0
+}
+
+/// Replaces the keeper's command line (inherited from the controller, script path
+/// included) with `name`, as setproctitle does: otherwise `pgrep -f script.py`, `ps` and
+/// the conformance suite, which find the target by its command line, would take the keeper
+/// for it. The argument area of /proc/self/stat (fields 48 and 49) is this process's own
+/// writable memory; /proc/PID/cmdline is read from it.
+fn retitle(name: &[u8]) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    let Some((_, tail)) = stat.rsplit_once(')') else {
+        return;
+    };
+    // Fields after the command name start at field 3; arg_start and arg_end are 48 and 49.
+    let fields: Vec<&str> = tail.split_whitespace().collect();
+    let (Some(Ok(start)), Some(Ok(end))) = (
+        fields.get(48 - 3).map(|f| f.parse::<usize>()),
+        fields.get(49 - 3).map(|f| f.parse::<usize>()),
+    ) else {
+        return;
+    };
+    if start == 0 || end <= start + name.len() {
+        return;
+    }
+    // SAFETY: [start, end) is this process's argument area on its own stack, which the
+    // kernel set up and nothing in the keeper reads (std copied the arguments at start).
+    unsafe {
+        std::ptr::write_bytes(start as *mut u8, 0, end - start);
+        std::ptr::copy_nonoverlapping(name.as_ptr(), start as *mut u8, name.len());
+    }
+}
+
+/// SIGKILLs every process below `root` and waits for each to exit (on a pidfd, no
+/// polling), again until a walk finds nothing (a dying parent's children are reparented
+/// only as it exits) or `within` has passed; reaps the children of this process on the way.
+/// For the controller, which must not block on a process that ignores SIGKILL.
+fn sweep_below(root: u32, within: std::time::Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let found = descendants(root);
+        while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            if status == WaitStatus::StillAlive {
+                break;
+            }
+        }
+        if found.is_empty() || std::time::Instant::now() >= deadline {
+            return;
+        }
+        for &pid in &found {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        for pid in found {
+            // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+            if fd < 0 {
+                continue; // already gone
+            }
+            // SAFETY: a fresh descriptor that nothing else owns.
+            let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let timeout = PollTimeout::try_from(left.as_millis().min(60_000) as i32)
+                .unwrap_or(PollTimeout::ZERO);
+            let _ = poll(&mut [PollFd::new(fd.as_fd(), PollFlags::POLLIN)], timeout);
+        }
+    }
 }
 
 /// The final sweep: SIGKILL every process below the keeper, again after each death (a

@@ -260,3 +260,19 @@ fn ctrl_c_on_the_terminal_interrupts_the_target_once() {
     );
     tree.wait_gone(TREE_GONE_WITHIN);
 }
+
+/// If the keeper itself is SIGKILLed, the target dies with it (PR_SET_PDEATHSIG), the
+/// orphans come to the controller (a subreaper too), and the controller stops them.
+#[test]
+fn a_killed_keeper_takes_the_target_with_it_and_the_controller_stops_the_rest() {
+    let (mut controller, tree) = start_tree(&["--ignore-sigterm"], &[]);
+    let line = controller.stderr.wait_for("keeper ");
+    let keeper: i32 = line
+        .split_whitespace()
+        .nth(2)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no keeper pid in {line:?}"));
+    unsafe { libc::kill(keeper, libc::SIGKILL) };
+    assert_eq!(controller.wait(), 128 + libc::SIGKILL);
+    tree.wait_gone(TREE_GONE_WITHIN);
+}
