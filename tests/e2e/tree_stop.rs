@@ -249,14 +249,16 @@ fn ctrl_c_on_the_terminal_interrupts_the_target_once() {
         seen.push_str(&String::from_utf8_lossy(&bytes));
     }
     assert_eq!(status.code(), Some(130), "terminal: {seen}");
-    assert!(
-        seen.contains("from the terminal as well: not sending it again"),
-        "terminal: {seen}"
-    );
     let ran = std::fs::read_to_string(&marker).unwrap_or_default();
     assert!(
         ran.contains("finally completed"),
         "the target's finally was cut short; terminal: {seen}"
+    );
+    // A second SIGINT often merges with the first in the target (both arrive before
+    // Python runs its handler), so the log is what shows it was not sent.
+    assert!(
+        seen.contains("from the terminal as well: not sending it again"),
+        "terminal: {seen}"
     );
     tree.wait_gone(TREE_GONE_WITHIN);
 }
