@@ -109,17 +109,22 @@ fn ppid(pid: u32) -> String {
 
 impl Drop for Tree {
     fn drop(&mut self) {
-        for (_, _, fd) in &self.members {
-            // SAFETY: pidfd_send_signal on our own pidfd; a process already gone gives ESRCH.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    fd.as_raw_fd(),
-                    libc::SIGKILL,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                )
-            };
+        // SIGSTOP everything first: a member killed while its parent still runs can be
+        // replaced (multiprocessing restarts a dead forkserver and its workers) by a process
+        // this snapshot does not know.
+        for signal in [libc::SIGSTOP, libc::SIGKILL] {
+            for (_, _, fd) in &self.members {
+                // SAFETY: pidfd_send_signal on our own pidfd; a process gone gives ESRCH.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        fd.as_raw_fd(),
+                        signal,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                };
+            }
         }
     }
 }
