@@ -68,7 +68,7 @@ pub struct Keeper {
 }
 
 /// The controller's reading end of the keeper's event pipe.
-pub struct KeeperEvents(BufReader<File>);
+pub struct KeeperEvents(BufReader<File>, Pid);
 
 impl KeeperEvents {
     /// Blocks until the next event. Every call after the target's exit is reported gives
@@ -78,7 +78,14 @@ impl KeeperEvents {
         loop {
             line.clear();
             match self.0.read_line(&mut line) {
-                Ok(0) | Err(_) => return KeeperEvent::KeeperGone,
+                Ok(0) | Err(_) => {
+                    // EOF comes while the keeper is still exiting: its other descriptors
+                    // (the command pipe) may still be open and the target not yet
+                    // reparented. Reaping it first makes both certain, so the controller's
+                    // next command fails and it stops the orphans itself.
+                    while let Err(Errno::EINTR) = waitpid(self.1, None) {}
+                    return KeeperEvent::KeeperGone;
+                }
                 Ok(_) => {}
             }
             let mut words = line.split_whitespace();
@@ -155,7 +162,7 @@ impl Keeper {
                             target_pid,
                             commands: Some(File::from(cmd_w)),
                         },
-                        KeeperEvents(events),
+                        KeeperEvents(events, child),
                     )),
                     Err(e) => {
                         let _ = waitpid(child, None);
