@@ -301,7 +301,10 @@ fn spawn_signal_thread(set: SigSet, tx: Sender<Input>) -> io::Result<()> {
                 _ => continue,
             };
             let by_kernel = info.si_code == libc::SI_KERNEL;
-            if tx.send(Input::SignalReceived { signal, by_kernel }).is_err() {
+            if tx
+                .send(Input::SignalReceived { signal, by_kernel })
+                .is_err()
+            {
                 return;
             }
         })?;

@@ -210,7 +210,9 @@ impl Keeper {
                 found.len()
             );
             match Signal::try_from(signal) {
-                Ok(Signal::SIGKILL) => sweep_below(me, std::time::Duration::from_secs(SWEEP_SECONDS.into())),
+                Ok(Signal::SIGKILL) => {
+                    sweep_below(me, std::time::Duration::from_secs(SWEEP_SECONDS.into()))
+                }
                 Ok(signal) => {
                     for pid in found {
                         let _ = kill(pid, signal);
