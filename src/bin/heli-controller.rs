@@ -3,6 +3,7 @@
 //! (128+N when killed by signal N), 0 after TERMINATE, 125 for the controller's own errors.
 use clap::Parser;
 use helicopter_parent::cli::duration::{parse_duration, BareUnit};
+use helicopter_parent::core::supervisor::parse_signal;
 use helicopter_parent::core::wire::Dialect;
 use helicopter_parent::io::controller::{run, ControllerOptions, EXIT_CONTROLLER_FAILED};
 use helicopter_parent::io::pipes::DEFAULT_PIPE_DIR;
@@ -36,8 +37,12 @@ struct Args {
     /// 2s; a bare number is milliseconds; 1ms to 10m)
     #[arg(long, value_name = "DURATION", default_value = "1500ms", value_parser = grant_timeout)]
     grant_timeout: Duration,
-    /// Time between SIGTERM and SIGKILL when stopping the target (e.g. 2s; a bare number
-    /// is milliseconds; 0ms to 10m)
+    /// First signal of a stop, sent to the target alone (INT lets Python run its
+    /// `finally` blocks and `atexit` handlers)
+    #[arg(long, value_name = "SIGNAL", default_value = "INT", value_parser = parse_signal)]
+    stop_signal: i32,
+    /// Time from the stop signal to SIGKILL of everything left of the target's tree (e.g.
+    /// 2s; a bare number is milliseconds; 0ms to 10m)
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = stop_grace)]
     stop_grace: Duration,
     /// The Python script to run
@@ -79,6 +84,7 @@ fn main() -> ExitCode {
         journal,
         grant_timeout_ms: args.grant_timeout.as_millis() as u64,
         stop_grace_ms: args.stop_grace.as_millis() as u64,
+        stop_signal: args.stop_signal,
         script: args.script,
         args: args.args,
     };

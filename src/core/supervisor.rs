@@ -61,7 +61,12 @@ pub struct Config {
     /// How the grant's request finds a thread that runs (see [`super::delivery`]).
     #[serde(default)]
     pub delivery: DeliveryTiming,
-    /// From SIGTERM to SIGKILL when stopping the target.
+    /// The first, polite signal of a stop, sent to the target alone. SIGINT by default:
+    /// Python raises KeyboardInterrupt, so `finally` blocks and `atexit` handlers run
+    /// (SIGTERM's default action kills Python before either can).
+    #[serde(default = "default_stop_signal")]
+    pub stop_signal: i32,
+    /// From the stop signal to SIGKILL of whatever remains of the tree.
     pub stop_grace_ms: Millis,
     #[serde(default)]
     pub grant_injection: GrantInjection,
@@ -85,11 +90,33 @@ impl Config {
             yama,
             grant_timeout_ms: 1500,
             delivery: DeliveryTiming::default(),
+            stop_signal: DEFAULT_STOP_SIGNAL,
             stop_grace_ms: 2000,
             grant_injection: GrantInjection::Injected,
             grant_expiry_ms: default_grant_expiry(),
         }
     }
+}
+
+/// SIGINT: see [`Config::stop_signal`].
+pub const DEFAULT_STOP_SIGNAL: i32 = 2;
+const SIGKILL: i32 = 9;
+
+fn default_stop_signal() -> i32 {
+    DEFAULT_STOP_SIGNAL
+}
+
+/// `--stop-signal` as a user writes it: `INT`, `SIGINT`, `sigint` or `2`. Only the named
+/// signals of [`signal_name`] are taken, so a typo cannot send something unexpected.
+pub fn parse_signal(text: &str) -> Result<i32, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    (1..=31)
+        .find(|&n| {
+            let known = signal_name(n);
+            known != "signal" && (known[3..] == *name || n.to_string() == name)
+        })
+        .ok_or_else(|| format!("unknown signal {text:?} (e.g. INT, TERM, HUP, KILL or a number)"))
 }
 
 /// The controller's exit status: one enum for every way a controller ends (the README's
@@ -168,6 +195,14 @@ pub fn signal_name(sig: i32) -> &'static str {
     }
 }
 
+/// `SIGINT`, or `signal 40` for one without a name here.
+fn signal_display(sig: i32) -> String {
+    match signal_name(sig) {
+        "signal" => format!("signal {sig}"),
+        name => name.to_string(),
+    }
+}
+
 /// The signals that stop the controller (and with it the target).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -236,6 +271,10 @@ pub enum Input {
     },
     SignalReceived {
         signal: StopSignal,
+        /// Sent by the kernel rather than by `kill()`: a terminal's Ctrl-C (or hang-up)
+        /// reaches the whole foreground process group, so the target got it too.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        by_kernel: bool,
     },
     /// Every adapter thread has stopped: no line, signal or exit can be observed anymore.
     AdaptersGone,
@@ -271,9 +310,15 @@ pub enum Effect {
     WatchClient {
         pid: u32,
     },
-    /// SIGTERM the target, or SIGKILL it when `force`.
-    StopTarget {
-        force: bool,
+    /// Send `signal` to the target alone (the first step of a stop).
+    SignalTarget {
+        signal: i32,
+    },
+    /// Send `signal` to every process of the supervised tree: the target (while it
+    /// runs) and all its descendants, including orphans reparented to the controller's
+    /// side. Nothing of the tree may outlive the controller.
+    StopTree {
+        signal: i32,
     },
     /// Remove the FIFOs (and the pipe directory if the controller made it).
     RemovePipes,
@@ -387,7 +432,16 @@ impl StopReason {
 /// ```
 ///
 /// `Stopping` exists beside the four lifecycle states because stopping a target takes
-/// time (SIGTERM, grace, SIGKILL) during which lines must still be answered.
+/// time during which lines must still be answered:
+///
+/// ```text
+///   begin ── SignalTarget{stop_signal} ──▶ grace ── StopTree{SIGKILL} ──▶ KILL_WAIT ──▶ give up
+///                                  │                          │
+///                                  └──── target exited ───────┴──▶ StopTree{SIGKILL}, Terminated
+/// ```
+///
+/// Whenever the target exits (stopped or by itself), `StopTree{SIGKILL}` ends whatever it
+/// left behind: its children and grandchildren are part of the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     Idle,
@@ -613,6 +667,7 @@ impl Supervisor {
             (State::Terminated { exit }, Input::TargetExited { .. }) => State::Terminated { exit },
             (State::Stopping { reason, .. }, Input::TargetExited { status }) => {
                 self.log_target_exit(status, out);
+                out.push(Effect::StopTree { signal: SIGKILL });
                 self.terminate(reason.exit(), out)
             }
             (
@@ -629,6 +684,7 @@ impl Supervisor {
                         )),
                     });
                 }
+                out.push(Effect::StopTree { signal: SIGKILL });
                 self.terminate(ControllerExit::Target { status }, out)
             }
 
@@ -638,7 +694,7 @@ impl Supervisor {
             ) => state,
             (
                 state @ (State::Idle | State::Attached { .. } | State::Granting(_)),
-                Input::SignalReceived { signal },
+                Input::SignalReceived { signal, by_kernel },
             ) => {
                 out.push(Effect::Log {
                     message: format!(
@@ -647,7 +703,18 @@ impl Supervisor {
                         self.config.target_pid
                     ),
                 });
-                self.begin_stop(now, state, StopReason::Signal(signal), out)
+                // Ctrl-C on the terminal already gave the target its SIGINT; a second one
+                // a moment later would interrupt the `finally` blocks the first one started.
+                let target_has_it = by_kernel && signal.number() == self.config.stop_signal;
+                if target_has_it {
+                    out.push(Effect::Log {
+                        message: format!(
+                            "the target got {} from the terminal as well: not sending it again",
+                            signal_name(signal.number())
+                        ),
+                    });
+                }
+                self.begin_stop(now, state, StopReason::Signal(signal), !target_has_it, out)
             }
 
             (state @ State::Terminated { .. }, Input::AdaptersGone) => state,
@@ -675,7 +742,7 @@ impl Supervisor {
                     | State::Granting(_)
                     | State::Attached { .. }
                     | State::Terminated { .. }) => {
-                        self.begin_stop(now, other, StopReason::AdaptersGone, out)
+                        self.begin_stop(now, other, StopReason::AdaptersGone, true, out)
                     }
                 }
             }
@@ -694,11 +761,13 @@ impl Supervisor {
                 let _ = give_up_at;
                 out.push(Effect::Log {
                     message: format!(
-                        "target {} still running {} ms after SIGTERM: sending SIGKILL",
-                        self.config.target_pid, self.config.stop_grace_ms
+                        "target {} still running {} ms after {}: sending SIGKILL to its whole tree",
+                        self.config.target_pid,
+                        self.config.stop_grace_ms,
+                        signal_name(self.config.stop_signal)
                     ),
                 });
-                out.push(Effect::StopTarget { force: true });
+                out.push(Effect::StopTree { signal: SIGKILL });
                 State::Stopping {
                     reason,
                     kill_at: None,
@@ -820,7 +889,7 @@ impl Supervisor {
                         self.config.target_pid
                     ),
                 });
-                self.begin_stop(now, state, StopReason::Requested, out)
+                self.begin_stop(now, state, StopReason::Requested, true, out)
             }
             (state, Command::GrantAccess { pid }) => self.begin_grant(now, state, pid, out),
             (State::Attached { client, expires_at }, Command::RevokeAccess { pid })
@@ -1153,13 +1222,18 @@ impl Supervisor {
         now: Millis,
         state: State,
         reason: StopReason,
+        signal_target: bool,
         out: &mut Vec<Effect>,
     ) -> State {
         if let State::Granting(grant) = state {
             self.abandon_grant(grant, "shutting down", out);
             reply(out, Reply::Error("the controller is shutting down".into()));
         }
-        out.push(Effect::StopTarget { force: false });
+        if signal_target {
+            out.push(Effect::SignalTarget {
+                signal: self.config.stop_signal,
+            });
+        }
         State::Stopping {
             reason,
             kill_at: Some(now + self.config.stop_grace_ms),
@@ -1244,8 +1318,12 @@ impl fmt::Display for Input {
             Input::Delivery { grant, fact } => write!(f, "grant {grant} {fact}"),
             Input::GrantRan { grant, errno } => write!(f, "grant {grant} ran, prctl errno {errno}"),
             Input::TargetExited { status } => write!(f, "target {status}"),
-            Input::SignalReceived { signal } => {
-                write!(f, "signal {}", signal_name(signal.number()))
+            Input::SignalReceived { signal, by_kernel } => {
+                write!(f, "signal {}", signal_name(signal.number()))?;
+                if *by_kernel {
+                    f.write_str(" (from the kernel: a terminal)")?;
+                }
+                Ok(())
             }
             Input::AdaptersGone => f.write_str("every adapter thread has stopped"),
             Input::ClientExited { pid } => write!(f, "client {pid} exited"),
@@ -1266,8 +1344,10 @@ impl fmt::Display for Effect {
             } => write!(f, "grant {grant} for pid {client}: {action}"),
             Effect::ForgetGrant { grant } => write!(f, "forget grant {grant}"),
             Effect::WatchClient { pid } => write!(f, "watch pid {pid} until it exits"),
-            Effect::StopTarget { force: false } => f.write_str("stop target (SIGTERM)"),
-            Effect::StopTarget { force: true } => f.write_str("stop target (SIGKILL)"),
+            Effect::SignalTarget { signal } => {
+                write!(f, "signal target ({})", signal_display(*signal))
+            }
+            Effect::StopTree { signal } => write!(f, "stop tree ({})", signal_display(*signal)),
             Effect::RemovePipes => f.write_str("remove pipes"),
             Effect::Log { message } => write!(f, "log: {message}"),
             Effect::Exit { code } => write!(f, "exit {code}"),

@@ -405,7 +405,7 @@ fn a_diagnostic_run_answers_ready_without_injecting_and_says_so() {
 fn adapters_gone_stop_the_target_and_exit_as_a_controller_failure() {
     let mut h = Harness::new(Yama::Scope(1));
     let effects = h.on(Input::AdaptersGone);
-    assert!(effects.contains(&Effect::StopTarget { force: false }));
+    assert!(effects.contains(&Effect::SignalTarget { signal: 2 }));
     assert_eq!(h.state(), Phase::Stopping);
     let effects = h.on(Input::TargetExited {
         status: ExitStatus::Signal(15),
@@ -444,29 +444,111 @@ fn a_failed_second_grant_leaves_the_first_client_attached() {
 #[case::sigterm(Some(StopSignal::Terminate), 143)]
 #[case::sigint(Some(StopSignal::Interrupt), 130)]
 #[case::sighup(Some(StopSignal::Hangup), 129)]
-fn stopping_terms_then_kills_then_exits(#[case] signal: Option<StopSignal>, #[case] code: i32) {
+fn stopping_interrupts_the_target_then_kills_the_tree_then_exits(
+    #[case] signal: Option<StopSignal>,
+    #[case] code: i32,
+) {
     let mut h = Harness::new(Yama::Scope(1));
     let effects = match signal {
         None => h.on(line("TERMINATE")),
-        Some(signal) => h.on(Input::SignalReceived { signal }),
+        Some(signal) => h.on(Input::SignalReceived {
+            signal,
+            by_kernel: false,
+        }),
     };
-    assert!(effects.contains(&Effect::StopTarget { force: false }));
+    // SIGINT by default, whichever signal the controller got: Python's finally and
+    // atexit run on KeyboardInterrupt.
+    assert!(effects.contains(&Effect::SignalTarget { signal: 2 }));
     assert_eq!(signal.is_none(), replies(&effects) == vec![Reply::Ready]);
     assert_eq!(h.state(), Phase::Stopping);
     assert!(error_text(&h.on(line("GET_TARGET_PID"))).contains("shutting down"));
     let kill_at = h.poll_timeout().unwrap();
+    assert_eq!(kill_at, 2000, "the grace period");
     assert_eq!(
         h.at(kill_at, Input::DeadlineReached).last(),
-        Some(&Effect::StopTarget { force: true })
+        Some(&Effect::StopTree { signal: 9 })
     );
     let effects = h.on(Input::TargetExited {
         status: ExitStatus::Signal(9),
     });
     assert_eq!(
-        &effects[effects.len() - 2..],
-        &[Effect::RemovePipes, Effect::Exit { code }]
+        &effects[effects.len() - 3..],
+        &[
+            Effect::StopTree { signal: 9 },
+            Effect::RemovePipes,
+            Effect::Exit { code }
+        ]
     );
     assert!(h.session.supervisor().is_terminated());
+}
+
+#[rstest]
+#[case::ctrl_c_on_the_terminal(StopSignal::Interrupt, true, false)]
+#[case::kill_int(StopSignal::Interrupt, false, true)]
+#[case::terminal_hangup(StopSignal::Hangup, true, true)]
+fn a_terminal_sigint_is_not_sent_to_the_target_twice(
+    #[case] signal: StopSignal,
+    #[case] by_kernel: bool,
+    #[case] sent: bool,
+) {
+    let mut h = Harness::new(Yama::Scope(1));
+    let effects = h.on(Input::SignalReceived { signal, by_kernel });
+    assert_eq!(
+        effects.contains(&Effect::SignalTarget { signal: 2 }),
+        sent,
+        "{effects:?}"
+    );
+    assert_eq!(h.state(), Phase::Stopping);
+    let kill_at = h.poll_timeout().unwrap();
+    assert_eq!(
+        h.at(kill_at, Input::DeadlineReached).last(),
+        Some(&Effect::StopTree { signal: 9 })
+    );
+}
+
+#[test]
+fn the_stop_signal_and_grace_come_from_the_config() {
+    let mut config = config(Yama::Scope(1));
+    config.stop_signal = 15;
+    config.stop_grace_ms = 300;
+    let mut h = Harness::with(config);
+    let effects = h.at(100, line("TERMINATE"));
+    assert!(effects.contains(&Effect::SignalTarget { signal: 15 }));
+    assert_eq!(h.poll_timeout(), Some(400));
+    let effects = h.at(400, Input::DeadlineReached);
+    assert!(effects.iter().any(
+        |e| matches!(e, Effect::Log { message } if message.contains("300 ms after SIGTERM: sending SIGKILL"))
+    ));
+}
+
+#[test]
+fn a_target_that_survives_sigkill_is_given_up_and_its_tree_was_killed() {
+    let mut h = reach("stopping_killed");
+    let give_up = h.poll_timeout().unwrap();
+    assert_eq!(h.at(give_up - 1, Input::DeadlineReached), vec![]);
+    let effects = h.at(give_up, Input::DeadlineReached);
+    assert_eq!(effects.last(), Some(&Effect::Exit { code: 0 }));
+    assert!(h.session.supervisor().is_terminated());
+}
+
+#[rstest]
+#[case("INT", Ok(2))]
+#[case("sigterm", Ok(15))]
+#[case("SIGHUP", Ok(1))]
+#[case("kill", Ok(9))]
+#[case("2", Ok(2))]
+#[case("SIGFOO", Err("unknown signal"))]
+#[case("0", Err("unknown signal"))]
+#[case("64", Err("unknown signal"))]
+fn stop_signals_are_parsed_by_name_or_number(
+    #[case] text: &str,
+    #[case] expected: Result<i32, &str>,
+) {
+    match (parse_signal(text), expected) {
+        (Ok(n), Ok(m)) => assert_eq!(n, m),
+        (Err(e), Err(m)) => assert!(e.contains(m), "{e}"),
+        (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
+    }
 }
 
 #[rstest]
@@ -485,6 +567,8 @@ fn target_exit_ends_the_session_with_its_status(#[case] status: ExitStatus, #[ca
         "the grant in flight and the queued line are both answered: {effects:?}"
     );
     assert!(r.iter().all(|r| matches!(r, Reply::Error(_))));
+    // Whatever the target left running (children, grandchildren) ends with it.
+    assert!(effects.contains(&Effect::StopTree { signal: 9 }));
     assert_eq!(effects.last(), Some(&Effect::Exit { code }));
 }
 
@@ -553,6 +637,12 @@ fn reach(state: &str) -> Harness {
         "stopping" => {
             h.on(line("TERMINATE"));
         }
+        // After the grace: the tree got SIGKILL, the target has not been seen to exit.
+        "stopping_killed" => {
+            h.on(line("TERMINATE"));
+            let kill_at = h.poll_timeout().unwrap();
+            h.at(kill_at, Input::DeadlineReached);
+        }
         "terminated" => {
             h.on(line("TERMINATE"));
             h.on(Input::TargetExited {
@@ -590,6 +680,7 @@ fn input_named(name: &str) -> Input {
             status: ExitStatus::Code(0),
         },
         "signal" => Input::SignalReceived {
+            by_kernel: false,
             signal: StopSignal::Terminate,
         },
         "adapters_gone" => Input::AdaptersGone,
@@ -642,6 +733,14 @@ fn input_named(name: &str) -> Input {
 #[case("stopping", "signal", Phase::Stopping)]
 #[case("stopping", "adapters_gone", Phase::Stopping)]
 #[case("stopping", "deadline", Phase::Stopping)]
+#[case("stopping_killed", "get_pid", Phase::Stopping)]
+#[case("stopping_killed", "grant", Phase::Stopping)]
+#[case("stopping_killed", "stale_ran", Phase::Stopping)]
+#[case("stopping_killed", "stale_withdrawn", Phase::Stopping)]
+#[case("stopping_killed", "exited", Phase::Terminated { code: 0 })]
+#[case("stopping_killed", "signal", Phase::Stopping)]
+#[case("stopping_killed", "adapters_gone", Phase::Stopping)]
+#[case("stopping_killed", "deadline", Phase::Stopping)]
 #[case("terminated", "get_pid", Phase::Terminated { code: 0 })]
 #[case("terminated", "exited", Phase::Terminated { code: 0 })]
 #[case("terminated", "signal", Phase::Terminated { code: 0 })]

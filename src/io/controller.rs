@@ -5,6 +5,7 @@ use super::client_watch::ClientWatcher;
 use super::find_python::resolve_python;
 use super::grant::GrantInjector;
 use super::journal_writer::{Appended, JournalWriter, DEFAULT_LIMIT_BYTES};
+use super::keeper::{Keeper, KeeperEvent, KeeperEvents};
 use super::pipes::{PipeDir, PipeHandle};
 use super::procfs;
 use crate::core::journal::{Header, Record, JOURNAL_FORMAT};
@@ -15,17 +16,13 @@ use crate::core::supervisor::{
 use crate::core::wire::{Dialect, LineFramer};
 use crossbeam_channel::{select, Receiver, Sender};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, SigSet, Signal};
-use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
+use nix::sys::signal::{SigSet, Signal};
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Exit code for the controller's own failures (see [`ControllerExit::Failed`]).
@@ -40,6 +37,8 @@ pub struct ControllerOptions {
     pub journal: Option<Option<PathBuf>>,
     pub grant_timeout_ms: u64,
     pub stop_grace_ms: u64,
+    /// The first signal of a stop, for the target alone (see [`Config::stop_signal`]).
+    pub stop_signal: i32,
     pub script: PathBuf,
     pub args: Vec<OsString>,
 }
@@ -161,23 +160,29 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
 
     let mut target_argv: Vec<OsString> = vec![python.clone().into(), opts.script.clone().into()];
     target_argv.extend(opts.args.iter().cloned());
-    let child = spawn_target(&python, &opts.script, &opts.args).map_err(|e| {
-        if let Some(writer) = &journal {
-            let _ = std::fs::remove_file(writer.path());
-        }
-        ControllerError(format!(
-            "starting {} {}: {e}",
-            python.display(),
-            opts.script.display()
-        ))
-    })?;
-    let target_pid = child.id();
+    // Orphans of the tree come to the controller if the keeper (their subreaper) is
+    // killed from outside, so they stay findable and are stopped with the rest.
+    // SAFETY: plain prctl.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let (mut keeper, keeper_events) =
+        Keeper::start(&python, &opts.script, &opts.args).map_err(|e| {
+            if let Some(writer) = &journal {
+                let _ = std::fs::remove_file(writer.path());
+            }
+            ControllerError(format!(
+                "starting {} {}: {e}",
+                python.display(),
+                opts.script.display()
+            ))
+        })?;
+    let target_pid = keeper.target_pid();
     let started = Instant::now();
 
     let mut config = Config::new(target_pid, nix::unistd::getuid().as_raw(), yama);
     config.dialect = opts.dialect;
     config.grant_timeout_ms = opts.grant_timeout_ms;
     config.stop_grace_ms = opts.stop_grace_ms;
+    config.stop_signal = opts.stop_signal;
     if std::env::var_os("HELI_DISABLE_GRANT").is_some_and(|v| v == "1") {
         config.grant_injection = GrantInjection::SkippedForDiagnostics;
     }
@@ -230,15 +235,15 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
         let injector = GrantInjector::start(target_pid, tx.clone())?;
         let responses = ResponseWriter::start(pipes.handle()?, opts.dialect)?;
         spawn_signal_thread(stop_signals, tx.clone())?;
-        spawn_target_waiter(target_pid, tx.clone())?;
+        spawn_target_waiter(keeper_events, tx.clone())?;
         spawn_control_reader(pipes.handle()?, tx.clone())?;
         Ok((injector, responses))
     };
     let (mut injector, mut responses) = match adapters() {
         Ok(adapters) => adapters,
         Err(e) => {
-            let _ = kill(Pid::from_raw(target_pid as i32), Signal::SIGKILL);
-            let _ = waitpid(Pid::from_raw(target_pid as i32), None);
+            keeper.signal_tree(libc::SIGKILL);
+            keeper.finish();
             return fail(format!("starting the controller's adapters: {e}"));
         }
     };
@@ -252,6 +257,10 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
             .map(|a| a.to_string_lossy())
             .collect::<Vec<_>>()
             .join(" ")
+    ));
+    log(&format!(
+        "keeper {} stops the target's whole tree if the controller ends in any way",
+        keeper.pid()
     ));
     log(&format!(
         "listening on {} ({yama}, dialect {:?})",
@@ -296,14 +305,8 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
                 }),
                 Effect::ForgetGrant { grant } => injector.forget(grant),
                 Effect::WatchClient { pid } => watcher.watch(pid),
-                Effect::StopTarget { force } => {
-                    let signal = if force {
-                        Signal::SIGKILL
-                    } else {
-                        Signal::SIGTERM
-                    };
-                    let _ = kill(Pid::from_raw(target_pid as i32), signal);
-                }
+                Effect::SignalTarget { signal } => keeper.signal_target(signal),
+                Effect::StopTree { signal } => keeper.signal_tree(signal),
                 Effect::RemovePipes => {
                     // Replies already decided reach their readers before the pipes go.
                     responses.finish();
@@ -314,9 +317,9 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
                     record(&mut journal, &mut |w| {
                         w.flush_repeats().map(|()| Appended::Written)
                     });
-                    // The waiter left the child unreaped (WNOWAIT) so its pid could not be
-                    // reused while we might still signal it; reap it now.
-                    let _ = waitpid(Pid::from_raw(target_pid as i32), Some(WaitPidFlag::WNOHANG));
+                    // Closing the keeper's pipe makes it SIGKILL whatever is left of the
+                    // tree; waiting for it means nothing of the tree outlives this exit.
+                    keeper.finish();
                     return Ok(code);
                 }
             }
@@ -360,68 +363,52 @@ fn stop_signal_set() -> SigSet {
     set
 }
 
-fn spawn_target(
-    python: &Path,
-    script: &Path,
-    args: &[OsString],
-) -> io::Result<std::process::Child> {
-    let parent = std::process::id() as i32;
-    let mut command = Command::new(python);
-    command.arg(script).args(args);
-    // SAFETY: between fork and exec only async-signal-safe calls are made.
-    unsafe {
-        command.pre_exec(move || {
-            // Undo the controller's blocked stop signals: the target must see them.
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            // If the controller dies (even by SIGKILL) the target is told to stop rather
-            // than left running unsupervised with nobody able to attach to it.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            if libc::getppid() != parent {
-                libc::_exit(EXIT_CONTROLLER_FAILED);
-            }
-            Ok(())
-        });
-    }
-    command.spawn()
-}
-
 fn spawn_signal_thread(set: SigSet, tx: Sender<Input>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
-            let signal = match set.wait() {
-                Ok(Signal::SIGINT) => StopSignal::Interrupt,
-                Ok(Signal::SIGHUP) => StopSignal::Hangup,
-                Ok(_) => StopSignal::Terminate,
-                Err(_) => continue,
+            // sigwaitinfo rather than sigwait: si_code tells a terminal's signal (sent by
+            // the kernel to the whole foreground group, the target included) from kill().
+            // SAFETY: a zeroed siginfo_t is valid; the set is blocked in every thread.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            let number = unsafe { libc::sigwaitinfo(set.as_ref(), &mut info) };
+            let signal = match number {
+                libc::SIGINT => StopSignal::Interrupt,
+                libc::SIGHUP => StopSignal::Hangup,
+                libc::SIGTERM => StopSignal::Terminate,
+                _ => continue,
             };
-            if tx.send(Input::SignalReceived { signal }).is_err() {
+            let by_kernel = info.si_code == libc::SI_KERNEL;
+            if tx
+                .send(Input::SignalReceived { signal, by_kernel })
+                .is_err()
+            {
                 return;
             }
         })?;
     Ok(())
 }
 
-fn spawn_target_waiter(pid: u32, tx: Sender<Input>) -> io::Result<()> {
+/// Turns the keeper's report of the target's end into [`Input::TargetExited`]. The
+/// keeper reaps the target (it is its parent) and never signals it afterwards, so the pid
+/// cannot be reused under the controller's feet.
+fn spawn_target_waiter(mut events: KeeperEvents, tx: Sender<Input>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("target-wait".into())
-        .spawn(move || loop {
-            // WNOWAIT: observe the exit but leave the zombie, so the pid stays ours until the
-            // owner loop has stopped sending signals to it.
-            let status = match waitid(
-                Id::Pid(Pid::from_raw(pid as i32)),
-                WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
-            ) {
-                Ok(WaitStatus::Exited(_, code)) => ExitStatus::Code(code),
-                Ok(WaitStatus::Signaled(_, signal, _)) => ExitStatus::Signal(signal as i32),
-                Ok(_) => continue,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return,
+        .spawn(move || {
+            let status = match events.wait_event() {
+                KeeperEvent::Exited(code) => ExitStatus::Code(code),
+                KeeperEvent::Signaled(sig) => ExitStatus::Signal(sig),
+                KeeperEvent::KeeperGone => {
+                    // Only a SIGKILL from outside ends the keeper early; the target's
+                    // PR_SET_PDEATHSIG then killed it with SIGKILL.
+                    log(
+                        "the keeper process died; the target was killed with it (PR_SET_PDEATHSIG)",
+                    );
+                    ExitStatus::Signal(libc::SIGKILL)
+                }
             };
             let _ = tx.send(Input::TargetExited { status });
-            return;
         })?;
     Ok(())
 }

@@ -9,5 +9,6 @@ pub mod find_python;
 pub mod grant;
 pub mod inject;
 pub mod journal_writer;
+pub mod keeper;
 pub mod pipes;
 pub mod procfs;

@@ -51,7 +51,11 @@ fn controller_signal_stops_the_target_and_cleans_up(#[case] signal: i32, #[case]
 
 #[test]
 fn a_target_ignoring_sigterm_is_killed_after_the_grace_period() {
-    let mut controller = Controller::start_with("ignore_sigterm.py", &["--stop-grace", "300"]);
+    // --stop-signal TERM: the default SIGINT would end this target without escalation.
+    let mut controller = Controller::start_with(
+        "ignore_sigterm.py",
+        &["--stop-grace", "300", "--stop-signal", "TERM"],
+    );
     controller.stdout.wait_for("ignoring SIGTERM");
     controller.signal(libc::SIGTERM);
     assert_eq!(controller.wait(), 143);

@@ -12,3 +12,4 @@ mod protocol;
 mod replies;
 mod sessions;
 mod support;
+mod tree_stop;

@@ -253,9 +253,14 @@ impl Controller {
     }
 
     pub fn start_with(script: &str, extra: &[&str]) -> Controller {
+        Controller::start_args(extra, script, &[])
+    }
+
+    /// `heli-controller EXTRA... fixture(SCRIPT) SCRIPT_ARGS...`
+    pub fn start_args(extra: &[&str], script: &str, script_args: &[&str]) -> Controller {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("pipes");
-        Controller::start_in(tmp, dir, script, extra)
+        Controller::start_in_with_args(tmp, dir, script, extra, script_args)
     }
 
     /// Starts a controller on the pipe directory `dir`, which may already exist; `tmp`
@@ -266,6 +271,16 @@ impl Controller {
         script: &str,
         extra: &[&str],
     ) -> Controller {
+        Controller::start_in_with_args(tmp, dir, script, extra, &[])
+    }
+
+    fn start_in_with_args(
+        tmp: tempfile::TempDir,
+        dir: PathBuf,
+        script: &str,
+        extra: &[&str],
+        script_args: &[&str],
+    ) -> Controller {
         let mut child = Command::new(bin("heli-controller"))
             .arg("--pipe-dir")
             .arg(&dir)
@@ -273,6 +288,7 @@ impl Controller {
             .arg(python())
             .args(extra)
             .arg(fixture(script))
+            .args(script_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
