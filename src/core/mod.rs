@@ -14,6 +14,7 @@
 //!
 //! Peer misbehaviour (bad lines, dead client pids, a target that never runs the grant) is
 //! answered with an `ERROR:` reply; it is never an `Err` of the core.
+pub mod client;
 pub mod journal;
 pub mod machine;
 pub mod ptrace_policy;

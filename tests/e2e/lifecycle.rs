@@ -1,5 +1,6 @@
 //! How sessions end: by themselves, by crash, by signal; and what is refused at start.
 use crate::support::*;
+use std::os::unix::fs::DirBuilderExt;
 use std::process::{Command, Stdio};
 
 fn pipes_gone(controller: &Controller) -> bool {
@@ -149,7 +150,9 @@ fn a_second_controller_on_the_same_pipes_is_refused() {
 fn stale_pipes_are_replaced_and_reported_to_clients_meanwhile() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pipes");
-    std::fs::create_dir(&dir).unwrap();
+    // As a killed controller leaves it: the directory 0700 (a client refuses pipes that
+    // others can reach), the FIFOs 0600.
+    std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
     for name in ["control", "response"] {
         nix::unistd::mkfifo(
             &dir.join(name),
