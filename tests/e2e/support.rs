@@ -314,3 +314,155 @@ pub fn raw(controller: &Controller, bytes: &[u8], n: usize) -> Vec<String> {
         })
         .collect()
 }
+
+/// Whether the tests run as root, and so can make processes and files of another uid.
+/// Tests whose other-uid half needs it print a visible skip otherwise.
+pub fn can_use_another_uid() -> bool {
+    nix::unistd::geteuid().is_root() && Path::new("/usr/bin/setpriv").exists()
+}
+
+/// The uid the other-uid tests use: `nobody` on Debian.
+pub const OTHER_UID: u32 = 65534;
+
+/// A directory with FIFOs `control` and `response` served by a thread of this test that
+/// answers like a controller: `TARGET_PID <pid>` for the pid it was given, `READY` to
+/// anything else. It stands for a controller someone else runs, so the client under test
+/// cannot tell it from a real one; what it received is kept in `received`.
+pub struct FakeController {
+    pub dir: PathBuf,
+    pub received: Receiver<String>,
+    _tmp: tempfile::TempDir,
+}
+
+impl FakeController {
+    /// Serves in a new 0700 directory with 0600 FIFOs, then hands both to `owner`.
+    pub fn serve(target_pid: u32, owner: u32) -> FakeController {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pipes");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        for name in ["control", "response"] {
+            nix::unistd::mkfifo(
+                &dir.join(name),
+                nix::sys::stat::Mode::from_bits_truncate(0o600),
+            )
+            .unwrap();
+            std::os::unix::fs::lchown(dir.join(name), Some(owner), Some(owner)).unwrap();
+        }
+        std::os::unix::fs::lchown(&dir, Some(owner), Some(owner)).unwrap();
+        // Read-write: the FIFO never reports EOF between clients.
+        let control = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join("control"))
+            .unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let response = dir.join("response");
+        std::thread::spawn(move || {
+            for line in BufReader::new(control).lines() {
+                let Ok(line) = line else { return };
+                let reply = if line.eq_ignore_ascii_case("GET_TARGET_PID") {
+                    format!("TARGET_PID {target_pid}\n")
+                } else {
+                    "READY\n".to_string()
+                };
+                if let Ok(mut out) = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&response)
+                {
+                    let _ = out.write_all(reply.as_bytes());
+                }
+                // The test ended: nobody listens any more.
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        FakeController {
+            dir,
+            received: rx,
+            _tmp: tmp,
+        }
+    }
+
+    /// The lines received so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.received.try_iter().collect()
+    }
+}
+
+/// A running process whose executable was deleted after it started and replaced, under
+/// the same name, by a script that leaves a file named after the uid that ran it: what a
+/// user who wants someone else to run their code would plant for a client that runs the
+/// target's `/proc/PID/exe`.
+pub struct ReplacedExecutable {
+    pub pid: u32,
+    /// Where the script would leave its marker files.
+    pub dir: PathBuf,
+    _process: KillOnDrop,
+    _tmp: tempfile::TempDir,
+}
+
+impl ReplacedExecutable {
+    /// Starts a copy of `sleep` named `python3.14` as `uid` (through `setpriv` when it is
+    /// not ours), then swaps the file for the script.
+    pub fn start(uid: u32) -> ReplacedExecutable {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::lchown(&dir, Some(uid), Some(uid)).unwrap();
+        let exe = dir.join("python3.14");
+        std::fs::copy("/bin/sleep", &exe).unwrap();
+        std::os::unix::fs::lchown(&exe, Some(uid), Some(uid)).unwrap();
+        let mut command = if uid == nix::unistd::getuid().as_raw() {
+            Command::new(&exe)
+        } else {
+            let mut setpriv = Command::new("setpriv");
+            setpriv
+                .arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .arg("--clear-groups")
+                .arg(&exe);
+            setpriv
+        };
+        let child = command.arg("120").spawn().unwrap();
+        let pid = child.id();
+        let process = KillOnDrop(Some(child));
+        // setpriv execs in place: wait until the pid runs the copy (no event for an exec).
+        let deadline = Instant::now() + TIMEOUT;
+        while std::fs::read_link(format!("/proc/{pid}/exe")).map_or(true, |l| l != exe) {
+            assert!(Instant::now() < deadline, "{} never ran", exe.display());
+            std::thread::yield_now();
+        }
+        std::fs::remove_file(&exe).unwrap();
+        std::fs::write(
+            &exe,
+            format!(
+                "#!/bin/sh\ntouch '{}/ran-as-uid-'\"$(id -u)\"\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::lchown(&exe, Some(uid), Some(uid)).unwrap();
+        ReplacedExecutable {
+            pid,
+            dir,
+            _process: process,
+            _tmp: tmp,
+        }
+    }
+
+    /// The markers the script left: one per uid it ran as.
+    pub fn markers(&self) -> Vec<String> {
+        std::fs::read_dir(&self.dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("ran-as-uid-"))
+            .collect()
+    }
+}
