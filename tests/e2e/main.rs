@@ -2,6 +2,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod attach;
+mod client_pty;
 mod client_trust;
 mod conformance;
 mod inject;

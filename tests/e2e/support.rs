@@ -466,3 +466,203 @@ impl ReplacedExecutable {
             .collect()
     }
 }
+
+/// `heli-client` on a pseudo-terminal of its own (a new session whose controlling
+/// terminal it is), as a user runs it. The screen is read by a thread and awaited with
+/// deadlines; the client is killed when this drops.
+pub struct PtyClient {
+    /// The client, or the shell that runs it.
+    pub client: KillOnDrop,
+    /// The client's own pid.
+    client_pid: u32,
+    master: std::fs::File,
+    rx: Receiver<Vec<u8>>,
+    /// What the terminal showed since the last [`PtyClient::mark`].
+    pub screen: String,
+}
+
+impl PtyClient {
+    pub fn start(dir: &Path, envs: &[(&str, &str)]) -> PtyClient {
+        let mut command = Command::new(bin("heli-client"));
+        command.arg("--pipe-dir").arg(dir);
+        PtyClient::spawn(command, envs, false)
+    }
+
+    /// As a user runs it: a shell leads the terminal's session and runs the client as its
+    /// child, so the client's end hangs nothing up (a session leader's end would send
+    /// SIGHUP to everything on the terminal and hide what the client itself leaves).
+    pub fn start_under_shell(dir: &Path) -> PtyClient {
+        let mut command = Command::new("/bin/sh");
+        command
+            .arg("-c")
+            // The shell outlives the client like a user's shell; it is killed at the end.
+            .arg("\"$0\" --pipe-dir \"$1\"; exec sleep 600")
+            .arg(bin("heli-client"))
+            .arg(dir);
+        PtyClient::spawn(command, &[], true)
+    }
+
+    fn spawn(mut command: Command, envs: &[(&str, &str)], under_shell: bool) -> PtyClient {
+        use std::os::fd::OwnedFd;
+        use std::os::unix::process::CommandExt;
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let slave: OwnedFd = pty.slave;
+        command
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave.try_clone().unwrap()))
+            .env("TERM", "dumb")
+            .envs(envs.iter().copied());
+        // SAFETY: setsid and ioctl are async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                libc::setsid();
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+                Ok(())
+            });
+        }
+        let child = command.spawn().unwrap();
+        drop(slave);
+        let master = std::fs::File::from(pty.master);
+        let mut reader = master.try_clone().unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+        });
+        let leader = child.id();
+        let client = KillOnDrop(Some(child));
+        let client_pid = if under_shell {
+            // The shell forks the client: wait for its child to appear (no event for it).
+            let deadline = Instant::now() + TIMEOUT;
+            loop {
+                if let [pid] = children_of(leader).as_slice() {
+                    break *pid;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the shell never started the client"
+                );
+                std::thread::yield_now();
+            }
+        } else {
+            leader
+        };
+        PtyClient {
+            client,
+            client_pid,
+            master,
+            rx,
+            screen: String::new(),
+        }
+    }
+
+    /// The client's pid.
+    pub fn pid(&self) -> u32 {
+        self.client_pid
+    }
+
+    /// Waits until the screen shows `needle` (since the last mark).
+    pub fn wait_for(&mut self, needle: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !self.screen.contains(needle) {
+            match self.rx.recv_deadline(deadline) {
+                Ok(bytes) => self.screen.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(_) => panic!(
+                    "terminal never showed {needle:?}; screen so far:\n{}",
+                    self.screen
+                ),
+            }
+        }
+    }
+
+    /// Forgets what was shown so far.
+    pub fn mark(&mut self) {
+        self.screen.clear();
+    }
+
+    pub fn type_text(&mut self, text: &str) {
+        self.master.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// Waits for the client to exit; its exit code.
+    pub fn wait(&mut self) -> Option<i32> {
+        let status = wait_with_deadline(self.client.0.as_mut().unwrap(), TIMEOUT);
+        self.client.0 = None;
+        status.code()
+    }
+}
+
+/// The children of `pid` (its main thread's), from `/proc`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// A process that is not our child, watched through a pidfd: its end is an event.
+pub struct Watched {
+    pub pid: u32,
+    pidfd: std::os::fd::OwnedFd,
+}
+
+impl Watched {
+    pub fn new(pid: u32) -> Watched {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        assert!(
+            fd >= 0,
+            "pidfd_open({pid}): {}",
+            std::io::Error::last_os_error()
+        );
+        Watched {
+            pid,
+            // SAFETY: a fresh descriptor that nothing else owns.
+            pidfd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) },
+        }
+    }
+
+    /// Whether the process ended within `within` (the pidfd becomes readable).
+    pub fn ends_within(&self, within: Duration) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut fds = libc::pollfd {
+            fd: self.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(within.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut fds, 1, ms) == 1 }
+    }
+}
+
+impl Watched {
+    /// SIGKILL through the pidfd: never a process that reused the pid.
+    pub fn kill(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal on our own pidfd.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+}
+
+impl Drop for Watched {
+    /// A process that would outlive its test is killed.
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
