@@ -228,6 +228,8 @@ const HELP: &str = "Available commands:
 pub enum Attaching {
     /// `GET_TARGET_PID` is out.
     AskingTarget,
+    /// The pipes of a controller seen earlier are gone: is its target still running?
+    AccountingForGone { target: u32 },
     /// The target's owner and executable are being looked up.
     Inspecting { target: u32 },
     /// `GRANT_ACCESS <own pid>` is out; `interpreter` will run pdb once it is granted.
@@ -253,18 +255,23 @@ pub enum Attaching {
 ///                     └─────────┘                        └──────────┘ ──────────────────┘
 ///                          │ no controller                │   │   │ ▲  ▲
 ///                          ▼                       attach │   │   │ │  │ pdb's quit line
-///                     ┌──────────┐ ◀── quit, EOF ─────────┼───┘   │ │  │
-///                     │ Finished │                        ▼       │ │ ┌───────────────┐
-///                     └──────────┘    ┌────────────────────────┐  │ │ │ SkippingPdb-  │
-///                          ▲          │ Attaching:             │  │ │ │ Lines (piped, │
-///                          │          │ AskingTarget           │──┼─┘ │ pdb never got │
-///                          │          │ → Inspecting           │  │   │ its quit)     │
-///                          │          │ → Granting             │──┼──▶└───────────────┘
-///                          │          │ → PdbRunning           │  │
-///                          │          └────────────────────────┘  │ terminate
+///                     ┌──────────┐ ◀── quit, q, EOF ──────┼───┘   │ │  │
+///                     │ Finished │                        ▼       │ │ ┌────────────────┐
+///                     └──────────┘  ┌──────────────────────────┐  │ │ │ SkippingPdb-   │
+///                          ▲        │ Attaching:               │  │ │ │ Lines (piped;  │
+///                          │        │ AskingTarget             │──┼─┘ │ pdb never got  │
+///                          │        │  (→ AccountingForGone)   │  │   │ its quit line) │
+///                          │        │ → Inspecting             │  │   └────────────────┘
+///                          │        │ → Granting               │──┼──────────▶ ▲
+///                          │        │ → PdbRunning             │  │
+///                          │        └──────────────────────────┘  │ terminate
 ///                          │   reply, no reply, failure   ┌─────────────┐
 ///                          └───────────────────────────── │ Terminating │
 ///                                                         └─────────────┘
+/// ```
+/// An attach ends at the prompt, or (piped input, pdb never got its quit line) in
+/// `SkippingPdbLines`. `AccountingForGone`: the pipes of a controller seen earlier are
+/// gone, and the target it served is looked at to say why.
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
@@ -316,6 +323,9 @@ pub struct Client {
     state: State,
     /// Attaches and terminates that failed so far.
     failures: u32,
+    /// The target pid the controller last named: when its pipes are gone later, whether
+    /// this process still runs tells why.
+    known_target: Option<u32>,
 }
 
 impl Client {
@@ -324,6 +334,7 @@ impl Client {
             config,
             state: State::Probing,
             failures: 0,
+            known_target: None,
         }
     }
 
@@ -333,6 +344,7 @@ impl Client {
             State::Probing => "Probing",
             State::AtPrompt => "AtPrompt",
             State::Attaching(Attaching::AskingTarget) => "AskingTarget",
+            State::Attaching(Attaching::AccountingForGone { .. }) => "AccountingForGone",
             State::Attaching(Attaching::Inspecting { .. }) => "Inspecting",
             State::Attaching(Attaching::Granting { .. }) => "Granting",
             State::Attaching(Attaching::PdbRunning { .. }) => "PdbRunning",
@@ -352,7 +364,10 @@ impl Client {
             }
             State::Attaching(Attaching::PdbRunning { feeding: false, .. })
             | State::Attaching(
-                Attaching::AskingTarget | Attaching::Inspecting { .. } | Attaching::Granting { .. },
+                Attaching::AskingTarget
+                | Attaching::AccountingForGone { .. }
+                | Attaching::Inspecting { .. }
+                | Attaching::Granting { .. },
             )
             | State::Probing
             | State::Terminating
@@ -360,7 +375,12 @@ impl Client {
         }
     }
 
-    /// The session's exit status so far (see the README's table).
+    /// The session's exit status so far (README, "Exit status"): 0 while every `attach`
+    /// and `terminate` succeeded (or none was tried), 1 once one failed. Typos, `help` and
+    /// blank lines never change it: a script that pipes commands wants to know whether
+    /// its debugging happened, and a typo is shown on the spot and does nothing. Any
+    /// failed attach counts, not only the last: a script that attached twice and got one
+    /// pdb session has lost the output of the other.
     pub fn exit_code(&self) -> i32 {
         if self.failures == 0 {
             EXIT_OK
@@ -384,7 +404,8 @@ impl Client {
                 State::Probing
             }
             (State::Probing, Input::Replied { line }) => match parse_reply(&line) {
-                Ok(Reply::TargetPid(_)) => {
+                Ok(Reply::TargetPid(pid)) => {
+                    self.known_target = Some(pid);
                     out.say("Type 'help' for available commands");
                     State::AtPrompt
                 }
@@ -473,7 +494,7 @@ impl Client {
                 out.send(&self.config, Command::GetTargetPid);
                 State::Attaching(Attaching::AskingTarget)
             }
-            "quit" | "exit" => {
+            "quit" | "exit" | "q" => {
                 out.say("Goodbye!");
                 self.finish(out)
             }
@@ -492,10 +513,11 @@ impl Client {
                 State::AtPrompt
             }
             other => {
+                // A typo does nothing and is shown at once: it is not a failure of the
+                // session (see the exit status rule on `exit_code`).
                 out.say(&format!(
                     "Unknown command: {other}. Type 'help' for available commands"
                 ));
-                self.failures += 1;
                 State::AtPrompt
             }
         }
@@ -505,6 +527,7 @@ impl Client {
         match (step, input) {
             (Attaching::AskingTarget, Input::Replied { line }) => match parse_reply(&line) {
                 Ok(Reply::TargetPid(pid)) => {
+                    self.known_target = Some(pid);
                     out.push(Effect::InspectTarget { pid });
                     State::Attaching(Attaching::Inspecting { target: pid })
                 }
@@ -554,6 +577,32 @@ impl Client {
                 ),
                 Err(e) => self.attach_failed(out, e.to_string(), false),
             },
+            // The controller served this session before and its pipes are gone: look at
+            // the target it served to say why.
+            (
+                Attaching::AskingTarget,
+                Input::RequestFailed {
+                    failure: RequestFailure::PipesMissing,
+                },
+            ) if self.known_target.is_some() => {
+                let target = self.known_target.unwrap_or_default();
+                out.push(Effect::InspectTarget { pid: target });
+                State::Attaching(Attaching::AccountingForGone { target })
+            }
+            (Attaching::AccountingForGone { target }, Input::TargetInspected { pid, facts })
+                if pid == target =>
+            {
+                let dir = &self.config.pipe_dir;
+                let why = match facts {
+                    TargetFacts::NotRunning => format!(
+                        "Controller not running any more: its pipes in {dir} are gone, and its target (PID {target}) has exited; a controller ends with its target. Start it again"
+                    ),
+                    TargetFacts::Running { .. } => format!(
+                        "Controller not running any more: its pipes in {dir} are gone, yet its target (PID {target}) still runs. Was the controller stopped, or its pipes removed? Start it again"
+                    ),
+                };
+                self.attach_failed(out, why, false)
+            }
             (Attaching::AskingTarget, Input::RequestFailed { failure }) => {
                 let asked = Command::GetTargetPid.to_line(self.config.dialect);
                 let text = self.describe_failure(&failure, &asked);
@@ -648,6 +697,7 @@ impl Client {
             }
             (
                 step @ (Attaching::AskingTarget
+                | Attaching::AccountingForGone { .. }
                 | Attaching::Inspecting { .. }
                 | Attaching::Granting { .. }
                 | Attaching::PdbRunning { .. }),
@@ -776,7 +826,9 @@ impl Client {
     fn describe_failure(&self, failure: &RequestFailure, asked: &str) -> String {
         let dir = &self.config.pipe_dir;
         match failure {
-            RequestFailure::PipesMissing => "Controller not running (pipes not found)".into(),
+            RequestFailure::PipesMissing => format!(
+                "Controller not running (pipes not found) in {dir}. Start heli-controller first, or point to its pipes with --pipe-dir DIR"
+            ),
             RequestFailure::NotServed => format!(
                 "Controller not responding: the pipes in {dir} exist but no controller reads them (left over from a controller that was killed?). Start the controller again; it replaces stale pipes"
             ),

@@ -261,19 +261,25 @@ impl Driver {
         if let Some(input) = self.learnt.take() {
             return input;
         }
-        if let Some(LineWanted::Prompt(prompt)) = wanted {
-            let mut out = io::stdout().lock();
-            let _ = write!(out, "{prompt}");
-            let _ = out.flush();
-        }
-        if let (Some(_), Lines::Terminal) = (wanted, &self.lines) {
+        let lines = match (&mut self.lines, wanted) {
             // Nothing else is under way at the terminal's prompt (the machine wants a
             // line only when no request is out and pdb does not run).
-            return read_terminal_line();
-        }
-        let lines = match (&self.lines, wanted) {
-            (Lines::Piped(rx), Some(_)) => rx.clone(),
-            (Lines::Piped(_) | Lines::Terminal, _) => never(),
+            (Lines::Terminal(terminal), Some(LineWanted::Prompt(prompt))) => {
+                return terminal.read_line(prompt)
+            }
+            (Lines::Terminal(_), Some(LineWanted::ForPdb)) => {
+                debug_assert!(false, "pdb reads the terminal itself");
+                never()
+            }
+            (Lines::Piped(rx), Some(wanted)) => {
+                if let LineWanted::Prompt(prompt) = wanted {
+                    let mut out = io::stdout().lock();
+                    let _ = write!(out, "{prompt}");
+                    let _ = out.flush();
+                }
+                rx.clone()
+            }
+            (Lines::Piped(_) | Lines::Terminal(_), None) => never(),
         };
         let reply = self.reply.clone().unwrap_or_else(never);
         let pdb_exit = self.pdb_exit.clone().unwrap_or_else(never);
@@ -367,7 +373,7 @@ fn executable_facts(pid: u32) -> ExecutableFacts {
 
 /// Where the user's lines come from.
 enum Lines {
-    Terminal,
+    Terminal(Box<TerminalLines>),
     /// One reader thread owns stdin; lines wait in the channel.
     Piped(Receiver<io::Result<String>>),
 }
@@ -375,7 +381,7 @@ enum Lines {
 impl Lines {
     fn new(source: InputSource) -> Lines {
         match source {
-            InputSource::Terminal => Lines::Terminal,
+            InputSource::Terminal => Lines::Terminal(Box::new(TerminalLines::new())),
             InputSource::Piped => {
                 let (tx, rx) = crossbeam_channel::unbounded();
                 spawn_quiet(move || {
@@ -393,10 +399,127 @@ impl Lines {
 
     fn source(&self) -> InputSource {
         match self {
-            Lines::Terminal => InputSource::Terminal,
+            Lines::Terminal(_) => InputSource::Terminal,
             Lines::Piped(_) => InputSource::Piped,
         }
     }
+}
+
+/// The prompt on a terminal: a line editor with history (kept across sessions in the
+/// user's state directory) where the terminal supports one.
+///
+/// The editor puts the terminal in raw mode only inside `readline` and restores it before
+/// returning, so pdb, which runs only after the line was read, gets the terminal as the
+/// user left it. No line editor on a terminal it cannot drive (`TERM` unset, `dumb`,
+/// `cons25`, `emacs`): the line is read byte by byte, so nothing beyond it is taken from
+/// the terminal that pdb uses next.
+struct TerminalLines {
+    editor: Option<rustyline::DefaultEditor>,
+    /// The history file, when one can be kept.
+    history: Option<PathBuf>,
+}
+
+impl TerminalLines {
+    fn new() -> TerminalLines {
+        let term = std::env::var("TERM").unwrap_or_default();
+        if matches!(term.as_str(), "" | "dumb" | "cons25" | "emacs") {
+            return TerminalLines {
+                editor: None,
+                history: None,
+            };
+        }
+        let config = rustyline::Config::builder()
+            .auto_add_history(false)
+            .max_history_size(1000)
+            .map(|b| b.build());
+        let editor = match config.and_then(rustyline::DefaultEditor::with_config) {
+            Ok(editor) => editor,
+            Err(e) => {
+                eprintln!("heli-client: no line editing ({e}); lines are read plainly");
+                return TerminalLines {
+                    editor: None,
+                    history: None,
+                };
+            }
+        };
+        let mut lines = TerminalLines {
+            editor: Some(editor),
+            history: None,
+        };
+        match history_file() {
+            Ok(path) => {
+                if let Some(editor) = lines.editor.as_mut() {
+                    match editor.load_history(&path) {
+                        Ok(()) => {}
+                        Err(rustyline::error::ReadlineError::Io(e))
+                            if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            eprintln!("heli-client: history {} not loaded: {e}", path.display())
+                        }
+                    }
+                }
+                lines.history = Some(path);
+            }
+            Err(why) => eprintln!("heli-client: history not kept: {why}"),
+        }
+        lines
+    }
+
+    fn read_line(&mut self, prompt: &str) -> Input {
+        use rustyline::error::ReadlineError;
+        let Some(editor) = self.editor.as_mut() else {
+            let mut out = io::stdout().lock();
+            let _ = write!(out, "{prompt}");
+            let _ = out.flush();
+            return read_terminal_line();
+        };
+        match editor.readline(prompt) {
+            Ok(text) => {
+                if !text.trim().is_empty() {
+                    let _ = editor.add_history_entry(text.as_str());
+                    // Saved at once: a client killed later loses nothing.
+                    if let Some(path) = &self.history {
+                        if let Err(e) = editor.append_history(path) {
+                            eprintln!("heli-client: history {} not saved: {e}", path.display());
+                            self.history = None;
+                        }
+                    }
+                }
+                Input::LineRead { text }
+            }
+            Err(ReadlineError::Interrupted) => Input::PromptInterrupted,
+            Err(ReadlineError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {
+                Input::PromptInterrupted
+            }
+            Err(ReadlineError::Eof) => Input::InputEnded,
+            Err(e) => {
+                eprintln!("heli-client: reading the terminal failed: {e}");
+                Input::InputEnded
+            }
+        }
+    }
+}
+
+/// `$XDG_STATE_HOME/helicopter-parent/history`, else
+/// `~/.local/state/helicopter-parent/history`; the directory is made 0700 (typed
+/// commands are nobody else's business).
+fn history_file() -> Result<PathBuf, String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let state = match std::env::var_os("XDG_STATE_HOME").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir,
+        Some(_) | None => match std::env::var_os("HOME").map(PathBuf::from) {
+            Some(home) if home.is_absolute() => home.join(".local/state"),
+            Some(_) | None => return Err("neither XDG_STATE_HOME nor HOME is set".into()),
+        },
+    };
+    let dir = state.join("helicopter-parent");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+    Ok(dir.join("history"))
 }
 
 /// One line from the terminal, read byte by byte so that nothing beyond it is taken.

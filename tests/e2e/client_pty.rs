@@ -48,3 +48,74 @@ fn issue9_pdb_does_not_outlive_a_killed_client_and_the_target_runs_again() {
         .wait_for(&format!("tick {}", stopped_at + 1));
     assert!(is_alive(controller.target_pid));
 }
+
+/// Issue 13: at the `>>>` prompt on a terminal, lines are edited, history is searched
+/// with Ctrl-R and kept across sessions in the user's state directory, `q` quits, and a
+/// typo no longer fails the session.
+#[test]
+fn issue13_the_prompt_edits_lines_and_keeps_history_across_sessions() {
+    let controller = Controller::start("counter.py");
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().to_str().unwrap();
+    let envs = [("TERM", "xterm"), ("XDG_STATE_HOME", state_dir)];
+
+    let mut term = PtyClient::start(&controller.dir, &envs);
+    term.wait_for(">>> ");
+    term.type_text("hlep\r");
+    term.wait_for("Unknown command: hlep");
+    term.mark();
+    // Up brings the typo back; three backspaces and "elp" make it `help`.
+    term.type_text("\x1b[A\x7f\x7f\x7felp\r");
+    term.wait_for("Available commands:");
+    term.mark();
+    term.type_text("\x04"); // Ctrl-D on an empty line: the end of input
+    term.wait_for("Goodbye!");
+    assert_eq!(term.wait(), Some(0), "a typo must not fail the session");
+    let history = std::fs::read_to_string(state.path().join("helicopter-parent/history"))
+        .expect("history file in $XDG_STATE_HOME/helicopter-parent");
+    assert!(
+        history.lines().any(|l| l == "hlep") && history.lines().any(|l| l == "help"),
+        "{history}"
+    );
+
+    // A new session finds the old one's lines with Ctrl-R.
+    let mut term = PtyClient::start(&controller.dir, &envs);
+    term.wait_for(">>> ");
+    term.mark();
+    term.type_text("\x12hel");
+    term.wait_for("help");
+    term.mark();
+    term.type_text("\r");
+    term.wait_for("Available commands:");
+    term.type_text("q\r");
+    term.wait_for("Goodbye!");
+    assert_eq!(term.wait(), Some(0));
+}
+
+/// With the line editor active, pdb still gets the terminal (the editor's raw mode is
+/// off while pdb runs), and success lines are coloured unless NO_COLOR is set.
+#[test]
+fn issue13_pdb_gets_the_terminal_from_the_line_editor_and_colours_follow_no_color() {
+    let controller = Controller::start("counter.py");
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().to_str().unwrap();
+    for no_color in [None, Some("1")] {
+        let mut envs = vec![("TERM", "xterm"), ("XDG_STATE_HOME", state_dir)];
+        envs.extend(no_color.map(|v| ("NO_COLOR", v)));
+        let mut term = PtyClient::start(&controller.dir, &envs);
+        term.wait_for(">>> ");
+        term.type_text("attach\r");
+        term.wait_for("(Pdb) ");
+        let granted_in_green = term.screen.contains("\x1b[32m✅ Permission granted\x1b[0m");
+        assert_eq!(granted_in_green, no_color.is_none(), "{:?}", term.screen);
+        term.mark();
+        term.type_text("p 6 * 7\r");
+        term.wait_for("42");
+        term.type_text("q\r");
+        term.wait_for("Debugger detached");
+        term.wait_for(">>> ");
+        term.type_text("quit\r");
+        term.wait_for("Goodbye!");
+        assert_eq!(term.wait(), Some(0));
+    }
+}

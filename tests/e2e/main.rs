@@ -3,6 +3,7 @@
 
 mod attach;
 mod client_pty;
+mod client_session;
 mod client_trust;
 mod conformance;
 mod inject;

@@ -512,3 +512,61 @@ fn failure_tones_mark_success_and_failure_lines() {
         }
     );
 }
+
+#[test]
+fn a_typo_does_not_fail_the_session() {
+    let mut given = Given::at_prompt(InputSource::Piped);
+    given.when(line("atach"));
+    let effects = given.when(line("quit"));
+    assert_eq!(exit_code(&effects), Some(EXIT_OK));
+}
+
+#[test]
+fn q_quits_at_the_prompt() {
+    let mut given = Given::at_prompt(InputSource::Terminal);
+    let effects = given.when(line("q"));
+    assert_eq!(texts(&effects), ["Goodbye!"]);
+    assert_eq!(exit_code(&effects), Some(EXIT_OK));
+}
+
+#[test]
+fn missing_pipes_name_the_directory_and_the_option() {
+    let mut client = Client::new(config(InputSource::Piped));
+    client.handle(Input::Started);
+    let effects = client.handle(Input::RequestFailed {
+        failure: RequestFailure::PipesMissing,
+    });
+    assert_eq!(
+        texts(&effects)[0],
+        "❌ Controller not running (pipes not found) in /tmp/heliparent_debug. Start heli-controller first, or point to its pipes with --pipe-dir DIR"
+    );
+}
+
+#[rstest]
+#[case::target_exited(
+    TargetFacts::NotRunning,
+    "its target (PID 777) has exited; a controller ends with its target"
+)]
+#[case::target_runs(
+    target_facts(UID, trusted_exe(), Yama::Absent),
+    "yet its target (PID 777) still runs"
+)]
+fn a_controller_that_went_away_is_explained(#[case] facts: TargetFacts, #[case] said: &str) {
+    let mut given = Given::at_prompt(InputSource::Terminal);
+    given.when(line("attach"));
+    let effects = given.when(Input::RequestFailed {
+        failure: RequestFailure::PipesMissing,
+    });
+    assert_eq!(effects, vec![Effect::InspectTarget { pid: TARGET }]);
+    let effects = given.when(Input::TargetInspected { pid: TARGET, facts });
+    let text = &texts(&effects)[0];
+    assert!(
+        text.starts_with(
+            "❌ Controller not running any more: its pipes in /tmp/heliparent_debug are gone"
+        ),
+        "{text}"
+    );
+    assert!(text.contains(said), "{text}");
+    assert_eq!(given.state(), "AtPrompt");
+    assert_eq!(given.client.exit_code(), EXIT_COMMAND_FAILED);
+}
