@@ -1,6 +1,6 @@
 //! `heli-client [options]`: the REPL that attaches pdb to a controller's target.
-//! Exit status: 0 when every command succeeded, 1 when one failed, 2 for bad usage,
-//! 3 when no controller serves the pipes.
+//! Exit status: 0 when every attach and terminate succeeded (typos do not count), 1 when
+//! one failed, 2 for bad usage, 3 when no controller of yours serves the pipes.
 use clap::Parser;
 use helicopter_parent::core::wire::Dialect;
 use helicopter_parent::io::client::{self, ClientOptions, EXIT_USAGE};
