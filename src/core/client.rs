@@ -13,17 +13,20 @@
 //! 4. Stop after carrying out [`Effect::Exit`].
 //!
 //! # Where the next features go
-//! - A progress line while waiting: a deadline in the waiting states, exposed as
-//!   `poll_timeout()`, with a `DeadlineReached` input that emits the line.
+//! - A progress line while waiting: a deadline in the waiting states (`AskingTarget`,
+//!   `Granting`), exposed as `poll_timeout()` like the controller's core, and a
+//!   `DeadlineReached` input that emits a `Say` and the next deadline. The driver already
+//!   waits in one `select!`; it adds `at(deadline)`.
 //! - Ctrl-C cancelling an attach: an `InterruptReceived` input in the waiting states that
-//!   emits a `CancelRequest` effect (the driver wakes the exchange: `ResponseReader` takes a
-//!   wake descriptor) and returns to the prompt.
-//! - `attach PID`: [`Command`](crate::core::wire::Command) words are parsed in
-//!   [`Client::on_typed`]; the attaching states already carry the target pid, so a chosen
-//!   pid skips [`Attaching::AskingTarget`].
-//! - One-shot subcommands (`heli-client attach -c CMD`, `ps`, `terminate`): a
-//!   [`Config`] field naming the one command, fed as the first typed line, with
-//!   [`Client::wants_line`] answering `None` at the prompt so the session ends there.
+//!   emits a `CancelRequest` effect and returns to the prompt. The driver turns SIGINT
+//!   into a channel event (a self-pipe) and wakes the exchange thread through the wake
+//!   descriptor that `ResponseReader::next_line` already takes.
+//! - `attach PID`: typed lines are parsed in `Client::on_typed`; a chosen pid enters
+//!   [`Attaching::Inspecting`] directly, skipping [`Attaching::AskingTarget`] (the
+//!   attaching states already carry the target pid).
+//! - One-shot subcommands (`heli-client attach -c CMD`, `ps`, `terminate`): a [`Config`]
+//!   field naming the one command, handled as if typed after the probe, and
+//!   [`Client::wants_line`] answering `None` at the prompt, where the session then ends.
 #![deny(clippy::wildcard_enum_match_arm)]
 
 pub mod trust;

@@ -2,11 +2,14 @@
 //! exchanges with the controller, inspects the target, runs pdb and prints, and turns
 //! each outcome into an input. Every decision is the machine's.
 //!
-//! Who reads the user's input: on a terminal the client reads only at its prompt (byte by
-//! byte, so nothing beyond the line is taken from the terminal pdb uses next) and pdb
-//! reads the terminal itself. From a pipe one reader thread owns stdin; its lines wait in
-//! a channel and the machine decides which go to pdb, so the lines after pdb's quit are
-//! still there for the client.
+//! Who reads the user's input: on a terminal the client reads only at its prompt (a line
+//! editor, see `TerminalLines`) and pdb reads the terminal itself. From a pipe one
+//! reader thread owns stdin; its lines wait in a channel and the machine decides which go
+//! to pdb, so the lines after pdb's quit are still there for the client.
+//!
+//! The loop: carry out the machine's effects, then wait for one fact. A request runs on a
+//! thread of its own and pdb's exit is awaited by another, so that one `select!` waits
+//! for whichever comes first, together with piped lines while the machine wants one.
 use super::controller::resolve_python;
 use super::exchange::{exchange_raw, facts_of, ExchangeError};
 use super::procfs;

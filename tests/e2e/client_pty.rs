@@ -61,6 +61,8 @@ fn issue13_the_prompt_edits_lines_and_keeps_history_across_sessions() {
 
     let mut term = PtyClient::start(&controller.dir, &envs);
     term.wait_for(">>> ");
+    term.type_text("\x03"); // Ctrl-C at the prompt: not the end of the client
+    term.wait_for("Interrupted (type 'quit' to exit)");
     term.type_text("hlep\r");
     term.wait_for("Unknown command: hlep");
     term.mark();
