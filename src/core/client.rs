@@ -34,7 +34,6 @@ pub mod trust;
 use super::machine::Yama;
 use super::ptrace_policy::{attach_rule, AttachRule, TracerPrivilege};
 use super::wire::{parse_reply, Command, Dialect, Reply};
-use std::fmt;
 use std::path::PathBuf;
 use trust::{judge_interpreter, ExecutableFacts, InterpreterVerdict};
 
@@ -297,26 +296,6 @@ pub fn is_pdb_quit(line: &str) -> bool {
         line.split_whitespace().next(),
         Some("q" | "quit" | "exit" | "EOF")
     )
-}
-
-impl fmt::Display for RequestFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RequestFailure::PipesMissing => f.write_str("Controller not running (pipes not found)"),
-            RequestFailure::NotServed => f.write_str("Controller not responding"),
-            RequestFailure::Untrusted(why) => f.write_str(why),
-            RequestFailure::TimedOut { waited_ms } => write!(
-                f,
-                "after {:.1} s (is the controller stuck or stopped?)",
-                *waited_ms as f64 / 1000.0
-            ),
-            RequestFailure::Truncated { partial } => write!(
-                f,
-                "the controller closed the response pipe after a partial reply '{partial}'"
-            ),
-            RequestFailure::Io(what) => f.write_str(what),
-        }
-    }
 }
 
 /// The client REPL's state machine.
@@ -835,12 +814,14 @@ impl Client {
             RequestFailure::NotServed => format!(
                 "Controller not responding: the pipes in {dir} exist but no controller reads them (left over from a controller that was killed?). Start the controller again; it replaces stale pipes"
             ),
-            RequestFailure::TimedOut { .. } => {
-                format!("Timeout waiting for response to {asked} {failure}")
-            }
-            RequestFailure::Untrusted(_)
-            | RequestFailure::Truncated { .. }
-            | RequestFailure::Io(_) => failure.to_string(),
+            RequestFailure::TimedOut { waited_ms } => format!(
+                "Timeout waiting for response to {asked} after {:.1} s (is the controller stuck or stopped?)",
+                *waited_ms as f64 / 1000.0
+            ),
+            RequestFailure::Truncated { partial } => format!(
+                "the controller closed the response pipe after a partial reply '{partial}'"
+            ),
+            RequestFailure::Untrusted(why) | RequestFailure::Io(why) => why.clone(),
         }
     }
 }

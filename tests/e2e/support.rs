@@ -393,6 +393,24 @@ impl FakeController {
     }
 }
 
+impl Drop for FakeController {
+    /// One more line wakes the serving thread, which then finds nobody listening and ends.
+    fn drop(&mut self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        drop(std::mem::replace(
+            &mut self.received,
+            crossbeam_channel::never(),
+        ));
+        if let Ok(mut control) = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(self.dir.join("control"))
+        {
+            let _ = control.write_all(b"\n");
+        }
+    }
+}
+
 /// A running process whose executable was deleted after it started and replaced, under
 /// the same name, by a script that leaves a file named after the uid that ran it: what a
 /// user who wants someone else to run their code would plant for a client that runs the
