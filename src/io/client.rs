@@ -284,6 +284,11 @@ impl Driver {
             }
             (Lines::Piped(_) | Lines::Terminal(_), None) => never(),
         };
+        if wanted.is_none() && self.reply.is_none() && self.pdb_exit.is_none() {
+            // Nothing could ever arrive: a machine bug. End the input rather than hang.
+            debug_assert!(false, "the machine waits for nothing");
+            return Input::InputEnded;
+        }
         let reply = self.reply.clone().unwrap_or_else(never);
         let pdb_exit = self.pdb_exit.clone().unwrap_or_else(never);
         crossbeam_channel::select! {
