@@ -119,5 +119,42 @@ fn issue13_pdb_gets_the_terminal_from_the_line_editor_and_colours_follow_no_colo
         term.type_text("quit\r");
         term.wait_for("Goodbye!");
         assert_eq!(term.wait(), Some(0));
+        assert!(
+            term.is_cooked(),
+            "the line editor left the terminal in raw mode"
+        );
     }
+}
+
+/// The line editor's raw mode is off while pdb runs: an interpreter given with --python
+/// that only reports the terminal's mode sees it cooked (canonical input, echo).
+#[test]
+fn issue13_the_line_editor_hands_pdb_a_cooked_terminal() {
+    use std::os::unix::fs::PermissionsExt;
+    let controller = Controller::start("counter.py");
+    let tmp = tempfile::tempdir().unwrap();
+    let reporter = tmp.path().join("report-tty");
+    std::fs::write(
+        &reporter,
+        "#!/bin/sh\nif stty -a | grep -qw -e -icanon -e -echo; then echo TTY-RAW; else echo TTY-COOKED; fi\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&reporter, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let envs = [
+        ("TERM", "xterm"),
+        ("XDG_STATE_HOME", state.path().to_str().unwrap()),
+    ];
+    let mut term = PtyClient::start_with(
+        &controller.dir,
+        &["--python", reporter.to_str().unwrap()],
+        &envs,
+    );
+    term.wait_for(">>> ");
+    term.type_text("attach\r");
+    term.wait_for("Debugger detached");
+    assert!(term.screen.contains("TTY-COOKED"), "{:?}", term.screen);
+    term.type_text("q\r");
+    term.wait_for("Goodbye!");
+    assert_eq!(term.wait(), Some(0));
 }

@@ -501,8 +501,12 @@ pub struct PtyClient {
 
 impl PtyClient {
     pub fn start(dir: &Path, envs: &[(&str, &str)]) -> PtyClient {
+        PtyClient::start_with(dir, &[], envs)
+    }
+
+    pub fn start_with(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> PtyClient {
         let mut command = Command::new(bin("heli-client"));
-        command.arg("--pipe-dir").arg(dir);
+        command.arg("--pipe-dir").arg(dir).args(args);
         PtyClient::spawn(command, envs, false)
     }
 
@@ -605,6 +609,16 @@ impl PtyClient {
 
     pub fn type_text(&mut self, text: &str) {
         self.master.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// Whether the terminal is in its ordinary (cooked) mode: canonical input and echo,
+    /// as a shell expects it back (through the master, Linux reports the pty's modes).
+    pub fn is_cooked(&self) -> bool {
+        use nix::sys::termios::{tcgetattr, LocalFlags};
+        let modes = tcgetattr(&self.master).expect("tcgetattr on the pty");
+        modes
+            .local_flags
+            .contains(LocalFlags::ICANON | LocalFlags::ECHO)
     }
 
     /// Waits for the client to exit; its exit code.
