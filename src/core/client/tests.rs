@@ -570,3 +570,41 @@ fn a_controller_that_went_away_is_explained(#[case] facts: TargetFacts, #[case] 
     assert_eq!(given.state(), "AtPrompt");
     assert_eq!(given.client.exit_code(), EXIT_COMMAND_FAILED);
 }
+
+/// The seed's example session, piped, as the machine sees it: one line per input and per
+/// effect. Reviewing a change in behaviour starts with this snapshot's diff.
+#[test]
+fn transcript_of_a_piped_seed_session() {
+    let mut client = Client::new(config(InputSource::Piped));
+    let inputs = vec![
+        Input::Started,
+        replied("TARGET_PID 777"),
+        line("attach"),
+        replied("TARGET_PID 777"),
+        Input::TargetInspected {
+            pid: TARGET,
+            facts: target_facts(UID, trusted_exe(), Yama::Scope(1)),
+        },
+        replied("READY"),
+        line("p counter"),
+        line("q"),
+        Input::PdbExited {
+            status: PdbExit::Code(0),
+        },
+        line("terminate"),
+        replied("READY"),
+    ];
+    let mut transcript = String::new();
+    for input in inputs {
+        transcript.push_str(&format!("input  {input:?}\n"));
+        for effect in client.handle(input) {
+            transcript.push_str(&format!("effect {effect:?}\n"));
+        }
+        transcript.push_str(&format!(
+            "state  {} (wants line: {:?})\n",
+            client.state_name(),
+            client.wants_line()
+        ));
+    }
+    insta::assert_snapshot!(transcript);
+}
