@@ -34,7 +34,8 @@ acceptance: build
         echo "acceptance: $check not found; skipped"
     fi
 
-# The pipe-protocol conformance suite against our controller, in both dialects
+# The pipe-protocol conformance suite against our controller, in both dialects (the cases
+# are compiled into heli-conformance; `--cases DIR` would run others)
 conformance: build
     #!/usr/bin/env bash
     set -euo pipefail

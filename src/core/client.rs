@@ -31,8 +31,8 @@
 
 pub mod trust;
 
-use super::machine::Yama;
 use super::ptrace_policy::{attach_rule, AttachRule, TracerPrivilege};
+use super::supervisor::Yama;
 use super::wire::{parse_reply, Command, Dialect, Reply};
 use std::path::PathBuf;
 use trust::{judge_interpreter, ExecutableFacts, InterpreterVerdict};

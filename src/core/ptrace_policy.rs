@@ -13,7 +13,7 @@
 //!
 //! A process with CAP_SYS_PTRACE needs no grant at scopes 1 and 2: declaring it would only
 //! take the one declared-ptracer slot of the target away from whoever holds it.
-use super::machine::Yama;
+use super::supervisor::Yama;
 use serde::{Deserialize, Serialize};
 
 /// Whether a would-be tracer holds CAP_SYS_PTRACE in its effective set.

@@ -10,15 +10,15 @@
 //! The loop: carry out the machine's effects, then wait for one fact. A request runs on a
 //! thread of its own and pdb's exit is awaited by another, so that one `select!` waits
 //! for whichever comes first, together with piped lines while the machine wants one.
-use super::controller::resolve_python;
 use super::exchange::{exchange_raw, facts_of, ExchangeError};
+use super::find_python::resolve_python;
 use super::procfs;
 use crate::core::client::trust::ExecutableFacts;
 use crate::core::client::{
     Client as Machine, Config, Effect, Input, InputSource, Interpreter, LineWanted, PdbExit,
     RequestFailure, TargetFacts, Tone,
 };
-use crate::core::machine::ClientFacts;
+use crate::core::supervisor::ClientFacts;
 use crate::core::wire::{Command, Dialect};
 use crossbeam_channel::{never, Receiver};
 use nix::sys::signal::{

@@ -2,11 +2,11 @@
 //! or carries out core effects. Decisions live in the core, not here.
 
 pub mod client;
-pub mod conformance;
 pub mod controller;
 pub mod exchange;
+pub mod find_python;
 pub mod grant;
 pub mod inject;
-pub mod journal;
+pub mod journal_writer;
 pub mod pipes;
 pub mod procfs;

@@ -1,6 +1,6 @@
 //! Facts read from `/proc` and `/sys`: Yama's mode, who runs a pid, a pid's executable.
-use crate::core::machine::{ClientFacts, Yama};
 use crate::core::ptrace_policy::TracerPrivilege;
+use crate::core::supervisor::{ClientFacts, Yama};
 use std::fs;
 use std::path::PathBuf;
 
@@ -36,6 +36,7 @@ pub fn inspect(pid: u32) -> ClientFacts {
         Some(uid) => ClientFacts::Running {
             uid,
             exe: exe(pid).map(|p| p.display().to_string()),
+            privilege: tracer_privilege(pid),
         },
         None => ClientFacts::NotRunning,
     }

@@ -8,13 +8,10 @@ fn me() -> u32 {
     nix::unistd::getuid().as_raw()
 }
 
-/// Says on the real stderr that a test was skipped: libtest captures `eprintln!` of a
-/// passing test, which would hide the skip; a direct write is not captured.
-fn skip(test: &str) {
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: needs root (and setpriv) to act as uid {OTHER_UID}"
+fn needs_other_uid(test: &str) {
+    skip(
+        test,
+        &format!("needs root (and setpriv) to act as uid {OTHER_UID}"),
     );
 }
 
@@ -23,7 +20,7 @@ fn skip(test: &str) {
 #[test]
 fn issue9_pipes_of_another_user_are_refused_before_any_exchange() {
     if !can_use_another_uid() {
-        return skip("issue9_pipes_of_another_user_are_refused_before_any_exchange");
+        return needs_other_uid("issue9_pipes_of_another_user_are_refused_before_any_exchange");
     }
     let planted = ReplacedExecutable::start(OTHER_UID);
     let fake = FakeController::serve(planted.pid, OTHER_UID);
@@ -53,7 +50,7 @@ fn issue9_pipes_of_another_user_are_refused_before_any_exchange() {
 #[test]
 fn issue9_a_fifo_of_another_user_is_refused() {
     if !can_use_another_uid() {
-        return skip("issue9_a_fifo_of_another_user_is_refused");
+        return needs_other_uid("issue9_a_fifo_of_another_user_is_refused");
     }
     let fake = FakeController::serve(std::process::id(), me());
     std::os::unix::fs::lchown(fake.dir.join("response"), Some(OTHER_UID), None).unwrap();
@@ -104,7 +101,7 @@ fn issue9_pipes_open_to_others_or_behind_a_symlink_are_refused() {
 #[test]
 fn issue9_a_target_of_another_user_is_refused() {
     if !can_use_another_uid() {
-        return skip("issue9_a_target_of_another_user_is_refused");
+        return needs_other_uid("issue9_a_target_of_another_user_is_refused");
     }
     let planted = ReplacedExecutable::start(OTHER_UID);
     let fake = FakeController::serve(planted.pid, me());
@@ -161,7 +158,7 @@ fn issue9_a_deleted_interpreter_is_never_run() {
 #[test]
 fn issue9_an_interpreter_owned_by_another_user_is_not_run() {
     if !can_use_another_uid() {
-        return skip("issue9_an_interpreter_owned_by_another_user_is_not_run");
+        return needs_other_uid("issue9_an_interpreter_owned_by_another_user_is_not_run");
     }
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();

@@ -2,12 +2,16 @@
 #![allow(clippy::disallowed_methods)]
 
 mod attach;
+mod cli_durations;
 mod client_pty;
 mod client_session;
 mod client_trust;
 mod conformance;
+mod flood;
 mod inject;
 mod lifecycle;
+mod pipe_dir_security;
 mod protocol;
+mod replies;
 mod sessions;
 mod support;

@@ -5,20 +5,24 @@
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Provisioning may download and unpack a Python build on a fresh machine.
+const PROVISION_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 /// The Python 3.14 the project provisions (or the one on PATH).
 pub fn python() -> &'static Path {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new(root.join("scripts/provision-python.sh"))
-            .output()
-            .expect("run provision-python.sh");
+        let out = output_within(
+            &mut Command::new(root.join("scripts/provision-python.sh")),
+            PROVISION_TIMEOUT,
+        );
         assert!(
             out.status.success(),
             "provision-python.sh failed: {}",
@@ -163,6 +167,75 @@ pub fn wait_with_deadline(child: &mut Child, timeout: Duration) -> ExitStatus {
     child.wait().expect("reap")
 }
 
+/// `Command::output` with a deadline: runs `command` with stdin on /dev/null and its
+/// output collected, and kills it (failing the test) if it has not exited in `timeout`.
+pub fn output_within(command: &mut Command, timeout: Duration) -> Output {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+    let mut guard = KillOnDrop(Some(child));
+    let running = guard.0.as_mut().unwrap();
+    let stdout = read_to_end_in_thread(running.stdout.take().unwrap());
+    let stderr = read_to_end_in_thread(running.stderr.take().unwrap());
+    let status = wait_with_deadline(running, timeout);
+    guard.0 = None;
+    // A process the command started may still hold its output open: bounded too.
+    let collected = |rx: Receiver<Vec<u8>>, name: &str| {
+        rx.recv_timeout(TIMEOUT).unwrap_or_else(|_| {
+            panic!("{command:?} exited, but its {name} stayed open {TIMEOUT:?} (a descendant holds it)")
+        })
+    };
+    Output {
+        status,
+        stdout: collected(stdout, "stdout"),
+        stderr: collected(stderr, "stderr"),
+    }
+}
+
+/// All of `source`, read by a thread and delivered when it closes.
+fn read_to_end_in_thread(mut source: impl Read + Send + 'static) -> Receiver<Vec<u8>> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = source.read_to_end(&mut bytes);
+        let _ = tx.send(bytes);
+    });
+    rx
+}
+
+/// The names in directory `dir`, sorted.
+pub fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A pid that is no process: that of a `true` just run and reaped. (Reuse this fast is
+/// practically impossible.)
+pub fn reaped_pid() -> u32 {
+    let mut child = Command::new("true").spawn().expect("spawn true");
+    let pid = child.id();
+    wait_with_deadline(&mut child, TIMEOUT);
+    pid
+}
+
+/// Whether the test runs as root; if not, says on the real stderr which part of `test`
+/// (`all`, or the part that needs root) is skipped. Written to the stderr descriptor, not with `eprintln!`, which the test
+/// harness captures and shows only for failing tests: a skip must be seen in every run.
+pub fn root_or_skip(test: &str, skipped: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    let _ = writeln!(std::io::stderr(), "SKIPPED {skipped} of {test}: not root");
+    false
+}
+
 /// A running `heli-controller` with its target, in a private pipe directory.
 pub struct Controller {
     pub child: Child,
@@ -182,6 +255,17 @@ impl Controller {
     pub fn start_with(script: &str, extra: &[&str]) -> Controller {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("pipes");
+        Controller::start_in(tmp, dir, script, extra)
+    }
+
+    /// Starts a controller on the pipe directory `dir`, which may already exist; `tmp`
+    /// (holding `dir`) is removed when the controller is dropped.
+    pub fn start_in(
+        tmp: tempfile::TempDir,
+        dir: PathBuf,
+        script: &str,
+        extra: &[&str],
+    ) -> Controller {
         let mut child = Command::new(bin("heli-controller"))
             .arg("--pipe-dir")
             .arg(&dir)
@@ -697,4 +781,63 @@ impl Drop for Watched {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+#[test]
+fn output_within_kills_a_command_past_its_deadline() {
+    let mut sleeper = Command::new("sleep");
+    sleeper.arg("60");
+    let started = Instant::now();
+    let overran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        output_within(&mut sleeper, Duration::from_millis(300))
+    }));
+    let message = *overran
+        .expect_err("sleep 60 returned within a 300 ms deadline")
+        .downcast::<String>()
+        .unwrap();
+    assert!(started.elapsed() < TIMEOUT, "the deadline was not kept");
+    // "process <pid> did not exit within 300ms; killed"
+    let pid: u32 = message
+        .strip_prefix("process ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected message: {message}"));
+    assert!(
+        message.ends_with("did not exit within 300ms; killed"),
+        "{message}"
+    );
+    assert!(!is_alive(pid), "sleep {pid} still runs");
+}
+
+/// A system user named `name` (created with `useradd` when missing; needs root):
+/// (uid, gid). Tests that need a second user call this only as root.
+pub fn ensure_user(name: &str) -> (u32, u32) {
+    let lookup = || nix::unistd::User::from_name(name).expect("read the user database");
+    if lookup().is_none() {
+        let out = output_within(
+            Command::new("useradd").args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ]),
+            TIMEOUT,
+        );
+        // Another test may have created it meanwhile (useradd then exits 9).
+        assert!(
+            out.status.success() || lookup().is_some(),
+            "useradd {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let user = lookup().expect("the user just created");
+    (user.uid.as_raw(), user.gid.as_raw())
+}
+
+/// Says on the real stderr that a test did not run and why. `eprintln!` would be captured
+/// by the test harness and shown only on failure; a skipped test passes, so the line
+/// is written to the descriptor itself.
+pub fn skip(test: &str, why: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
 }
