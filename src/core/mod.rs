@@ -6,6 +6,8 @@
 //! - [`delivery`]: getting an injected script picked up by the target, the one policy.
 //! - [`ptrace_policy`]: who may attach to whom under Yama, and whether a grant helps.
 //! - [`wire`]: the pipe protocol's parsing and formatting.
+//! - [`client`]: the client's REPL (its own driver contract and state diagram), and in
+//!   [`client::trust`] what the client trusts before it sends or runs anything.
 //! - [`journal`]: the journal's records and its replay (the same fold, effects rendered).
 //!
 //! # Driver contract
@@ -23,6 +25,7 @@
 //! answered with an `ERROR:` reply; it is never an `Err` of the core. Driver misuse (an
 //! input that cannot come in the current state) is a bug: a debug assertion.
 #![deny(clippy::wildcard_enum_match_arm)]
+pub mod client;
 pub mod delivery;
 pub mod journal;
 pub mod ptrace_policy;

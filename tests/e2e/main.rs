@@ -3,6 +3,9 @@
 
 mod attach;
 mod cli_durations;
+mod client_pty;
+mod client_session;
+mod client_trust;
 mod conformance;
 mod flood;
 mod inject;

@@ -415,6 +415,390 @@ pub fn raw(controller: &Controller, bytes: &[u8], n: usize) -> Vec<String> {
         .collect()
 }
 
+/// Whether the tests run as root, and so can make processes and files of another uid.
+/// Tests whose other-uid half needs it print a visible skip otherwise.
+pub fn can_use_another_uid() -> bool {
+    nix::unistd::geteuid().is_root() && Path::new("/usr/bin/setpriv").exists()
+}
+
+/// The uid the other-uid tests use: `nobody` on Debian.
+pub const OTHER_UID: u32 = 65534;
+
+/// A directory with FIFOs `control` and `response` served by a thread of this test that
+/// answers like a controller: `TARGET_PID <pid>` for the pid it was given, `READY` to
+/// anything else. It stands for a controller someone else runs, so the client under test
+/// cannot tell it from a real one; what it received is kept in `received`.
+pub struct FakeController {
+    pub dir: PathBuf,
+    pub received: Receiver<String>,
+    _tmp: tempfile::TempDir,
+}
+
+impl FakeController {
+    /// Serves in a new 0700 directory with 0600 FIFOs, then hands both to `owner`.
+    pub fn serve(target_pid: u32, owner: u32) -> FakeController {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pipes");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        for name in ["control", "response"] {
+            nix::unistd::mkfifo(
+                &dir.join(name),
+                nix::sys::stat::Mode::from_bits_truncate(0o600),
+            )
+            .unwrap();
+            std::os::unix::fs::lchown(dir.join(name), Some(owner), Some(owner)).unwrap();
+        }
+        std::os::unix::fs::lchown(&dir, Some(owner), Some(owner)).unwrap();
+        // Read-write: the FIFO never reports EOF between clients.
+        let control = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join("control"))
+            .unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let response = dir.join("response");
+        std::thread::spawn(move || {
+            for line in BufReader::new(control).lines() {
+                let Ok(line) = line else { return };
+                let reply = if line.eq_ignore_ascii_case("GET_TARGET_PID") {
+                    format!("TARGET_PID {target_pid}\n")
+                } else {
+                    "READY\n".to_string()
+                };
+                if let Ok(mut out) = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&response)
+                {
+                    let _ = out.write_all(reply.as_bytes());
+                }
+                // The test ended: nobody listens any more.
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        FakeController {
+            dir,
+            received: rx,
+            _tmp: tmp,
+        }
+    }
+
+    /// The lines received so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.received.try_iter().collect()
+    }
+}
+
+impl Drop for FakeController {
+    /// One more line wakes the serving thread, which then finds nobody listening and ends.
+    fn drop(&mut self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        drop(std::mem::replace(
+            &mut self.received,
+            crossbeam_channel::never(),
+        ));
+        if let Ok(mut control) = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(self.dir.join("control"))
+        {
+            let _ = control.write_all(b"\n");
+        }
+    }
+}
+
+/// A running process whose executable was deleted after it started and replaced, under
+/// the same name, by a script that leaves a file named after the uid that ran it: what a
+/// user who wants someone else to run their code would plant for a client that runs the
+/// target's `/proc/PID/exe`.
+pub struct ReplacedExecutable {
+    pub pid: u32,
+    /// Where the script would leave its marker files.
+    pub dir: PathBuf,
+    _process: KillOnDrop,
+    _tmp: tempfile::TempDir,
+}
+
+impl ReplacedExecutable {
+    /// Starts a copy of `sleep` named `python3.14` as `uid` (through `setpriv` when it is
+    /// not ours), then swaps the file for the script.
+    pub fn start(uid: u32) -> ReplacedExecutable {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::lchown(&dir, Some(uid), Some(uid)).unwrap();
+        let exe = dir.join("python3.14");
+        std::fs::copy("/bin/sleep", &exe).unwrap();
+        std::os::unix::fs::lchown(&exe, Some(uid), Some(uid)).unwrap();
+        let mut command = if uid == nix::unistd::getuid().as_raw() {
+            Command::new(&exe)
+        } else {
+            let mut setpriv = Command::new("setpriv");
+            setpriv
+                .arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .arg("--clear-groups")
+                .arg(&exe);
+            setpriv
+        };
+        let child = command.arg("120").spawn().unwrap();
+        let pid = child.id();
+        let process = KillOnDrop(Some(child));
+        // setpriv execs in place: wait until the pid runs the copy (no event for an exec).
+        let deadline = Instant::now() + TIMEOUT;
+        while std::fs::read_link(format!("/proc/{pid}/exe")).map_or(true, |l| l != exe) {
+            assert!(Instant::now() < deadline, "{} never ran", exe.display());
+            std::thread::yield_now();
+        }
+        std::fs::remove_file(&exe).unwrap();
+        std::fs::write(
+            &exe,
+            format!(
+                "#!/bin/sh\ntouch '{}/ran-as-uid-'\"$(id -u)\"\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::lchown(&exe, Some(uid), Some(uid)).unwrap();
+        ReplacedExecutable {
+            pid,
+            dir,
+            _process: process,
+            _tmp: tmp,
+        }
+    }
+
+    /// The markers the script left: one per uid it ran as.
+    pub fn markers(&self) -> Vec<String> {
+        std::fs::read_dir(&self.dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("ran-as-uid-"))
+            .collect()
+    }
+}
+
+/// `heli-client` on a pseudo-terminal of its own (a new session whose controlling
+/// terminal it is), as a user runs it. The screen is read by a thread and awaited with
+/// deadlines; the client is killed when this drops.
+pub struct PtyClient {
+    /// The client, or the shell that runs it.
+    pub client: KillOnDrop,
+    /// The client's own pid.
+    client_pid: u32,
+    master: std::fs::File,
+    rx: Receiver<Vec<u8>>,
+    /// What the terminal showed since the last [`PtyClient::mark`].
+    pub screen: String,
+}
+
+impl PtyClient {
+    pub fn start(dir: &Path, envs: &[(&str, &str)]) -> PtyClient {
+        PtyClient::start_with(dir, &[], envs)
+    }
+
+    pub fn start_with(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> PtyClient {
+        let mut command = Command::new(bin("heli-client"));
+        command.arg("--pipe-dir").arg(dir).args(args);
+        PtyClient::spawn(command, envs, false)
+    }
+
+    /// As a user runs it: a shell leads the terminal's session and runs the client as its
+    /// child, so the client's end hangs nothing up (a session leader's end would send
+    /// SIGHUP to everything on the terminal and hide what the client itself leaves).
+    pub fn start_under_shell(dir: &Path) -> PtyClient {
+        let mut command = Command::new("/bin/sh");
+        command
+            .arg("-c")
+            // The shell outlives the client like a user's shell; it is killed at the end.
+            .arg("\"$0\" --pipe-dir \"$1\"; exec sleep 600")
+            .arg(bin("heli-client"))
+            .arg(dir);
+        PtyClient::spawn(command, &[], true)
+    }
+
+    fn spawn(mut command: Command, envs: &[(&str, &str)], under_shell: bool) -> PtyClient {
+        use std::os::fd::OwnedFd;
+        use std::os::unix::process::CommandExt;
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let slave: OwnedFd = pty.slave;
+        command
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave.try_clone().unwrap()))
+            .env("TERM", "dumb")
+            .envs(envs.iter().copied());
+        // SAFETY: setsid and ioctl are async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                libc::setsid();
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+                Ok(())
+            });
+        }
+        let child = command.spawn().unwrap();
+        drop(slave);
+        let master = std::fs::File::from(pty.master);
+        let mut reader = master.try_clone().unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+        });
+        let leader = child.id();
+        let client = KillOnDrop(Some(child));
+        let client_pid = if under_shell {
+            // The shell forks the client: wait for its child to appear (no event for it).
+            let deadline = Instant::now() + TIMEOUT;
+            loop {
+                if let [pid] = children_of(leader).as_slice() {
+                    break *pid;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the shell never started the client"
+                );
+                std::thread::yield_now();
+            }
+        } else {
+            leader
+        };
+        PtyClient {
+            client,
+            client_pid,
+            master,
+            rx,
+            screen: String::new(),
+        }
+    }
+
+    /// The client's pid.
+    pub fn pid(&self) -> u32 {
+        self.client_pid
+    }
+
+    /// Waits until the screen shows `needle` (since the last mark).
+    pub fn wait_for(&mut self, needle: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !self.screen.contains(needle) {
+            match self.rx.recv_deadline(deadline) {
+                Ok(bytes) => self.screen.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(_) => panic!(
+                    "terminal never showed {needle:?}; screen so far:\n{}",
+                    self.screen
+                ),
+            }
+        }
+    }
+
+    /// Forgets what was shown so far.
+    pub fn mark(&mut self) {
+        self.screen.clear();
+    }
+
+    pub fn type_text(&mut self, text: &str) {
+        self.master.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// Whether the terminal is in its ordinary (cooked) mode: canonical input and echo,
+    /// as a shell expects it back (through the master, Linux reports the pty's modes).
+    pub fn is_cooked(&self) -> bool {
+        use nix::sys::termios::{tcgetattr, LocalFlags};
+        let modes = tcgetattr(&self.master).expect("tcgetattr on the pty");
+        modes
+            .local_flags
+            .contains(LocalFlags::ICANON | LocalFlags::ECHO)
+    }
+
+    /// Waits for the client to exit; its exit code.
+    pub fn wait(&mut self) -> Option<i32> {
+        let status = wait_with_deadline(self.client.0.as_mut().unwrap(), TIMEOUT);
+        self.client.0 = None;
+        status.code()
+    }
+}
+
+/// The children of `pid` (its main thread's), from `/proc`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// A process that is not our child, watched through a pidfd: its end is an event.
+pub struct Watched {
+    pub pid: u32,
+    pidfd: std::os::fd::OwnedFd,
+}
+
+impl Watched {
+    pub fn new(pid: u32) -> Watched {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        assert!(
+            fd >= 0,
+            "pidfd_open({pid}): {}",
+            std::io::Error::last_os_error()
+        );
+        Watched {
+            pid,
+            // SAFETY: a fresh descriptor that nothing else owns.
+            pidfd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) },
+        }
+    }
+
+    /// Whether the process ended within `within` (the pidfd becomes readable).
+    pub fn ends_within(&self, within: Duration) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut fds = libc::pollfd {
+            fd: self.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(within.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut fds, 1, ms) == 1 }
+    }
+}
+
+impl Watched {
+    /// SIGKILL through the pidfd: never a process that reused the pid.
+    pub fn kill(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal on our own pidfd.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+}
+
+impl Drop for Watched {
+    /// A process that would outlive its test is killed.
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 #[test]
 fn output_within_kills_a_command_past_its_deadline() {
     let mut sleeper = Command::new("sleep");
