@@ -59,3 +59,18 @@ record-sessions:
     cargo test --test e2e record_sessions -- --ignored --exact sessions::record_sessions
     INSTA_UPDATE=always cargo test --test e2e recorded_sessions || true
     @echo "review: git diff tests/fixtures/sessions tests/e2e/snapshots"
+
+# The bounded fuzz run CI calls: fixed seed, 5,000 core and 20,000 wire cases (< 60 s)
+fuzz-short:
+    cargo test --test fuzz -- --nocapture
+
+# The long fuzz run: SECONDS of wire, framer and core cases from a fresh seed (or
+# FUZZ_SEED=...), optimised but with debug assertions on, since the core's checks for
+# driver misuse are debug assertions; prints executions and how deep the cases went
+fuzz SECONDS="600":
+    CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS=true \
+        FUZZ_SECONDS={{SECONDS}} cargo test --release --target-dir target/fuzz --test fuzz long -- --ignored --nocapture
+
+# 1,000 attach/detach cycles (real pdb) against one counter.py target: RSS, fds, cycle times
+soak CYCLES="1000": build
+    scripts/soak.sh {{CYCLES}}
