@@ -14,6 +14,7 @@
 #![allow(clippy::disallowed_methods)]
 mod bytes;
 mod core;
+mod findings;
 mod wire;
 
 use bytes::{hex, unhex, Rng};
