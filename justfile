@@ -64,13 +64,14 @@ record-sessions:
 fuzz-short:
     cargo test --test fuzz -- --nocapture
 
-# The long fuzz run: SECONDS of wire, framer and core cases from a fresh seed (or
-# FUZZ_SEED=...), optimised but with debug assertions on, since the core's checks for
-# driver misuse are debug assertions; prints executions and how deep the cases went
+# Optimised but with debug assertions on: the core's driver-misuse checks are debug
+# assertions. FUZZ_SEED=... repeats a run.
+# The long fuzz run from a fresh seed: prints executions, rate and how deep cases went
 fuzz SECONDS="600":
     CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS=true \
         FUZZ_SECONDS={{SECONDS}} cargo test --release --target-dir target/fuzz --test fuzz long -- --ignored --nocapture
 
-# 1,000 attach/detach cycles (real pdb) against one counter.py target: RSS, fds, cycle times
-soak CYCLES="1000": build
-    scripts/soak.sh {{CYCLES}}
+# MODE=grant: GRANT_ACCESS exchanges alone (the controller's injection path, no pdb).
+# Attach/detach cycles (real pdb) against one target: RSS, fds, threads, cycle p50/p99
+soak CYCLES="1000" MODE="pdb": build
+    scripts/soak.sh {{CYCLES}} {{MODE}}

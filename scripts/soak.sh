@@ -6,10 +6,14 @@
 # loads what every later one reuses), every 100 cycles and at the end, then the cycle
 # time p50/p99/max. Fails if a cycle fails or if fds or threads grew after the warm-up.
 #
-# usage: scripts/soak.sh [CYCLES]      (needs target/release from `just build`)
+# With MODE `grant`, a cycle is one GRANT_ACCESS exchange on the pipes and no pdb: the
+# controller's injection path alone, to tell its growth from pdb's.
+#
+# usage: scripts/soak.sh [CYCLES] [pdb|grant]   (needs target/release from `just build`)
 set -euo pipefail
 
 cycles=${1:-1000}
+mode=${2:-pdb}
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=$root/target/release
 python=$("$root/scripts/provision-python.sh")
@@ -73,7 +77,28 @@ row() { # label
     last_row=("${c[@]}" "${t[@]}")
 }
 
-echo "soak: $cycles attach/detach cycles, controller $ctl, target $target ($python)"
+if [[ $mode == grant ]]; then
+    # Held open read-write for the whole run: the reply never meets a pipe without a
+    # reader, and no open blocks.
+    exec 4<>"$work/pipes/response"
+fi
+
+cycle() { # -> output of one cycle; fails if the cycle failed
+    if [[ $mode == grant ]]; then
+        # Our own shell is the client: a live process of our uid.
+        printf 'GRANT_ACCESS %d\n' $$ >"$work/pipes/control"
+        local reply
+        IFS= read -r -t 10 -u 4 reply || return 1
+        [[ $reply == READY ]] && echo "Permission granted, Debugger detached"
+        echo "$reply"
+    else
+        # The client's own --timeout covers the exchange; `timeout` bounds pdb as well.
+        printf 'attach\np counter\nq\nquit\n' |
+            timeout -k 5 30 "$bin/heli-client" --pipe-dir "$work/pipes" --timeout 10 2>&1
+    fi
+}
+
+echo "soak ($mode): $cycles attach/detach cycles, controller $ctl, target $target ($python)"
 printf '%-10s %12s %8s %8s %12s %8s %8s %12s\n' cycle "ctl RSS kB" "ctl fds" "ctl thr" \
     "tgt RSS kB" "tgt fds" "tgt thr" "journal B"
 row start
@@ -82,9 +107,7 @@ times=()
 started=$EPOCHREALTIME
 for ((i = 1; i <= cycles; i++)); do
     t0=$EPOCHREALTIME
-    # The client's own --timeout covers the exchange; `timeout` bounds pdb as well.
-    if ! out=$(printf 'attach\np counter\nq\nquit\n' |
-        timeout -k 5 30 "$bin/heli-client" --pipe-dir "$work/pipes" --timeout 10 2>&1); then
+    if ! out=$(cycle); then
         echo "soak: cycle $i failed:" >&2
         echo "$out" >&2
         exit 1
