@@ -127,7 +127,8 @@ fn long() {
     eprintln!(
         "fuzz: {index} executions ({} core, {wire_cases} wire) in {elapsed:.1} s = {:.0}/s; \
          core inputs fed {}, lines {}, replies {}, grants {}, delivery steps {}, \
-         READY to grants {}, entries into attached {}",
+         READY to grants {}, entries into attached {}, grant timeouts {}; \
+         tolerated findings: blank queued lines answered {}, pid 1 grant steps {}",
         stats.cases,
         index as f64 / elapsed,
         stats.inputs,
@@ -136,7 +137,10 @@ fn long() {
         stats.grants,
         stats.delivers,
         stats.readies_for_grants,
-        stats.attached_entries
+        stats.attached_entries,
+        stats.grant_timeouts,
+        stats.blank_replies,
+        stats.pid1_grants
     );
 }
 
