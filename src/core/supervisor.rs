@@ -921,6 +921,13 @@ impl Supervisor {
         client: u32,
         out: &mut Vec<Effect>,
     ) -> State {
+        if client == 1 {
+            reply(
+                out,
+                Reply::Error("pid 1 is init: it is never declared the target's ptracer".into()),
+            );
+            return state;
+        }
         if client == self.config.target_pid {
             reply(
                 out,
@@ -1249,7 +1256,12 @@ impl Supervisor {
 
     fn terminate(&mut self, exit: ControllerExit, out: &mut Vec<Effect>) -> State {
         let target = self.config.target_pid;
-        for _ in self.queued.drain(..) {
+        // Blank lines get no reply anywhere (see `on_line`), and not here either: the
+        // next client would read it as its own.
+        for frame in self.queued.drain(..) {
+            if matches!(&frame, Frame::Text { text, .. } if text.is_empty() || text == "\r") {
+                continue;
+            }
             out.push(Effect::Reply {
                 reply: Reply::Error(format!("target process {target} is not running")),
             });
