@@ -88,6 +88,12 @@ fn core_short() {
     assert!(stats.attached_entries > cases / 2, "{stats:?}");
     assert!(stats.readies_for_grants > cases / 2, "{stats:?}");
     assert!(stats.delivers > 2 * cases, "{stats:?}");
+    // Grants end every way they can: given back, on the holder's exit, at expiry.
+    assert!(stats.revocations_done > cases / 4, "{stats:?}");
+    assert!(stats.revocations_failed > cases / 20, "{stats:?}");
+    assert!(stats.revoke_readies > cases / 10, "{stats:?}");
+    assert!(stats.holder_exits > cases / 10, "{stats:?}");
+    assert!(stats.expiries > cases / 10, "{stats:?}");
     eprintln!("core_short: {stats:?}");
 }
 
@@ -127,8 +133,10 @@ fn long() {
     eprintln!(
         "fuzz: {index} executions ({} core, {wire_cases} wire) in {elapsed:.1} s = {:.0}/s; \
          core inputs fed {}, lines {}, replies {}, grants {}, delivery steps {}, \
-         READY to grants {}, entries into attached {}, grant timeouts {}; \
-         tolerated findings: blank queued lines answered {}, pid 1 grant steps {}",
+         READY to grants {}, entries into attached {}, grant timeouts {}, \
+         revocations {} (done {}, failed {}; by REVOKE_ACCESS {}, exit {}, expiry {}), \
+         REVOKE_ACCESS refused {}, exits ignored {}, terminal signals {}; \
+         tolerated findings: revocation steps naming the holder {}, unasked replies {}",
         stats.cases,
         index as f64 / elapsed,
         stats.inputs,
@@ -139,8 +147,17 @@ fn long() {
         stats.readies_for_grants,
         stats.attached_entries,
         stats.grant_timeouts,
-        stats.blank_replies,
-        stats.pid1_grants
+        stats.revocations,
+        stats.revocations_done,
+        stats.revocations_failed,
+        stats.revoke_readies,
+        stats.holder_exits,
+        stats.expiries,
+        stats.revoke_errors,
+        stats.ignored_exits,
+        stats.kernel_signals,
+        stats.revoke_steps_naming_holder,
+        stats.spurious_revoke_replies
     );
 }
 
