@@ -11,3 +11,5 @@ pub mod inject;
 pub mod journal_writer;
 pub mod pipes;
 pub mod procfs;
+pub mod socket_exchange;
+pub mod socket_server;
