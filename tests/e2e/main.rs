@@ -9,4 +9,5 @@ mod lifecycle;
 mod protocol;
 mod replies;
 mod sessions;
+mod socket;
 mod support;
