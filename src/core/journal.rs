@@ -409,7 +409,11 @@ mod tests {
 
     #[test]
     fn an_unknown_format_is_refused() {
-        let text = sample().replacen(&format!(r#""format":{JOURNAL_FORMAT}"#), r#""format":99"#, 1);
+        let text = sample().replacen(
+            &format!(r#""format":{JOURNAL_FORMAT}"#),
+            r#""format":99"#,
+            1,
+        );
         assert_ne!(text, sample());
         assert_eq!(
             replay(&text, false).unwrap_err(),
@@ -454,7 +458,10 @@ mod tests {
     fn fifo_records_are_format_2_records_and_format_2_still_replays() {
         let text = sample();
         for field in [r#""origin""#, r#""to""#, r#""asker""#, r#""kinship""#] {
-            assert!(!text.contains(field), "{field} in a FIFO-only journal: {text}");
+            assert!(
+                !text.contains(field),
+                "{field} in a FIFO-only journal: {text}"
+            );
         }
         let old = text.replacen(&format!(r#""format":{JOURNAL_FORMAT}"#), r#""format":2"#, 1);
         assert_ne!(old, text);
@@ -546,10 +553,12 @@ pub fn replay(text: &str, check: bool) -> Result<Replay, ReplayError> {
                 .ok()
                 .and_then(|v| v.get("format").and_then(|f| f.as_u64()));
             return Err(match format {
-                Some(found) if !READABLE_FORMATS.iter().any(|&f| u64::from(f) == found) => ReplayError::UnknownFormat {
-                    line: 1,
-                    found: found as u32,
-                },
+                Some(found) if !READABLE_FORMATS.iter().any(|&f| u64::from(f) == found) => {
+                    ReplayError::UnknownFormat {
+                        line: 1,
+                        found: found as u32,
+                    }
+                }
                 _ => e,
             });
         }

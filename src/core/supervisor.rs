@@ -862,9 +862,7 @@ impl Supervisor {
                 });
                 self.begin_stop(now, state, StopReason::Requested, out)
             }
-            (state, Command::GrantAccess { pid }) => {
-                self.begin_grant(now, state, pid, origin, out)
-            }
+            (state, Command::GrantAccess { pid }) => self.begin_grant(now, state, pid, origin, out),
         }
     }
 

@@ -574,7 +574,10 @@ fn reach(state: &str) -> Harness {
             h.on(line(&format!("GRANT_ACCESS {CLIENT}")));
         }
         "inspecting_socket" => {
-            h.on(line_from(&format!("GRANT_ACCESS {CLIENT}"), socket(1, ASKER)));
+            h.on(line_from(
+                &format!("GRANT_ACCESS {CLIENT}"),
+                socket(1, ASKER),
+            ));
         }
         "delivering" => {
             h.grant_delivering(CLIENT, 1);
@@ -760,7 +763,10 @@ fn a_socket_reply_goes_to_its_connection() {
 #[case::its_child(Kinship::Descendant)]
 fn a_socket_grant_for_the_asker_or_its_descendant_is_carried_out(#[case] kinship: Kinship) {
     let mut h = Harness::new(Yama::Scope(1));
-    let effects = h.on(line_from(&format!("GRANT_ACCESS {CLIENT}"), socket(3, ASKER)));
+    let effects = h.on(line_from(
+        &format!("GRANT_ACCESS {CLIENT}"),
+        socket(3, ASKER),
+    ));
     assert_eq!(
         effects,
         vec![Effect::InspectClient {
@@ -787,7 +793,10 @@ fn a_socket_grant_for_the_asker_or_its_descendant_is_carried_out(#[case] kinship
 #[test]
 fn a_socket_grant_for_a_stranger_is_refused_and_never_reaches_prctl() {
     let mut h = Harness::new(Yama::Scope(1));
-    h.on(line_from(&format!("GRANT_ACCESS {CLIENT}"), socket(3, ASKER)));
+    h.on(line_from(
+        &format!("GRANT_ACCESS {CLIENT}"),
+        socket(3, ASKER),
+    ));
     let effects = h.on(Input::ClientInspected {
         pid: CLIENT,
         facts: running_as(Kinship::Unrelated),
@@ -847,7 +856,9 @@ fn a_socket_peer_of_another_uid_is_refused_everything(#[case] text: &str) {
 fn lines_queued_behind_a_grant_keep_their_order_and_their_destinations() {
     let mut h = Harness::new(Yama::Scope(1));
     let grant = h.grant_delivering(CLIENT, 1);
-    assert!(h.on(line_from("GET_TARGET_PID", socket(1, ASKER))).is_empty());
+    assert!(h
+        .on(line_from("GET_TARGET_PID", socket(1, ASKER)))
+        .is_empty());
     assert!(h.on(line("GET_TARGET_PID")).is_empty());
     assert!(h.on(line_from("bogus", socket(2, ASKER))).is_empty());
     assert!(h.on(line("")).is_empty());
@@ -857,13 +868,18 @@ fn lines_queued_behind_a_grant_keep_their_order_and_their_destinations() {
     assert_eq!(got[0], (ReplyTo::Fifo, Reply::Ready));
     assert_eq!(got[1], (conn(1), Reply::TargetPid(TARGET)));
     assert_eq!(got[2], (ReplyTo::Fifo, Reply::TargetPid(TARGET)));
-    assert!(matches!(&got[3], (to, Reply::Error(m)) if *to == conn(2) && m.contains("unknown command 'bogus'")));
+    assert!(
+        matches!(&got[3], (to, Reply::Error(m)) if *to == conn(2) && m.contains("unknown command 'bogus'"))
+    );
 }
 
 #[test]
 fn a_grant_asked_on_the_socket_is_answered_there_when_the_target_exits() {
     let mut h = Harness::new(Yama::Scope(1));
-    h.on(line_from(&format!("GRANT_ACCESS {CLIENT}"), socket(5, ASKER)));
+    h.on(line_from(
+        &format!("GRANT_ACCESS {CLIENT}"),
+        socket(5, ASKER),
+    ));
     h.on(line_from("GET_TARGET_PID", socket(6, ASKER)));
     let effects = h.on(Input::TargetExited {
         status: ExitStatus::Code(0),
@@ -871,7 +887,9 @@ fn a_grant_asked_on_the_socket_is_answered_there_when_the_target_exits() {
     let got = reply_to(&effects);
     assert_eq!(got.len(), 2, "{got:?}");
     assert!(matches!(&got[0], (to, Reply::Error(m)) if *to == conn(5) && m.contains("exited")));
-    assert!(matches!(&got[1], (to, Reply::Error(m)) if *to == conn(6) && m.contains("not running")));
+    assert!(
+        matches!(&got[1], (to, Reply::Error(m)) if *to == conn(6) && m.contains("not running"))
+    );
 }
 
 #[test]
@@ -897,7 +915,10 @@ fn legacy_terminate_is_answered_on_the_socket_only() {
 fn transcript_of_a_socket_session() {
     let mut h = Harness::new(Yama::Scope(1));
     h.at(5, line_from("GET_TARGET_PID", socket(1, ASKER)));
-    h.at(10, line_from(&format!("GRANT_ACCESS {CLIENT}"), socket(2, ASKER)));
+    h.at(
+        10,
+        line_from(&format!("GRANT_ACCESS {CLIENT}"), socket(2, ASKER)),
+    );
     h.at(
         11,
         Input::ClientInspected {

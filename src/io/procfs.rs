@@ -153,7 +153,11 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(child_kin, Kinship::Descendant);
-        assert_eq!(parent_kin, Kinship::Unrelated, "a parent is not a descendant");
+        assert_eq!(
+            parent_kin,
+            Kinship::Unrelated,
+            "a parent is not a descendant"
+        );
         assert_eq!(kinship(1, me), Kinship::Unrelated);
         assert_eq!(kinship(u32::MAX, me), Kinship::Unrelated, "no such process");
     }

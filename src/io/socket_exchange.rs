@@ -96,7 +96,12 @@ pub fn exchange_socket_raw(
         .map_err(|e| io_err("the control socket", e))?;
     match stream.write_all(format!("{line}\n").as_bytes()) {
         Ok(()) => {}
-        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
             return Err(timed_out())
         }
         Err(e) => return Err(io_err("writing to the control socket", e)),
@@ -141,7 +146,11 @@ pub fn exchange_socket_raw(
             Ok(n) => reply.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             // The read timeout: the loop checks the deadline.
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
             Err(e) => return Err(io_err("reading the reply", e)),
         }
     }
@@ -174,8 +183,12 @@ fn connect_by(dir: &Path, deadline: Instant) -> Result<Option<UnixStream>, Socke
         .map_err(|e| io_err("creating a socket", e.into()))?;
         // At least 1 µs: a zero SO_SNDTIMEO would mean "wait forever".
         let micros = left.as_micros().clamp(1, i64::MAX as u128) as i64;
-        setsockopt(&fd, sockopt::SendTimeout, &TimeVal::new(micros / 1_000_000, micros % 1_000_000))
-            .map_err(|e| io_err("the control socket", e.into()))?;
+        setsockopt(
+            &fd,
+            sockopt::SendTimeout,
+            &TimeVal::new(micros / 1_000_000, micros % 1_000_000),
+        )
+        .map_err(|e| io_err("the control socket", e.into()))?;
         match connect(fd.as_raw_fd(), &address) {
             Ok(()) => return Ok(Some(UnixStream::from(fd))),
             // A signal interrupted the wait; the socket is still unconnected: again.

@@ -279,7 +279,9 @@ impl Server {
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {
-                    log(&format!("control socket: poll failed: {e}; closing the socket"));
+                    log(&format!(
+                        "control socket: poll failed: {e}; closing the socket"
+                    ));
                     return Err(Stop::OwnerGone);
                 }
             }

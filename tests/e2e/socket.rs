@@ -5,7 +5,9 @@
 //! the grant policy and the journal use.
 use crate::support::*;
 use helicopter_parent::core::journal::replay;
-use helicopter_parent::io::exchange::{exchange_raw, write_control, ExchangeError, NextLine, ResponseReader};
+use helicopter_parent::io::exchange::{
+    exchange_raw, write_control, ExchangeError, NextLine, ResponseReader,
+};
 use helicopter_parent::io::socket_exchange::{exchange_socket_raw, SocketExchangeError};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -305,7 +307,9 @@ fn the_journal_records_the_real_requester_and_replays() {
         lines.iter().all(|l| l.ends_with(&origin)),
         "each socket line names pid {me}, uid {uid}: {lines:#?}"
     );
-    assert!(text.contains(&format!(r#""effect":"inspect_client","pid":{me},"asker":{me}"#)));
+    assert!(text.contains(&format!(
+        r#""effect":"inspect_client","pid":{me},"asker":{me}"#
+    )));
     assert!(text.contains(r#""kinship":"asker""#), "{text}");
     let done = replay(&text, true).unwrap_or_else(|e| panic!("{e}"));
     assert!(done
@@ -321,7 +325,12 @@ fn exchanges_are_not_shifted_by_a_client_holding_response_without_reading() {
     let deadline = Instant::now() + Duration::from_secs(10);
     // The stuck FIFO client: holds `response` open, sends five lines, reads nothing.
     let mut stuck = ResponseReader::open(&controller.dir).unwrap();
-    write_control(&controller.dir, "GET_TARGET_PID\n".repeat(5).as_bytes(), deadline).unwrap();
+    write_control(
+        &controller.dir,
+        "GET_TARGET_PID\n".repeat(5).as_bytes(),
+        deadline,
+    )
+    .unwrap();
     let me = std::process::id();
     for i in 0..100 {
         let (line, expected) = request(0, i, me, controller.target_pid);
@@ -358,18 +367,13 @@ fn wait_stopped(pid: u32) {
     std::thread::spawn(move || {
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: waitid only fills `info`.
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid,
-                &mut info,
-                libc::WSTOPPED | libc::WNOWAIT,
-            )
-        };
+        let rc =
+            unsafe { libc::waitid(libc::P_PID, pid, &mut info, libc::WSTOPPED | libc::WNOWAIT) };
         let _ = tx.send(rc);
     });
     assert_eq!(
-        rx.recv_timeout(TIMEOUT).expect("the controller never stopped"),
+        rx.recv_timeout(TIMEOUT)
+            .expect("the controller never stopped"),
         0
     );
 }
@@ -393,7 +397,10 @@ fn a_stopped_and_continued_controller_answers_each_client_with_its_own_reply() {
     for client in stale {
         let result = client.join().unwrap();
         assert!(
-            matches!(result, Err(SocketExchangeError::Failed(ExchangeError::Timeout { .. }))),
+            matches!(
+                result,
+                Err(SocketExchangeError::Failed(ExchangeError::Timeout { .. }))
+            ),
             "{result:?}"
         );
     }
@@ -412,7 +419,10 @@ fn a_stopped_and_continued_controller_answers_each_client_with_its_own_reply() {
     // The stale requests were handled when the controller ran again; their replies had
     // nobody to go to and were dropped, and said so.
     let line = controller.stderr.wait_for("not delivered");
-    assert!(line.contains(&format!("TARGET_PID {}", controller.target_pid)), "{line}");
+    assert!(
+        line.contains(&format!("TARGET_PID {}", controller.target_pid)),
+        "{line}"
+    );
 }
 
 #[test]
@@ -431,8 +441,15 @@ fn bad_requests_get_an_error_never_a_hang() {
         reply
     };
     let target = controller.target_pid;
-    assert_eq!(ask(b"\n", false), "ERROR: empty line: a connection carries one command\n");
-    assert_eq!(ask(b"get_target_pid", true), format!("TARGET_PID {target}\n"), "a last line without newline");
+    assert_eq!(
+        ask(b"\n", false),
+        "ERROR: empty line: a connection carries one command\n"
+    );
+    assert_eq!(
+        ask(b"get_target_pid", true),
+        format!("TARGET_PID {target}\n"),
+        "a last line without newline"
+    );
     assert_eq!(
         ask(b"GET_TARGET_PID\nTERMINATE\n", false),
         format!("TARGET_PID {target}\n"),
@@ -449,7 +466,10 @@ fn bad_requests_get_an_error_never_a_hang() {
     assert!(started.elapsed() < Duration::from_secs(9));
     // A connection that leaves without a word costs nothing: the controller still serves.
     drop(UnixStream::connect(&path).unwrap());
-    assert_eq!(ask(b"GET_TARGET_PID\n", false), format!("TARGET_PID {target}\n"));
+    assert_eq!(
+        ask(b"GET_TARGET_PID\n", false),
+        format!("TARGET_PID {target}\n")
+    );
 }
 
 #[test]
@@ -468,7 +488,10 @@ fn clients_tell_a_missing_socket_from_a_dead_one() {
     drop(std::os::unix::net::UnixListener::bind(tmp.path().join("control.sock")).unwrap());
     let err = exchange_socket_raw(tmp.path(), "GET_TARGET_PID", short).unwrap_err();
     assert!(
-        matches!(err, SocketExchangeError::Failed(ExchangeError::NotServed(_))),
+        matches!(
+            err,
+            SocketExchangeError::Failed(ExchangeError::NotServed(_))
+        ),
         "{err:?}"
     );
 }
