@@ -43,6 +43,11 @@ const REPLY_HOLD: Duration = Duration::from_secs(5);
 /// in the kernel's backlog (within their own deadlines) instead of being turned away.
 const MAX_CONNECTIONS: usize = 256;
 
+/// How long the listener rests after an accept that failed for want of resources (EMFILE,
+/// ENOBUFS): the connection stays in the backlog and the listener stays readable, so
+/// polling it at once again would spin.
+const ACCEPT_REST: Duration = Duration::from_millis(100);
+
 /// Longest `sun_path` Linux accepts, its terminating NUL included.
 const SUN_PATH_MAX: usize = 108;
 
@@ -102,6 +107,7 @@ impl SocketServer {
             dialect,
             conns: BTreeMap::new(),
             next_conn: 1,
+            accept_rest_until: None,
         };
         let thread = std::thread::Builder::new()
             .name("socket".into())
@@ -214,6 +220,8 @@ struct Server {
     dialect: Dialect,
     conns: BTreeMap<u64, Conn>,
     next_conn: u64,
+    /// Set after a failed accept: the listener is not polled until then.
+    accept_rest_until: Option<Instant>,
 }
 
 /// Why the thread stops.
@@ -249,6 +257,7 @@ impl Server {
                 }
                 Stage::Waiting => None,
             })
+            .chain(self.accept_rest_until)
             .min();
         let timeout = match nearest {
             None => PollTimeout::NONE,
@@ -257,7 +266,10 @@ impl Server {
                 PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
             }
         };
-        let accepting = self.conns.len() < MAX_CONNECTIONS;
+        if self.accept_rest_until.is_some_and(|until| now >= until) {
+            self.accept_rest_until = None;
+        }
+        let accepting = self.conns.len() < MAX_CONNECTIONS && self.accept_rest_until.is_none();
         let ids: Vec<u64> = self.conns.keys().copied().collect();
         let mut ready: Vec<(u64, PollFlags)> = Vec::new();
         let (woken, listener_ready) = {
@@ -326,9 +338,13 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // ECONNABORTED, EMFILE and the like concern one connection, not the
-                    // socket: said, and the next one is tried on the next wake-up.
-                    log(&format!("control socket: accept failed: {e}"));
+                    // EMFILE, ENOBUFS and the like: said, and the listener rests a moment
+                    // (the connection waits in the backlog) instead of spinning on it.
+                    log(&format!(
+                        "control socket: accept failed: {e}; trying again in {} ms",
+                        ACCEPT_REST.as_millis()
+                    ));
+                    self.accept_rest_until = Some(Instant::now() + ACCEPT_REST);
                     return;
                 }
             };
