@@ -495,3 +495,51 @@ fn clients_tell_a_missing_socket_from_a_dead_one() {
         "{err:?}"
     );
 }
+
+#[test]
+fn a_socket_left_by_a_killed_controller_refuses_and_the_next_controller_replaces_it() {
+    let mut first = Controller::start("counter.py");
+    let dir = first.dir.clone();
+    first.signal(libc::SIGKILL);
+    let status = wait_with_deadline(&mut first.child, TIMEOUT);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    assert!(dir.join("control.sock").exists(), "left behind by SIGKILL");
+    let err = exchange_socket_raw(&dir, "GET_TARGET_PID", Duration::from_secs(2)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SocketExchangeError::Failed(ExchangeError::NotServed(_))
+        ),
+        "{err:?}"
+    );
+    let second = Command::new(bin("heli-controller"))
+        .arg("--pipe-dir")
+        .arg(&dir)
+        .arg("--python")
+        .arg(python())
+        .arg(fixture("counter.py"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut second = KillOnDrop(Some(second));
+    let mut stderr = Lines::spawn(second.0.as_mut().unwrap().stderr.take().unwrap());
+    let started = stderr.wait_for(" started: ");
+    let target: u32 = started.split_whitespace().nth(2).unwrap().parse().unwrap();
+    stderr.wait_for("listening on");
+    assert_eq!(
+        exchange_socket_raw(&dir, "GET_TARGET_PID", Duration::from_secs(10)).unwrap(),
+        format!("TARGET_PID {target}")
+    );
+    assert_eq!(
+        exchange_socket_raw(&dir, "TERMINATE", Duration::from_secs(10)).unwrap(),
+        "READY"
+    );
+    let status = wait_with_deadline(second.0.as_mut().unwrap(), TIMEOUT);
+    second.0 = None;
+    assert_eq!(status.code(), Some(0));
+}
