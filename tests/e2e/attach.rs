@@ -47,6 +47,7 @@ fn twenty_attach_cycles_in_one_client_session() {
         dir_entries(&controller.dir),
         [
             "control".to_string(),
+            "control.sock".to_string(),
             format!("journal-{}.jsonl", controller.child.id()),
             "response".to_string(),
         ]

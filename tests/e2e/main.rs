@@ -15,5 +15,6 @@ mod pipe_dir_security;
 mod protocol;
 mod replies;
 mod sessions;
+mod socket;
 mod support;
 mod tree_stop;
