@@ -1,0 +1,166 @@
+//! Every common build of the minor version under test, through the whole user journey:
+//! Debian's debug build, the interpreter in a shared libpython run by a launcher (how
+//! `--enable-shared` builds and embedding programs run), targets that imported `ctypes`
+//! (gh-144563: a second libpython mapping), and versions this build does not know.
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use helicopter_parent::io::inject::{PythonProcess, RuntimeFoundBy, ThreadChoice};
+use helicopter_parent::pyruntime::supported_versions;
+use object::{Object, ObjectSection};
+
+use crate::support::*;
+
+#[test]
+fn debug_build_seed_session() {
+    let python = python_build("dbg");
+    let controller = Controller::start_target(&TargetSpec::new(&python, "counter.py"), &[]);
+    assert_seed_session(controller);
+}
+
+#[test]
+fn shared_libpython_seed_session() {
+    let python = python_build("shared");
+    let controller = Controller::start_target(&TargetSpec::new(&python, "counter.py"), &[]);
+    assert_seed_session(controller);
+}
+
+#[test]
+fn ctypes_target_seed_session() {
+    let controller = Controller::start_target(&TargetSpec::new(python(), "counter_ctypes.py"), &[]);
+    assert_seed_session(controller);
+}
+
+#[test]
+fn ctypes_target_on_shared_libpython_seed_session() {
+    let python = python_build("shared");
+    let target = TargetSpec::new(&python, "counter_ctypes.py");
+    assert_seed_session(Controller::start_target(&target, &[]));
+}
+
+/// libpython of the minor under test, as the shared build ships it.
+fn libpython() -> PathBuf {
+    let (major, minor) = python_minor();
+    let launcher = python_build("shared");
+    let prefix = launcher.parent().unwrap().parent().unwrap();
+    prefix.join(format!(
+        "lib/x86_64-linux-gnu/libpython{major}.{minor}.so.1.0"
+    ))
+}
+
+#[test]
+fn a_libpython_loaded_through_ctypes_into_a_static_interpreter_is_ignored() {
+    // gh-144563 as it happens in the field: an interpreter with its runtime in the
+    // executable, and a second, never-initialised runtime in a libpython that something
+    // loaded after `_ctypes`. pdb (CPython's own search) must cope too, and does.
+    let target = TargetSpec::new(python(), "counter_ctypes.py").arg(libpython().to_str().unwrap());
+    let mut controller = Controller::start_target(&target, &[]);
+    controller.stdout.wait_for("counter ready");
+    let maps = fs::read_to_string(format!("/proc/{}/maps", controller.target_pid)).unwrap();
+    assert!(maps.contains("libpython"), "the second runtime is mapped");
+    assert_seed_session(controller);
+}
+
+#[test]
+fn a_second_libpython_mapped_before_the_real_one_is_skipped() {
+    // The harder order: in a shared-libpython process, a copy of libpython loaded later
+    // sits at a lower address, so /proc/PID/maps lists it first. Its `.PyRuntime` holds the
+    // cookie (initial data) but never an interpreter; the injector must skip it.
+    let (major, minor) = python_minor();
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp
+        .path()
+        .join(format!("libpython{major}.{minor}-second.so.1.0"));
+    fs::copy(libpython(), &copy).unwrap();
+    let python = python_build("shared");
+    let mut child = KillOnDrop(Some(
+        Command::new(&python)
+            .arg(fixture("counter_ctypes.py"))
+            .arg(&copy)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let target = child.0.as_mut().unwrap();
+    let pid = target.id() as i32;
+    let mut stdout = Lines::spawn(target.stdout.take().unwrap());
+    stdout.wait_for("counter ready");
+
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let first = maps.find("-second.so").expect("the copy is mapped");
+    let real = maps
+        .find(libpython().to_str().unwrap())
+        .expect("libpython is mapped");
+    assert!(
+        first < real,
+        "the copy must come first in maps order:\n{maps}"
+    );
+
+    let process = PythonProcess::open(pid).unwrap();
+    match process.runtime_found_by() {
+        RuntimeFoundBy::Section { elf } => {
+            assert!(!elf.contains("-second.so"), "took the dormant copy: {elf}")
+        }
+        other => panic!("expected the real section, got {other:?}"),
+    }
+    let script = tmp.path().join("probe.py");
+    fs::write(&script, "import os\nos.write(1, b'injected second\\n')\n").unwrap();
+    process.schedule(ThreadChoice::Main, &script).unwrap();
+    stdout.wait_for("injected second");
+}
+
+/// A copy of the interpreter under test whose `_Py_DebugOffsets.version` says `hex`: the
+/// honest stand-in for a version this build does not know. The interpreter itself never
+/// reads that field, so the copy runs normally; PYTHONHOME gives it its standard library.
+fn python_claiming(hex: u64, name: &str, dir: &Path) -> TargetSpec {
+    let mut bytes = fs::read(python()).unwrap();
+    let offset = {
+        let elf = object::File::parse(&*bytes).unwrap();
+        let section = elf.section_by_name(".PyRuntime").expect(".PyRuntime");
+        section.file_range().expect("in the file").0 as usize
+    };
+    assert_eq!(&bytes[offset..offset + 8], b"xdebugpy");
+    bytes[offset + 8..offset + 16].copy_from_slice(&hex.to_ne_bytes());
+    let copy = dir.join(name);
+    fs::write(&copy, bytes).unwrap();
+    let mut perms = fs::metadata(&copy).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    fs::set_permissions(&copy, perms).unwrap();
+    let home = python().parent().unwrap().parent().unwrap();
+    TargetSpec::new(&copy, "counter.py").env("PYTHONHOME", home)
+}
+
+fn refusal_for(target: &TargetSpec) -> String {
+    let mut controller = Controller::start_target(target, &[]);
+    controller.stdout.wait_for("counter ready");
+    let (code, out) = controller.client("attach\np counter\nq\nterminate\n");
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(controller.wait(), 0, "{out}");
+    out
+}
+
+#[test]
+fn an_unknown_minor_version_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = refusal_for(&python_claiming(0x0310_00F0, "python3.16", tmp.path()));
+    let expected = format!(
+        "runs Python 3.16.0, which is not supported; supported: {}",
+        supported_versions()
+    );
+    assert!(out.contains(&expected), "{out}");
+    assert!(out.contains("❌ Permission denied"), "{out}");
+    assert!(supported_versions().contains("3.15"));
+}
+
+#[test]
+fn a_prerelease_from_before_the_layout_froze_is_refused_by_name() {
+    // 3.15.0b3 had a different thread state: its table is not the one this build knows.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = refusal_for(&python_claiming(0x030F_00B3, "python3.15b3", tmp.path()));
+    assert!(
+        out.contains("runs Python 3.15.0b3 (a pre-release), which is not supported"),
+        "{out}"
+    );
+}
