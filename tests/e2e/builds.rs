@@ -164,3 +164,41 @@ fn a_prerelease_from_before_the_layout_froze_is_refused_by_name() {
         "{out}"
     );
 }
+
+#[test]
+fn the_controller_finds_the_minor_under_test_on_path() {
+    // Without --python and $HELI_PYTHON, `python3.X` on PATH for each supported minor.
+    let (major, minor) = python_minor();
+    let tmp = tempfile::tempdir().unwrap();
+    let bin_dir = tmp.path().join("bin");
+    fs::create_dir(&bin_dir).unwrap();
+    std::os::unix::fs::symlink(python(), bin_dir.join(format!("python{major}.{minor}"))).unwrap();
+    let dir = tmp.path().join("pipes");
+    let mut child = KillOnDrop(Some(
+        Command::new(bin("heli-controller"))
+            .arg("--pipe-dir")
+            .arg(&dir)
+            .arg(fixture("counter.py"))
+            .env("PATH", &bin_dir)
+            .env_remove("HELI_PYTHON")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let controller = child.0.as_mut().unwrap();
+    let mut stderr = Lines::spawn(controller.stderr.take().unwrap());
+    let mut stdout = Lines::spawn(controller.stdout.take().unwrap());
+    let started = stderr.wait_for(" started: ");
+    assert!(
+        started.contains(&format!("{}/python{major}.{minor} ", bin_dir.display())),
+        "{started}"
+    );
+    stdout.wait_for("counter ready");
+    let (code, out) = run_client(&dir, "attach\np counter\nq\nterminate\n", &[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(pdb_numbers(&out).len(), 1, "{out}");
+    let status = wait_with_deadline(controller, TIMEOUT);
+    assert_eq!(status.code(), Some(0));
+}
