@@ -112,9 +112,15 @@ fn a_second_libpython_mapped_before_the_real_one_is_skipped() {
 }
 
 /// A copy of the interpreter under test whose `_Py_DebugOffsets.version` says `hex`: the
-/// honest stand-in for a version this build does not know. The interpreter itself never
-/// reads that field, so the copy runs normally; PYTHONHOME gives it its standard library.
+/// honest stand-in for a version this build does not know.
 fn python_claiming(hex: u64, name: &str, dir: &Path) -> TargetSpec {
+    python_with_slot(8, hex, name, dir)
+}
+
+/// A copy of the interpreter under test with the `u64` at `position` of its
+/// `_Py_DebugOffsets` (in `.PyRuntime`) set to `value`. The interpreter itself never reads
+/// the table, so the copy runs normally; PYTHONHOME gives it its standard library.
+fn python_with_slot(position: usize, value: u64, name: &str, dir: &Path) -> TargetSpec {
     let mut bytes = fs::read(python()).unwrap();
     let offset = {
         let elf = object::File::parse(&*bytes).unwrap();
@@ -122,7 +128,8 @@ fn python_claiming(hex: u64, name: &str, dir: &Path) -> TargetSpec {
         section.file_range().expect("in the file").0 as usize
     };
     assert_eq!(&bytes[offset..offset + 8], b"xdebugpy");
-    bytes[offset + 8..offset + 16].copy_from_slice(&hex.to_ne_bytes());
+    let slot = offset + position;
+    bytes[slot..slot + 8].copy_from_slice(&value.to_ne_bytes());
     let copy = dir.join(name);
     fs::write(&copy, bytes).unwrap();
     let mut perms = fs::metadata(&copy).unwrap().permissions();
@@ -161,6 +168,20 @@ fn a_prerelease_from_before_the_layout_froze_is_refused_by_name() {
     let out = refusal_for(&python_claiming(0x030F_00B3, "python3.15b3", tmp.path()));
     assert!(
         out.contains("runs Python 3.15.0b3 (a pre-release), which is not supported"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_free_threaded_build_is_refused_clearly() {
+    // No free-threaded (3.14t/3.15t) build is available to test against: a GIL build whose
+    // table says `free_threaded = 1` stands in for one, and must be refused, not injected.
+    let tmp = tempfile::tempdir().unwrap();
+    let (major, minor) = python_minor();
+    let name = format!("python{major}.{minor}t");
+    let out = refusal_for(&python_with_slot(16, 1, &name, tmp.path()));
+    assert!(
+        out.contains("runs a free-threaded (no-GIL) Python build, which is not supported"),
         "{out}"
     );
 }
