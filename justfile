@@ -33,7 +33,9 @@ test: build
 acceptance: build
     #!/usr/bin/env bash
     set -euo pipefail
-    check=../shared/acceptance/seed-session
+    # The checkout sits next to `shared` (or, as a worktree, one level deeper).
+    check=${HELI_ACCEPTANCE:-../shared/acceptance/seed-session}
+    [[ -x $check || -n ${HELI_ACCEPTANCE:-} ]] || check=../../shared/acceptance/seed-session
     if [[ ! -x $check ]]; then echo "acceptance: $check not found; skipped"; exit 0; fi
     for minor in {{pythons}}; do
         echo "== acceptance with Python $minor"
