@@ -223,3 +223,14 @@ fn the_controller_finds_the_minor_under_test_on_path() {
     let status = wait_with_deadline(controller, TIMEOUT);
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn a_grant_landing_inside_the_target_s_own_import_of_ctypes_succeeds() {
+    // Found by ctypes_target_seed_session attaching during start-up: the grant script ran
+    // at a bytecode boundary inside the target's `import ctypes`, got the partially
+    // initialised module and failed ("has no attribute 'CDLL'"), so the grant timed out.
+    let mut controller = Controller::start("importing_ctypes.py");
+    controller.stdout.wait_for("inside import ctypes");
+    let me = std::process::id();
+    assert_eq!(controller.send(&format!("GRANT_ACCESS {me}")), "READY");
+}
