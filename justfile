@@ -42,7 +42,8 @@ acceptance: build
         PY="$(scripts/provision-python.sh "$minor")" BIN=target/release "$check"
     done
 
-# The pipe-protocol conformance suite against our controller, in both dialects
+# The pipe-protocol conformance suite against our controller, in both dialects (the cases
+# are compiled into heli-conformance; `--cases DIR` would run others)
 conformance: build
     #!/usr/bin/env bash
     set -euo pipefail
@@ -67,3 +68,19 @@ record-sessions:
     cargo test --test e2e record_sessions -- --ignored --exact sessions::record_sessions
     INSTA_UPDATE=always cargo test --test e2e recorded_sessions || true
     @echo "review: git diff tests/fixtures/sessions tests/e2e/snapshots"
+
+# The bounded fuzz run CI calls: fixed seed, 5,000 core and 20,000 wire cases (< 60 s)
+fuzz-short:
+    cargo test --test fuzz -- --nocapture
+
+# Optimised but with debug assertions on: the core's driver-misuse checks are debug
+# assertions. FUZZ_SEED=... repeats a run.
+# The long fuzz run from a fresh seed: prints executions, rate and how deep cases went
+fuzz SECONDS="600":
+    CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS=true \
+        FUZZ_SECONDS={{SECONDS}} cargo test --release --target-dir target/fuzz --test fuzz long -- --ignored --nocapture
+
+# MODE=grant: GRANT_ACCESS exchanges alone (the controller's injection path, no pdb).
+# Attach/detach cycles (real pdb) against one target: RSS, fds, threads, cycle p50/p99
+soak CYCLES="1000" MODE="pdb": build
+    scripts/soak.sh {{CYCLES}} {{MODE}}

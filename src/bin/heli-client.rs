@@ -1,9 +1,9 @@
 //! `heli-client [options]`: the REPL that attaches pdb to a controller's target.
-//! Exit status: 0 when every command succeeded, 1 when one failed, 2 for bad usage,
-//! 3 when no controller serves the pipes.
+//! Exit status: 0 when every attach and terminate succeeded (typos do not count), 1 when
+//! one failed, 2 for bad usage, 3 when no controller of yours serves the pipes.
 use clap::Parser;
 use helicopter_parent::core::wire::Dialect;
-use helicopter_parent::io::client::{Client, ClientOptions};
+use helicopter_parent::io::client::{self, ClientOptions, EXIT_USAGE};
 use helicopter_parent::io::pipes::DEFAULT_PIPE_DIR;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,13 +33,13 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
         eprintln!("heli-client: error: --timeout must be a positive number of seconds");
-        return ExitCode::from(2);
+        return ExitCode::from(EXIT_USAGE as u8);
     }
-    let client = Client::new(ClientOptions {
+    let code = client::run(ClientOptions {
         pipe_dir: args.pipe_dir,
         python: args.python,
         timeout: Duration::from_secs_f64(args.timeout),
         dialect: args.dialect,
     });
-    ExitCode::from(client.run() as u8)
+    ExitCode::from(code as u8)
 }

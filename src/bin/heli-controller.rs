@@ -2,12 +2,15 @@
 //! supervision and grants pdb access to clients on request. Exit status: the target's
 //! (128+N when killed by signal N), 0 after TERMINATE, 125 for the controller's own errors.
 use clap::Parser;
+use helicopter_parent::cli::duration::{parse_duration, BareUnit};
+use helicopter_parent::core::supervisor::parse_signal;
 use helicopter_parent::core::wire::Dialect;
 use helicopter_parent::io::controller::{run, ControllerOptions, EXIT_CONTROLLER_FAILED};
 use helicopter_parent::io::pipes::DEFAULT_PIPE_DIR;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -30,17 +33,41 @@ struct Args {
     /// Keep no journal
     #[arg(long)]
     no_journal: bool,
-    /// Milliseconds to wait for the target to run the grant before answering ERROR
-    #[arg(long, value_name = "MS", default_value_t = 1500)]
-    grant_timeout: u64,
-    /// Milliseconds between SIGTERM and SIGKILL when stopping the target
-    #[arg(long, value_name = "MS", default_value_t = 2000)]
-    stop_grace: u64,
+    /// How long the target gets to run the grant before the answer is ERROR (e.g. 1500ms,
+    /// 2s; a bare number is milliseconds; 1ms to 10m)
+    #[arg(long, value_name = "DURATION", default_value = "1500ms", value_parser = grant_timeout)]
+    grant_timeout: Duration,
+    /// First signal of a stop, sent to the target alone (INT lets Python run its
+    /// `finally` blocks and `atexit` handlers)
+    #[arg(long, value_name = "SIGNAL", default_value = "INT", value_parser = parse_signal)]
+    stop_signal: i32,
+    /// Time from the stop signal to SIGKILL of everything left of the target's tree (e.g.
+    /// 2s; a bare number is milliseconds; 0ms to 10m)
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = stop_grace)]
+    stop_grace: Duration,
     /// The Python script to run
     script: PathBuf,
     /// Arguments for the script
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<OsString>,
+}
+
+fn grant_timeout(text: &str) -> Result<Duration, String> {
+    parse_duration(
+        text,
+        BareUnit::Millis,
+        Duration::from_millis(1),
+        Duration::from_secs(600),
+    )
+}
+
+fn stop_grace(text: &str) -> Result<Duration, String> {
+    parse_duration(
+        text,
+        BareUnit::Millis,
+        Duration::ZERO,
+        Duration::from_secs(600),
+    )
 }
 
 fn main() -> ExitCode {
@@ -55,8 +82,9 @@ fn main() -> ExitCode {
         python: args.python,
         dialect: args.dialect,
         journal,
-        grant_timeout_ms: args.grant_timeout,
-        stop_grace_ms: args.stop_grace,
+        grant_timeout_ms: args.grant_timeout.as_millis() as u64,
+        stop_grace_ms: args.stop_grace.as_millis() as u64,
+        stop_signal: args.stop_signal,
         script: args.script,
         args: args.args,
     };

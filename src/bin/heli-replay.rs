@@ -1,7 +1,9 @@
-//! `heli-replay JOURNAL [--check]`: folds a controller's journal through the same core and
-//! prints the transcript. Exit status: 0 ok, 1 replay failed or diverged, 2 bad usage.
+//! `heli-replay JOURNAL [--check] [--transcript] [--full]`: folds a controller's journal
+//! through the same core and prints the header and the transcript (with `--check`, only
+//! the verdict unless `--transcript`). Exit status: 0 ok, 1 replay failed or diverged,
+//! 2 bad usage.
 use clap::Parser;
-use helicopter_parent::core::journal::replay;
+use helicopter_parent::core::journal::{collapse_repeats, replay};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -13,9 +15,16 @@ use std::process::ExitCode;
 struct Args {
     /// The journal (JSON Lines) written by heli-controller
     journal: PathBuf,
-    /// Recompute every effect and compare with what the live controller did
+    /// Recompute every effect and compare with what the live controller did; prints only
+    /// the verdict unless --transcript is given too
     #[arg(long)]
     check: bool,
+    /// Print the transcript (the default without --check)
+    #[arg(long)]
+    transcript: bool,
+    /// Do not fold repeated blocks of lines (a grant's surveys while the target waits)
+    #[arg(long)]
+    full: bool,
 }
 
 fn main() -> ExitCode {
@@ -39,7 +48,15 @@ fn main() -> ExitCode {
     };
     match replay(&text, args.check) {
         Ok(done) => {
-            print!("{}", done.session.transcript());
+            if args.transcript || !args.check {
+                print!("{}", done.header.describe());
+                let transcript = done.session.transcript();
+                if args.full {
+                    print!("{transcript}");
+                } else {
+                    print!("{}", collapse_repeats(transcript));
+                }
+            }
             if args.check {
                 eprintln!(
                     "heli-replay: {} inputs replayed, every effect matches the recording",

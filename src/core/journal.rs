@@ -1,12 +1,12 @@
 //! The journal: versioned JSON Lines, one header then one record per input handled and
 //! one per batch of effects decided. The controller's state is the fold of its inputs, so
-//! replaying the inputs through a fresh [`Controller`] must decide the recorded effects.
-use super::machine::{Config, Controller, Effect, Input, Millis};
+//! replaying the inputs through a fresh [`Supervisor`] must decide the recorded effects.
+use super::supervisor::{Config, Effect, Input, Millis, Supervisor};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
 /// Bumped when a record's meaning changes; replay refuses versions it does not know.
-pub const JOURNAL_FORMAT: u32 = 1;
+pub const JOURNAL_FORMAT: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
@@ -35,32 +35,44 @@ pub enum Record {
         at: Millis,
         effects: Vec<Effect>,
     },
+    /// The input and effects just before happened `count` more times, the last at
+    /// `last_at` (a flood of the same line is journaled once, not a million times).
+    Repeated {
+        count: u64,
+        last_at: Millis,
+    },
+    /// The journal reached its size limit here; nothing after this was recorded.
+    Capped {
+        at: Millis,
+        limit_bytes: u64,
+    },
 }
 
-/// A [`Controller`] that also writes the human transcript: one line per input, state
-/// transition and effect, stamped with the session's relative milliseconds.
+/// A [`Supervisor`] that also writes the human transcript: one line per input, state
+/// transition and effect, stamped with the session's relative milliseconds. Only replay
+/// and tests keep one; the live controller does not (its memory stays flat).
 #[derive(Debug)]
-pub struct Session {
-    controller: Controller,
+pub struct Transcribed {
+    supervisor: Supervisor,
     transcript: String,
 }
 
-impl Session {
-    pub fn new(config: Config) -> Session {
+impl Transcribed {
+    pub fn new(config: Config) -> Transcribed {
         let mut transcript = String::new();
         let _ = writeln!(
             transcript,
-            "[{:>6}] start  target {}, uid {}, {}, dialect {:?}",
+            "[{:>6} ms] start  target {}, uid {}, {}, dialect {:?}",
             0, config.target_pid, config.uid, config.yama, config.dialect
         );
-        Session {
-            controller: Controller::new(config),
+        Transcribed {
+            supervisor: Supervisor::new(config),
             transcript,
         }
     }
 
-    pub fn controller(&self) -> &Controller {
-        &self.controller
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
     }
 
     pub fn transcript(&self) -> &str {
@@ -70,18 +82,119 @@ impl Session {
     /// Handles one input and records it, the transition it caused and its effects.
     #[must_use]
     pub fn handle(&mut self, at: Millis, input: Input) -> Vec<Effect> {
-        let before = self.controller.state_name();
-        let _ = writeln!(self.transcript, "[{at:>6}] input  {input}");
-        let effects = self.controller.handle(at, input);
-        let after = self.controller.state_name();
+        let before = self.supervisor.phase();
+        let _ = writeln!(self.transcript, "[{at:>6} ms] input  {input}");
+        let effects = self.supervisor.handle(at, input);
+        let after = self.supervisor.phase();
         if before != after {
-            let _ = writeln!(self.transcript, "[{at:>6}] state  {before} -> {after}");
+            let _ = writeln!(self.transcript, "[{at:>6} ms] state  {before} -> {after}");
         }
         for effect in &effects {
-            let _ = writeln!(self.transcript, "[{at:>6}] effect {effect}");
+            let _ = writeln!(self.transcript, "[{at:>6} ms] effect {effect}");
         }
         effects
     }
+}
+
+impl Header {
+    /// What a reader of a transcript needs first: who ran what, when, under which rules.
+    pub fn describe(&self) -> String {
+        format!(
+            "journal format {} of heli-controller {} (pid {})\nstarted {} UTC\ntarget {}: {}\n{}, dialect {:?}, grant timeout {} ms\n",
+            self.format,
+            self.tool_version,
+            self.controller_pid,
+            utc_time(self.started_unix_ms),
+            self.config.target_pid,
+            self.target_argv.join(" "),
+            self.config.yama,
+            self.config.dialect,
+            self.config.grant_timeout_ms,
+        )
+    }
+}
+
+/// `2026-12-01 07:05:09.123` for milliseconds since the Unix epoch (proleptic Gregorian
+/// calendar, the civil-from-days conversion).
+pub fn utc_time(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        unix_ms % 1000
+    )
+}
+
+/// Folds runs of a repeating block of transcript lines (a grant's surveys while the target
+/// waits, say) into the first block and one line that says how often it repeated. Lines
+/// are compared without their time stamps.
+pub fn collapse_repeats(transcript: &str) -> String {
+    const MAX_BLOCK: usize = 6;
+    let lines: Vec<&str> = transcript.lines().collect();
+    let body = |line: &str| {
+        line.split_once("] ")
+            .map_or(line, |(_, rest)| rest)
+            .to_string()
+    };
+    let stamp = |line: &str| {
+        line.split_once("] ")
+            .map_or("", |(t, _)| t)
+            .trim_start_matches('[')
+            .trim()
+            .to_string()
+    };
+    let mut out = String::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let mut folded = false;
+        for block in 1..=MAX_BLOCK {
+            if i + 2 * block > lines.len() {
+                break;
+            }
+            let same =
+                |a: usize, b: usize| (0..block).all(|k| body(lines[a + k]) == body(lines[b + k]));
+            let mut repeats = 0;
+            while i + (repeats + 2) * block <= lines.len() && same(i, i + (repeats + 1) * block) {
+                repeats += 1;
+            }
+            // Worth folding only when it saves lines.
+            if repeats >= 2 {
+                for line in &lines[i..i + block] {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+                let last = i + (repeats + 1) * block - 1;
+                let _ = writeln!(
+                    out,
+                    "[  ...   ] the {} line{} above repeated {repeats} more times, until {}",
+                    block,
+                    if block == 1 { "" } else { "s" },
+                    stamp(lines[last]),
+                );
+                i += (repeats + 1) * block;
+                folded = true;
+                break;
+            }
+        }
+        if !folded {
+            out.push_str(lines[i]);
+            out.push('\n');
+            i += 1;
+        }
+    }
+    out
 }
 
 /// Why a journal cannot be replayed; always names the 1-based line.
@@ -162,7 +275,9 @@ impl std::error::Error for ReplayError {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::machine::{ClientFacts, Yama};
+    use crate::core::delivery::DeliveryFact;
+    use crate::core::ptrace_policy::TracerPrivilege;
+    use crate::core::supervisor::{ClientFacts, Yama};
     use crate::core::wire::Frame;
 
     fn line(text: &str) -> Input {
@@ -185,7 +300,7 @@ mod tests {
             started_unix_ms: 1_700_000_000_000,
             config: config.clone(),
         };
-        let mut controller = Controller::new(config);
+        let mut supervisor = Supervisor::new(config);
         let mut out = serde_json::to_string(&Record::Header(header)).unwrap() + "\n";
         for (at, input) in inputs {
             out += &(serde_json::to_string(&Record::Input {
@@ -194,7 +309,7 @@ mod tests {
             })
             .unwrap()
                 + "\n");
-            let effects = controller.handle(at, input);
+            let effects = supervisor.handle(at, input);
             out += &(serde_json::to_string(&Record::Effects { at, effects }).unwrap() + "\n");
         }
         out
@@ -211,12 +326,38 @@ mod tests {
                     facts: ClientFacts::Running {
                         uid: 500,
                         exe: None,
+                        privilege: TracerPrivilege::Ordinary,
                     },
                 },
             ),
-            (3, Input::GrantScheduled { grant: 1, tid: 10 }),
+            (
+                3,
+                Input::Delivery {
+                    grant: 1,
+                    fact: DeliveryFact::Scheduled { tid: 10 },
+                },
+            ),
             (4, Input::GrantRan { grant: 1, errno: 0 }),
         ])
+    }
+
+    #[test]
+    fn repeating_blocks_fold_into_one_line_and_single_lines_stay() {
+        let text = "[     1 ms] input  a\n[    20 ms] input  deadline reached\n[    20 ms] effect survey\n[    40 ms] input  deadline reached\n[    40 ms] effect survey\n[    80 ms] input  deadline reached\n[    80 ms] effect survey\n[    90 ms] input  b\n";
+        assert_eq!(
+            collapse_repeats(text),
+            "[     1 ms] input  a\n[    20 ms] input  deadline reached\n[    20 ms] effect survey\n[  ...   ] the 2 lines above repeated 2 more times, until 80 ms\n[    90 ms] input  b\n"
+        );
+        let plain = "[     1 ms] input  a\n[     2 ms] input  b\n";
+        assert_eq!(collapse_repeats(plain), plain);
+    }
+
+    #[test]
+    fn utc_times_are_civil_dates() {
+        // Expected values from GNU date: date -u -d @1795705441 and @951782400.
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00.000");
+        assert_eq!(utc_time(951_782_400_123), "2000-02-29 00:00:00.123");
+        assert_eq!(utc_time(1_795_705_441_113), "2026-11-26 15:04:01.113");
     }
 
     #[test]
@@ -224,8 +365,8 @@ mod tests {
         let done = replay(&sample(), true).unwrap();
         assert_eq!(done.inputs, 5);
         assert_eq!(
-            done.session.controller().state_name(),
-            "attached(client 20)"
+            done.session.supervisor().phase(),
+            crate::core::supervisor::Phase::Attached { client: 20 }
         );
     }
 
@@ -266,7 +407,7 @@ mod tests {
 
     #[test]
     fn an_unknown_format_is_refused() {
-        let text = sample().replacen(r#""format":1"#, r#""format":99"#, 1);
+        let text = sample().replacen(r#""format":2"#, r#""format":99"#, 1);
         assert_eq!(
             replay(&text, false).unwrap_err(),
             ReplayError::UnknownFormat { line: 1, found: 99 }
@@ -309,11 +450,13 @@ mod tests {
 #[derive(Debug)]
 pub struct Replay {
     pub header: Header,
-    pub session: Session,
+    pub session: Transcribed,
     pub inputs: usize,
+    /// `(line, at, limit)` when the journal hit its size limit: replay stops there.
+    pub capped: Option<(usize, Millis, u64)>,
 }
 
-/// Folds a journal's text through a fresh [`Controller`]. With `check`, every recorded
+/// Folds a journal's text through a fresh [`Supervisor`]. With `check`, every recorded
 /// batch of effects must equal what the replay decides, else the first divergence is
 /// returned with both sides.
 pub fn replay(text: &str, check: bool) -> Result<Replay, ReplayError> {
@@ -358,9 +501,12 @@ pub fn replay(text: &str, check: bool) -> Result<Replay, ReplayError> {
             found: header.format,
         });
     }
-    let mut session = Session::new(header.config.clone());
+    let mut session = Transcribed::new(header.config.clone());
     let mut inputs = 0;
     let mut index = 1;
+    let mut capped = None;
+    // The last input with its recorded effects, for `Repeated` records.
+    let mut last_step: Option<(Input, Vec<Effect>)> = None;
     while index < lines.len() {
         let line = index + 1;
         match parse(index)? {
@@ -371,8 +517,34 @@ pub fn replay(text: &str, check: bool) -> Result<Replay, ReplayError> {
                 })
             }
             Record::Effects { .. } => return Err(ReplayError::UnexpectedEffects { line }),
+            Record::Capped { at, limit_bytes } => {
+                capped = Some((line, at, limit_bytes));
+                break;
+            }
+            Record::Repeated { count, last_at } => {
+                let Some((input, recorded)) = last_step.clone() else {
+                    return Err(ReplayError::Malformed {
+                        line,
+                        why: "a repeat with no input before it".into(),
+                    });
+                };
+                for _ in 0..count {
+                    inputs += 1;
+                    let replayed = session.handle(last_at, input.clone());
+                    if check && replayed != recorded {
+                        return Err(ReplayError::Diverged {
+                            line,
+                            input: input.to_string(),
+                            recorded: recorded.clone(),
+                            replayed,
+                        });
+                    }
+                }
+                index += 1;
+            }
             Record::Input { at, input } => {
                 inputs += 1;
+                let kept = input.clone();
                 let shown = input.to_string();
                 let replayed = session.handle(at, input);
                 index += 1;
@@ -382,6 +554,7 @@ pub fn replay(text: &str, check: bool) -> Result<Replay, ReplayError> {
                     } = parse(index)?
                     {
                         index += 1;
+                        last_step = Some((kept, recorded.clone()));
                         if check && recorded != replayed {
                             return Err(ReplayError::Diverged {
                                 line: line + 1,
@@ -401,5 +574,6 @@ pub fn replay(text: &str, check: bool) -> Result<Replay, ReplayError> {
         header,
         session,
         inputs,
+        capped,
     })
 }

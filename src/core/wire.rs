@@ -41,8 +41,15 @@ impl std::str::FromStr for Dialect {
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
     GetTargetPid,
-    GrantAccess { pid: u32 },
+    GrantAccess {
+        pid: u32,
+    },
     Terminate,
+    /// An extension for this project's client: take back the grant `pid` holds (sent after
+    /// pdb detaches). Not in the seed's list of commands; a seed-only client never sends it.
+    RevokeAccess {
+        pid: u32,
+    },
 }
 
 impl Command {
@@ -52,6 +59,7 @@ impl Command {
             Command::GetTargetPid => ("GET_TARGET_PID", None),
             Command::GrantAccess { pid } => ("GRANT_ACCESS", Some(pid)),
             Command::Terminate => ("TERMINATE", None),
+            Command::RevokeAccess { pid } => ("REVOKE_ACCESS", Some(pid)),
         };
         let word = match dialect {
             Dialect::Seed => word.to_string(),
@@ -104,7 +112,9 @@ pub enum CommandError {
     Unknown {
         word: String,
     },
-    MissingPid,
+    MissingPid {
+        command: &'static str,
+    },
     ExtraArguments {
         command: &'static str,
         extra: String,
@@ -131,7 +141,7 @@ impl fmt::Display for CommandError {
                 f,
                 "unknown command '{word}' (expected GET_TARGET_PID, GRANT_ACCESS <pid> or TERMINATE)"
             ),
-            CommandError::MissingPid => f.write_str("GRANT_ACCESS needs the client's pid"),
+            CommandError::MissingPid { command } => write!(f, "{command} needs the client's pid"),
             CommandError::ExtraArguments { command, extra } => {
                 write!(f, "unexpected argument after {command}: '{extra}'")
             }
@@ -171,10 +181,22 @@ pub fn parse_command(line: &str) -> Result<Command, CommandError> {
         "GET_TARGET_PID" => no_arguments("GET_TARGET_PID", Command::GetTargetPid),
         "TERMINATE" => no_arguments("TERMINATE", Command::Terminate),
         "GRANT_ACCESS" => match rest.as_slice() {
-            [] => Err(CommandError::MissingPid),
+            [] => Err(CommandError::MissingPid {
+                command: "GRANT_ACCESS",
+            }),
             [pid] => parse_pid(pid).map(|pid| Command::GrantAccess { pid }),
             [_, extra @ ..] => Err(CommandError::ExtraArguments {
                 command: "GRANT_ACCESS <pid>",
+                extra: extra.join(" "),
+            }),
+        },
+        "REVOKE_ACCESS" => match rest.as_slice() {
+            [] => Err(CommandError::MissingPid {
+                command: "REVOKE_ACCESS",
+            }),
+            [pid] => parse_pid(pid).map(|pid| Command::RevokeAccess { pid }),
+            [_, extra @ ..] => Err(CommandError::ExtraArguments {
+                command: "REVOKE_ACCESS <pid>",
                 extra: extra.join(" "),
             }),
         },

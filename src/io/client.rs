@@ -1,26 +1,37 @@
-//! The client REPL: `attach`, `quit`, `terminate`, `help`.
+//! The driver of the client machine ([`crate::core::client`]): it reads the user's lines,
+//! exchanges with the controller, inspects the target, runs pdb and prints, and turns
+//! each outcome into an input. Every decision is the machine's.
 //!
-//! `attach` asks for `GRANT_ACCESS <own pid>`, then runs `<python> -m pdb -p <target>` as a
-//! child (the grant covers the client's descendants). On a terminal pdb gets the terminal
-//! itself. When stdin is a pipe the client is the only reader of it: a child pdb reads
-//! ahead and would swallow the commands after its `q`, so the client hands pdb exactly
-//! the lines up to and including its quit command and keeps the rest for itself.
-use super::controller::resolve_python;
-use super::exchange::{exchange, exchange_raw, ExchangeError};
+//! Who reads the user's input: on a terminal the client reads only at its prompt (a line
+//! editor, see `TerminalLines`) and pdb reads the terminal itself. From a pipe one
+//! reader thread owns stdin; its lines wait in a channel and the machine decides which go
+//! to pdb, so the lines after pdb's quit are still there for the client.
+//!
+//! The loop: carry out the machine's effects, then wait for one fact. A request runs on a
+//! thread of its own and pdb's exit is awaited by another, so that one `select!` waits
+//! for whichever comes first, together with piped lines while the machine wants one.
+use super::exchange::{exchange_raw, facts_of, ExchangeError};
+use super::find_python::resolve_python;
 use super::procfs;
-use crate::core::machine::Yama;
-use crate::core::wire::{Command, Dialect, Reply};
-use crossbeam_channel::Receiver;
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use crate::core::client::trust::ExecutableFacts;
+use crate::core::client::{
+    Client as Machine, Config, Effect, Input, InputSource, Interpreter, LineWanted, PdbExit,
+    RequestFailure, TargetFacts, Tone,
+};
+use crate::core::supervisor::ClientFacts;
+use crate::core::wire::{Command, Dialect};
+use crossbeam_channel::{never, Receiver};
+use nix::sys::signal::{
+    pthread_sigmask, sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal,
+};
 use std::io::{self, BufRead, IsTerminal, Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Stdio};
 use std::time::Duration;
 
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_COMMAND_FAILED: i32 = 1;
-pub const EXIT_NO_CONTROLLER: i32 = 3;
+pub use crate::core::client::{EXIT_COMMAND_FAILED, EXIT_NO_CONTROLLER, EXIT_OK, EXIT_USAGE};
 
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -30,96 +41,523 @@ pub struct ClientOptions {
     pub dialect: Dialect,
 }
 
-const HELP: &str = "Available commands:
-  attach     - Attach debugger to the target process
-  quit       - Exit client (leave controller running)
-  terminate  - Stop controller, target, and exit client
-  help       - Show this help message";
+/// Runs the client session; returns its exit status.
+pub fn run(opts: ClientOptions) -> i32 {
+    let source = if io::stdin().is_terminal() {
+        InputSource::Terminal
+    } else {
+        InputSource::Piped
+    };
+    let config = Config {
+        dialect: opts.dialect,
+        input: source,
+        pipe_dir: opts.pipe_dir.display().to_string(),
+        request_timeout_ms: u64::try_from(opts.timeout.as_millis()).unwrap_or(u64::MAX),
+        own_pid: std::process::id(),
+        uid: nix::unistd::getuid().as_raw(),
+        python: opts.python.clone(),
+        yama: procfs::yama(),
+        privilege: procfs::own_tracer_privilege(),
+    };
+    let mut machine = Machine::new(config);
+    let mut driver = Driver::new(opts, source);
+    let mut input = Input::Started;
+    loop {
+        for effect in machine.handle(input) {
+            if let Some(code) = driver.carry_out(effect) {
+                return code;
+            }
+        }
+        input = driver.next_input(machine.wants_line());
+    }
+}
 
-/// Where the REPL's lines come from.
+/// The OS side of one session: the user's lines, the request out, pdb.
+struct Driver {
+    opts: ClientOptions,
+    lines: Lines,
+    colour: bool,
+    /// The outcome of the request out, from its exchange thread.
+    reply: Option<Receiver<Input>>,
+    /// pdb's exit, from its waiter thread.
+    pdb_exit: Option<Receiver<Input>>,
+    /// pdb's input while the client feeds it (piped input only).
+    pdb_stdin: Option<ChildStdin>,
+    /// An outcome learnt while carrying out an effect, delivered as the next input.
+    learnt: Option<Input>,
+}
+
+impl Driver {
+    fn new(opts: ClientOptions, source: InputSource) -> Driver {
+        let lines = Lines::new(source);
+        if source == InputSource::Terminal {
+            set_sigint(SigHandler::Handler(interrupt_read));
+        }
+        Driver {
+            opts,
+            lines,
+            colour: io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").map_or(true, |v| v.is_empty()),
+            reply: None,
+            pdb_exit: None,
+            pdb_stdin: None,
+            learnt: None,
+        }
+    }
+
+    fn learnt(&mut self, input: Input) {
+        debug_assert!(self.learnt.is_none(), "two outcomes learnt in one step");
+        self.learnt = Some(input);
+    }
+
+    /// Carries out one effect; `Some(code)` when the session ends.
+    fn carry_out(&mut self, effect: Effect) -> Option<i32> {
+        match effect {
+            Effect::Say { text, tone } => self.say(&text, tone),
+            Effect::Warn { text } => eprintln!("{text}"),
+            Effect::Send {
+                command,
+                expect_reply,
+                timeout_ms,
+            } => self.send(command, expect_reply, Duration::from_millis(timeout_ms)),
+            // Reading /proc is quick and never blocks: done in place, the outcome is the
+            // next input.
+            Effect::InspectTarget { pid } => self.learnt(Input::TargetInspected {
+                pid,
+                facts: inspect_target(pid),
+            }),
+            Effect::RunPdb {
+                interpreter,
+                target,
+            } => self.run_pdb(&interpreter, target),
+            Effect::FeedPdb { line } => {
+                let written = self
+                    .pdb_stdin
+                    .as_mut()
+                    .map(|stdin| stdin.write_all(format!("{line}\n").as_bytes()));
+                if let Some(Err(_)) = written {
+                    // pdb exited or closed its input: the machine hears of it next.
+                    self.pdb_stdin = None;
+                    self.learnt(Input::PdbInputBroken);
+                }
+            }
+            Effect::ClosePdbInput => self.pdb_stdin = None,
+            Effect::Exit { code } => return Some(code),
+        }
+        None
+    }
+
+    fn say(&self, text: &str, tone: Tone) {
+        let mut out = io::stdout().lock();
+        let (start, end) = match (self.colour, tone) {
+            (true, Tone::Success) => ("\x1b[32m", "\x1b[0m"),
+            (true, Tone::Failure) => ("\x1b[31m", "\x1b[0m"),
+            (true, Tone::Plain) | (false, Tone::Plain | Tone::Success | Tone::Failure) => ("", ""),
+        };
+        let _ = writeln!(out, "{start}{text}{end}");
+        let _ = out.flush();
+    }
+
+    /// Runs the exchange on a thread: its outcome is awaited like any other event.
+    fn send(&mut self, command: Command, expect_reply: bool, timeout: Duration) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let dir = self.opts.pipe_dir.clone();
+        let line = command.to_line(self.opts.dialect);
+        spawn_quiet(move || {
+            let input = match exchange_raw(&dir, &line, timeout, expect_reply) {
+                Ok(Some(line)) => Input::Replied { line },
+                Ok(None) => Input::Delivered,
+                Err(e) => Input::RequestFailed {
+                    failure: failure_of(e),
+                },
+            };
+            let _ = tx.send(input);
+        });
+        self.reply = Some(rx);
+    }
+
+    /// Starts pdb on this (the main) thread: `PR_SET_PDEATHSIG` fires when the thread
+    /// that forked the child ends, and the main thread lives as long as the client.
+    fn run_pdb(&mut self, interpreter: &Interpreter, target: u32) {
+        let python = match interpreter {
+            Interpreter::Path(path) => path.clone(),
+            Interpreter::SearchPath => match resolve_python(None) {
+                Ok(python) => python,
+                Err(e) => {
+                    self.learnt(Input::PdbNotStarted {
+                        error: e.to_string(),
+                    });
+                    return;
+                }
+            },
+        };
+        let piped = self.lines.source() == InputSource::Piped;
+        let mut command = std::process::Command::new(&python);
+        command.args(["-m", "pdb", "-p", &target.to_string()]);
+        if piped {
+            command.stdin(Stdio::piped());
+        }
+        let client = std::process::id() as libc::pid_t;
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                // The client ignores SIGINT while pdb runs; pdb must not inherit that, or
+                // Python would not install its KeyboardInterrupt handler.
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                // pdb must not outlive the client: a pdb left behind keeps the target
+                // stopped at its prompt. Set before the parent check, so that a client
+                // that died in between is noticed by one of the two.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::getppid() != client {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        set_sigint(SigHandler::SigIgn);
+        match command.spawn() {
+            Ok(mut child) => {
+                self.pdb_stdin = child.stdin.take();
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                spawn_quiet(move || {
+                    let input = match child.wait() {
+                        Ok(status) => match (status.code(), status.signal()) {
+                            (Some(code), _) => Input::PdbExited {
+                                status: PdbExit::Code(code),
+                            },
+                            (None, Some(sig)) => Input::PdbExited {
+                                status: PdbExit::Signal(sig),
+                            },
+                            (None, None) => Input::PdbNotStarted {
+                                error: format!("pdb ended with {status}"),
+                            },
+                        },
+                        Err(e) => Input::PdbNotStarted {
+                            error: format!("waiting for pdb failed: {e}"),
+                        },
+                    };
+                    let _ = tx.send(input);
+                });
+                self.pdb_exit = Some(rx);
+            }
+            Err(e) => {
+                self.restore_sigint();
+                self.learnt(Input::PdbNotStarted {
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+
+    fn restore_sigint(&self) {
+        set_sigint(match self.lines.source() {
+            InputSource::Terminal => SigHandler::Handler(interrupt_read),
+            InputSource::Piped => SigHandler::SigDfl,
+        });
+    }
+
+    /// Waits for the next fact: a line (only if the machine wants one), the request's
+    /// outcome or pdb's exit.
+    fn next_input(&mut self, wanted: Option<LineWanted>) -> Input {
+        if let Some(input) = self.learnt.take() {
+            return input;
+        }
+        let lines = match (&mut self.lines, wanted) {
+            // Nothing else is under way at the terminal's prompt (the machine wants a
+            // line only when no request is out and pdb does not run).
+            (Lines::Terminal(terminal), Some(LineWanted::Prompt(prompt))) => {
+                return terminal.read_line(prompt)
+            }
+            (Lines::Terminal(_), Some(LineWanted::ForPdb)) => {
+                debug_assert!(false, "pdb reads the terminal itself");
+                never()
+            }
+            (Lines::Piped(rx), Some(wanted)) => {
+                if let LineWanted::Prompt(prompt) = wanted {
+                    let mut out = io::stdout().lock();
+                    let _ = write!(out, "{prompt}");
+                    let _ = out.flush();
+                }
+                rx.clone()
+            }
+            (Lines::Piped(_) | Lines::Terminal(_), None) => never(),
+        };
+        if wanted.is_none() && self.reply.is_none() && self.pdb_exit.is_none() {
+            // Nothing could ever arrive: a machine bug. End the input rather than hang.
+            debug_assert!(false, "the machine waits for nothing");
+            return Input::InputEnded;
+        }
+        let reply = self.reply.clone().unwrap_or_else(never);
+        let pdb_exit = self.pdb_exit.clone().unwrap_or_else(never);
+        crossbeam_channel::select! {
+            recv(lines) -> line => match line {
+                Ok(Ok(text)) => Input::LineRead { text },
+                Ok(Err(_)) | Err(_) => Input::InputEnded,
+            },
+            recv(reply) -> outcome => {
+                self.reply = None;
+                outcome.unwrap_or_else(|_| Input::RequestFailed {
+                    failure: RequestFailure::Io("the exchange thread ended without an outcome".into()),
+                })
+            },
+            recv(pdb_exit) -> exit => {
+                self.pdb_exit = None;
+                self.pdb_stdin = None;
+                self.restore_sigint();
+                exit.unwrap_or_else(|_| Input::PdbNotStarted {
+                    error: "pdb's waiter ended without its status".into(),
+                })
+            },
+        }
+    }
+}
+
+fn failure_of(error: ExchangeError) -> RequestFailure {
+    match error {
+        ExchangeError::PipesMissing(_) => RequestFailure::PipesMissing,
+        ExchangeError::NotServed(_) => RequestFailure::NotServed,
+        ExchangeError::Untrusted(why) => RequestFailure::Untrusted(why),
+        ExchangeError::Timeout { waited, .. } => RequestFailure::TimedOut {
+            waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+        },
+        ExchangeError::Truncated(partial) => RequestFailure::Truncated { partial },
+        error @ (ExchangeError::BadReply(_) | ExchangeError::Io { .. }) => {
+            RequestFailure::Io(error.to_string())
+        }
+    }
+}
+
+/// Who runs `pid`, what its executable is, and what Yama allows now.
+fn inspect_target(pid: u32) -> TargetFacts {
+    let uid = match procfs::inspect(pid) {
+        ClientFacts::Running { uid, .. } => uid,
+        ClientFacts::NotRunning => return TargetFacts::NotRunning,
+    };
+    TargetFacts::Running {
+        uid,
+        exe: executable_facts(pid),
+        yama: procfs::yama(),
+        privilege: procfs::own_tracer_privilege(),
+    }
+}
+
+/// What `/proc/PID/exe` is: the kernel's name for it, whether that name still leads to
+/// the very file the target runs, and `lstat` of every component of the name.
+fn executable_facts(pid: u32) -> ExecutableFacts {
+    let link = format!("/proc/{pid}/exe");
+    let (Ok(name), Ok(running)) = (std::fs::read_link(&link), std::fs::metadata(&link)) else {
+        return ExecutableFacts::Unreadable;
+    };
+    let same_file = |path: &Path| {
+        std::fs::metadata(path)
+            .is_ok_and(|now| now.dev() == running.dev() && now.ino() == running.ino())
+    };
+    let text = name.to_string_lossy();
+    if !same_file(&name) {
+        if let Some(stripped) = text.strip_suffix(" (deleted)") {
+            return ExecutableFacts::Deleted {
+                path: PathBuf::from(stripped),
+            };
+        }
+    }
+    let mut components: Vec<(PathBuf, _)> = name
+        .ancestors()
+        .map(|p| {
+            (
+                p.to_path_buf(),
+                std::fs::symlink_metadata(p).ok().map(|m| facts_of(&m)),
+            )
+        })
+        .collect();
+    components.reverse();
+    ExecutableFacts::Found {
+        same_file: same_file(&name),
+        path: name,
+        components,
+    }
+}
+
+/// Where the user's lines come from.
 enum Lines {
-    /// A terminal: read byte by byte from fd 0, so nothing beyond the line is taken from
-    /// the terminal that pdb will use next.
-    Terminal,
-    /// A pipe or file: one reader thread owns stdin; lines wait in the channel, so those
-    /// after pdb's quit are still there for the REPL.
+    Terminal(Box<TerminalLines>),
+    /// One reader thread owns stdin; lines wait in the channel.
     Piped(Receiver<io::Result<String>>),
 }
 
-enum Line {
-    Text(String),
-    Interrupted,
-    End,
-}
-
 impl Lines {
-    fn from_stdin() -> Lines {
-        if io::stdin().is_terminal() {
-            return Lines::Terminal;
-        }
-        let (tx, rx) = crossbeam_channel::unbounded();
-        std::thread::spawn(move || {
-            for line in io::stdin().lock().lines() {
-                let stop = line.is_err();
-                if tx.send(line).is_err() || stop {
-                    return;
-                }
+    fn new(source: InputSource) -> Lines {
+        match source {
+            InputSource::Terminal => Lines::Terminal(Box::new(TerminalLines::new())),
+            InputSource::Piped => {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                spawn_quiet(move || {
+                    for line in io::stdin().lock().lines() {
+                        let stop = line.is_err();
+                        if tx.send(line).is_err() || stop {
+                            return;
+                        }
+                    }
+                });
+                Lines::Piped(rx)
             }
-        });
-        Lines::Piped(rx)
+        }
     }
 
-    fn next(&self) -> Line {
+    fn source(&self) -> InputSource {
         match self {
-            Lines::Piped(rx) => match rx.recv() {
-                Ok(Ok(text)) => Line::Text(text),
-                Ok(Err(_)) | Err(_) => Line::End,
-            },
-            Lines::Terminal => {
-                let mut bytes = Vec::new();
-                let mut byte = [0u8; 1];
-                loop {
-                    match io::stdin().lock().read(&mut byte) {
-                        Ok(0) if bytes.is_empty() => return Line::End,
-                        Ok(0) => break,
-                        Ok(_) if byte[0] == b'\n' => break,
-                        Ok(_) => bytes.push(byte[0]),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                            return Line::Interrupted
+            Lines::Terminal(_) => InputSource::Terminal,
+            Lines::Piped(_) => InputSource::Piped,
+        }
+    }
+}
+
+/// The prompt on a terminal: a line editor with history (kept across sessions in the
+/// user's state directory) where the terminal supports one.
+///
+/// The editor puts the terminal in raw mode only inside `readline` and restores it before
+/// returning, so pdb, which runs only after the line was read, gets the terminal as the
+/// user left it. No line editor on a terminal it cannot drive (`TERM` unset, `dumb`,
+/// `cons25`, `emacs`): the line is read byte by byte, so nothing beyond it is taken from
+/// the terminal that pdb uses next.
+struct TerminalLines {
+    editor: Option<rustyline::DefaultEditor>,
+    /// The history file, when one can be kept.
+    history: Option<PathBuf>,
+}
+
+impl TerminalLines {
+    fn new() -> TerminalLines {
+        let term = std::env::var("TERM").unwrap_or_default();
+        if matches!(term.as_str(), "" | "dumb" | "cons25" | "emacs") {
+            return TerminalLines {
+                editor: None,
+                history: None,
+            };
+        }
+        let config = rustyline::Config::builder()
+            .auto_add_history(false)
+            .max_history_size(1000)
+            .map(|b| b.build());
+        let editor = match config.and_then(rustyline::DefaultEditor::with_config) {
+            Ok(editor) => editor,
+            Err(e) => {
+                eprintln!("heli-client: no line editing ({e}); lines are read plainly");
+                return TerminalLines {
+                    editor: None,
+                    history: None,
+                };
+            }
+        };
+        let mut lines = TerminalLines {
+            editor: Some(editor),
+            history: None,
+        };
+        match history_file() {
+            Ok(path) => {
+                if let Some(editor) = lines.editor.as_mut() {
+                    match editor.load_history(&path) {
+                        Ok(()) => {}
+                        Err(rustyline::error::ReadlineError::Io(e))
+                            if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            eprintln!("heli-client: history {} not loaded: {e}", path.display())
                         }
-                        Err(_) => return Line::End,
                     }
                 }
-                Line::Text(String::from_utf8_lossy(&bytes).into_owned())
+                lines.history = Some(path);
+            }
+            Err(why) => eprintln!("heli-client: history not kept: {why}"),
+        }
+        lines
+    }
+
+    fn read_line(&mut self, prompt: &str) -> Input {
+        use rustyline::error::ReadlineError;
+        let Some(editor) = self.editor.as_mut() else {
+            let mut out = io::stdout().lock();
+            let _ = write!(out, "{prompt}");
+            let _ = out.flush();
+            return read_terminal_line();
+        };
+        match editor.readline(prompt) {
+            Ok(text) => {
+                if !text.trim().is_empty() {
+                    let _ = editor.add_history_entry(text.as_str());
+                    // Saved at once: a client killed later loses nothing.
+                    if let Some(path) = &self.history {
+                        if let Err(e) = editor.append_history(path) {
+                            eprintln!("heli-client: history {} not saved: {e}", path.display());
+                            self.history = None;
+                        }
+                    }
+                }
+                Input::LineRead { text }
+            }
+            Err(ReadlineError::Interrupted) => Input::PromptInterrupted,
+            Err(ReadlineError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {
+                Input::PromptInterrupted
+            }
+            Err(ReadlineError::Eof) => Input::InputEnded,
+            Err(e) => {
+                eprintln!("heli-client: reading the terminal failed: {e}");
+                Input::InputEnded
             }
         }
     }
 }
 
-/// pdb's own ways to end a session: after one of these the client takes stdin back.
-fn is_pdb_quit(line: &str) -> bool {
-    matches!(
-        line.split_whitespace().next(),
-        Some("q" | "quit" | "exit" | "EOF")
-    )
+/// `$XDG_STATE_HOME/helicopter-parent/history`, else
+/// `~/.local/state/helicopter-parent/history`; the directory is made 0700 (typed
+/// commands are nobody else's business).
+fn history_file() -> Result<PathBuf, String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let state = match std::env::var_os("XDG_STATE_HOME").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir,
+        Some(_) | None => match std::env::var_os("HOME").map(PathBuf::from) {
+            Some(home) if home.is_absolute() => home.join(".local/state"),
+            Some(_) | None => return Err("neither XDG_STATE_HOME nor HOME is set".into()),
+        },
+    };
+    let dir = state.join("helicopter-parent");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+    Ok(dir.join("history"))
 }
 
-/// At Yama scope 3, or scope 2 without root, no grant lets this user attach.
-fn scope_forbids_attach() -> Option<String> {
-    let Yama::Scope(scope @ 2..) = procfs::yama() else {
-        return None;
-    };
-    if scope == 2 && nix::unistd::geteuid().is_root() {
-        return None;
+/// One line from the terminal, read byte by byte so that nothing beyond it is taken.
+fn read_terminal_line() -> Input {
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match io::stdin().lock().read(&mut byte) {
+            Ok(0) if bytes.is_empty() => return Input::InputEnded,
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => bytes.push(byte[0]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Input::PromptInterrupted,
+            Err(_) => return Input::InputEnded,
+        }
     }
-    let rule = if scope >= 3 {
-        "no process may attach to another"
-    } else {
-        "only processes with CAP_SYS_PTRACE may attach"
-    };
-    Some(format!(
-        "kernel.yama.ptrace_scope is {scope}: {rule}; no grant can help"
-    ))
+    Input::LineRead {
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+/// A helper thread with SIGINT blocked, so that Ctrl-C at the prompt interrupts the
+/// main thread's read and nothing else.
+fn spawn_quiet(work: impl FnOnce() + Send + 'static) {
+    std::thread::spawn(move || {
+        let mut block = SigSet::empty();
+        block.add(Signal::SIGINT);
+        let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&block), None);
+        work();
+    });
 }
 
 extern "C" fn interrupt_read(_: libc::c_int) {}
@@ -129,299 +567,4 @@ fn set_sigint(handler: SigHandler) {
     let action = SigAction::new(handler, SaFlags::empty(), SigSet::empty());
     // SAFETY: the handler is async-signal-safe (it does nothing).
     let _ = unsafe { sigaction(Signal::SIGINT, &action) };
-}
-
-fn say(text: &str) {
-    let mut out = io::stdout().lock();
-    let _ = writeln!(out, "{text}");
-    let _ = out.flush();
-}
-
-pub struct Client {
-    opts: ClientOptions,
-    lines: Lines,
-    failures: u32,
-    /// Whether pdb was handed its quit line in the current attach (piped mode).
-    pdb_quit_sent: bool,
-}
-
-impl Client {
-    pub fn new(opts: ClientOptions) -> Client {
-        Client {
-            opts,
-            lines: Lines::from_stdin(),
-            failures: 0,
-            pdb_quit_sent: false,
-        }
-    }
-
-    pub fn run(mut self) -> i32 {
-        say("Helicopter Parent - Debug Client");
-        if let Err(e) = self.target_pid() {
-            say(&format!("❌ {e}"));
-            // The controller refuses to start at these scopes: say why none is running.
-            if let Some(why) = scope_forbids_attach() {
-                say(&format!("   note: {why}"));
-            }
-            return EXIT_NO_CONTROLLER;
-        }
-        say("Type 'help' for available commands");
-        if matches!(self.lines, Lines::Terminal) {
-            set_sigint(SigHandler::Handler(interrupt_read));
-        }
-        loop {
-            print!(">>> ");
-            let _ = io::stdout().flush();
-            let line = match self.lines.next() {
-                Line::Text(line) => line,
-                Line::Interrupted => {
-                    say("\nInterrupted (type 'quit' to exit)");
-                    continue;
-                }
-                Line::End => {
-                    say("\nGoodbye!");
-                    break;
-                }
-            };
-            match line.trim().to_ascii_lowercase().as_str() {
-                "" => {}
-                "attach" => {
-                    if !self.attach() {
-                        self.failures += 1;
-                    }
-                }
-                "quit" | "exit" => {
-                    say("Goodbye!");
-                    break;
-                }
-                "terminate" => {
-                    return match self.terminate() {
-                        Ok(()) => self.exit_code(),
-                        Err(e) => {
-                            say(&format!("❌ {e}"));
-                            EXIT_COMMAND_FAILED
-                        }
-                    };
-                }
-                "help" => say(HELP),
-                other => {
-                    say(&format!(
-                        "Unknown command: {other}. Type 'help' for available commands"
-                    ));
-                    self.failures += 1;
-                }
-            }
-        }
-        self.exit_code()
-    }
-
-    fn exit_code(&self) -> i32 {
-        if self.failures == 0 {
-            EXIT_OK
-        } else {
-            EXIT_COMMAND_FAILED
-        }
-    }
-
-    fn request(&self, command: Command) -> Result<Reply, ExchangeError> {
-        exchange(
-            &self.opts.pipe_dir,
-            &command.to_line(self.opts.dialect),
-            self.opts.timeout,
-        )
-    }
-
-    fn target_pid(&self) -> Result<u32, String> {
-        match self
-            .request(Command::GetTargetPid)
-            .map_err(|e| e.to_string())?
-        {
-            Reply::TargetPid(pid) => Ok(pid),
-            Reply::Error(msg) => Err(format!("Controller error: {msg}")),
-            Reply::Ready => Err("unexpected reply READY to GET_TARGET_PID".into()),
-        }
-    }
-
-    /// One attach cycle; false when it failed.
-    fn attach(&mut self) -> bool {
-        self.pdb_quit_sent = false;
-        let ok = self.try_attach();
-        // Lines meant for pdb that it never took (it failed, or never started) are not
-        // client commands: drop them up to pdb's quit.
-        if !self.pdb_quit_sent && matches!(self.lines, Lines::Piped(_)) {
-            self.skip_pdb_lines();
-        }
-        ok
-    }
-
-    fn try_attach(&mut self) -> bool {
-        let target = match self.target_pid() {
-            Ok(pid) => pid,
-            Err(e) => {
-                say(&format!("❌ {e}"));
-                return false;
-            }
-        };
-        if let Some(why) = scope_forbids_attach() {
-            say(&format!("❌ {why}"));
-            return false;
-        }
-        let me = std::process::id();
-        say(&format!(
-            "Requesting ptrace permission for client PID {me}..."
-        ));
-        match self.request(Command::GrantAccess { pid: me }) {
-            Ok(Reply::Ready) => say("✅ Permission granted"),
-            Ok(Reply::Error(msg)) => {
-                say(&format!("❌ Permission denied: {msg}"));
-                return false;
-            }
-            Ok(other) => {
-                say(&format!("❌ unexpected reply to GRANT_ACCESS: {other}"));
-                return false;
-            }
-            Err(e) => {
-                say(&format!("❌ {e}"));
-                return false;
-            }
-        }
-        let python = match self.opts.python.clone().or_else(|| procfs::exe(target)) {
-            Some(python) => python,
-            None => match resolve_python(None) {
-                Ok(python) => python,
-                Err(e) => {
-                    say(&format!("❌ {e}"));
-                    return false;
-                }
-            },
-        };
-        say(&format!("\nAttaching pdb to target PID {target}..."));
-        say("Type pdb commands (list, next, print, etc.) or 'quit' to detach\n");
-        let ok = self.run_pdb(&python, target);
-        say("\nDebugger detached");
-        ok
-    }
-
-    fn run_pdb(&mut self, python: &PathBuf, target: u32) -> bool {
-        let piped = matches!(self.lines, Lines::Piped(_));
-        let mut command = std::process::Command::new(python);
-        command.args(["-m", "pdb", "-p", &target.to_string()]);
-        if piped {
-            command.stdin(Stdio::piped());
-        }
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            command.pre_exec(|| {
-                // The client ignores SIGINT while pdb runs; pdb must not inherit that, or
-                // Python would not install its KeyboardInterrupt handler.
-                libc::signal(libc::SIGINT, libc::SIG_DFL);
-                Ok(())
-            });
-        }
-        set_sigint(SigHandler::SigIgn);
-        let result = command
-            .spawn()
-            .map(|child| self.feed_and_wait(child, piped));
-        set_sigint(if piped {
-            SigHandler::SigDfl
-        } else {
-            SigHandler::Handler(interrupt_read)
-        });
-        match result {
-            Ok(Ok(status)) if status.success() => true,
-            Ok(Ok(status)) => {
-                match (status.code(), status.signal()) {
-                    (Some(code), _) => say(&format!("❌ pdb exited with status {code}")),
-                    (_, Some(sig)) => say(&format!("❌ pdb was killed by signal {sig}")),
-                    _ => say("❌ pdb failed"),
-                }
-                false
-            }
-            Ok(Err(e)) | Err(e) => {
-                say(&format!("❌ cannot run {} -m pdb: {e}", python.display()));
-                false
-            }
-        }
-    }
-
-    /// Hands pdb the client's lines up to its quit command (piped mode) and waits for it.
-    fn feed_and_wait(
-        &mut self,
-        mut child: Child,
-        piped: bool,
-    ) -> io::Result<std::process::ExitStatus> {
-        let Some(mut stdin) = child.stdin.take().filter(|_| piped) else {
-            return child.wait();
-        };
-        let Lines::Piped(rx) = &self.lines else {
-            return child.wait();
-        };
-        let rx = rx.clone();
-        // A watcher turns the child's exit into a channel event, so the feeder never
-        // blocks on a line while pdb has already gone.
-        let (exit_tx, exit_rx) = crossbeam_channel::bounded(1);
-        let pid = child.id();
-        let waiter = std::thread::spawn(move || {
-            let status = child.wait();
-            let _ = exit_tx.send(());
-            status
-        });
-        let mut quit_sent = false;
-        loop {
-            crossbeam_channel::select! {
-                recv(exit_rx) -> _ => break,
-                recv(rx) -> line => match line {
-                    Ok(Ok(line)) => {
-                        let quit = is_pdb_quit(&line);
-                        if stdin.write_all(format!("{line}\n").as_bytes()).is_err() {
-                            break;
-                        }
-                        if quit {
-                            quit_sent = true;
-                            break;
-                        }
-                    }
-                    _ => break, // EOF of our stdin: pdb gets EOF too and detaches
-                },
-            }
-        }
-        drop(stdin);
-        self.pdb_quit_sent = quit_sent;
-        waiter
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other(format!("waiting for pdb {pid} failed"))))
-    }
-
-    /// After an attach that failed in piped mode, the lines meant for pdb up to its quit
-    /// command are dropped rather than run as client commands.
-    fn skip_pdb_lines(&mut self) {
-        let Lines::Piped(rx) = &self.lines else {
-            return;
-        };
-        while let Ok(Ok(line)) = rx.recv() {
-            eprintln!("heli-client: not run (meant for pdb, which is not attached): {line}");
-            if is_pdb_quit(&line) {
-                break;
-            }
-        }
-    }
-
-    fn terminate(&self) -> Result<(), String> {
-        say("Terminating controller and target...");
-        let line = Command::Terminate.to_line(self.opts.dialect);
-        let expect_reply = self.opts.dialect == Dialect::Seed;
-        match exchange_raw(&self.opts.pipe_dir, &line, self.opts.timeout, expect_reply)
-            .map_err(|e| e.to_string())?
-        {
-            None => Ok(()),
-            Some(raw) => match crate::core::wire::parse_reply(&raw) {
-                Ok(Reply::Ready) => {
-                    say("✅ Controller is stopping the target");
-                    Ok(())
-                }
-                Ok(Reply::Error(msg)) => Err(format!("Controller error: {msg}")),
-                _ => Err(format!("unexpected reply to TERMINATE: {raw}")),
-            },
-        }
-    }
 }

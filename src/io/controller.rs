@@ -1,31 +1,32 @@
 //! The controller's driver: starts the target, runs the adapters (one blocking thread per
 //! FIFO, child and signal source, all feeding one channel) and one owner loop that
 //! journals each input, hands it to the core and carries out the effects.
-use super::grant::{spawn_ack_reader, Granter};
-use super::journal::JournalWriter;
-use super::pipes::{self, PipeDir, CONTROL, RESPONSE};
+use super::client_watch::ClientWatcher;
+use super::find_python::resolve_python;
+use super::grant::GrantInjector;
+use super::journal_writer::{Appended, JournalWriter, DEFAULT_LIMIT_BYTES};
+use super::keeper::{Keeper, KeeperEvent, KeeperEvents};
+use super::pipes::{PipeDir, PipeHandle};
 use super::procfs;
-use crate::core::journal::{Header, Record, Session, JOURNAL_FORMAT};
-use crate::core::machine::{Config, Effect, ExitStatus, Input, StopSignal, Yama};
+use crate::core::journal::{Header, Record, JOURNAL_FORMAT};
+use crate::core::ptrace_policy::controller_may_start;
+use crate::core::supervisor::{
+    Config, ControllerExit, Effect, ExitStatus, GrantInjection, Input, StopSignal, Supervisor,
+};
 use crate::core::wire::{Dialect, LineFramer};
 use crossbeam_channel::{select, Receiver, Sender};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, SigSet, Signal};
-use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
+use nix::sys::signal::{SigSet, Signal};
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Exit code for the controller's own failures, distinct from any target status it
-/// passes through (the convention of `timeout`, `env` and `docker run`).
-pub const EXIT_CONTROLLER_FAILED: i32 = 125;
+/// Exit code for the controller's own failures (see [`ControllerExit::Failed`]).
+pub const EXIT_CONTROLLER_FAILED: i32 = ControllerExit::FAILED_CODE;
 
 #[derive(Debug, Clone)]
 pub struct ControllerOptions {
@@ -36,6 +37,8 @@ pub struct ControllerOptions {
     pub journal: Option<Option<PathBuf>>,
     pub grant_timeout_ms: u64,
     pub stop_grace_ms: u64,
+    /// The first signal of a stop, for the target alone (see [`Config::stop_signal`]).
+    pub stop_signal: i32,
     pub script: PathBuf,
     pub args: Vec<OsString>,
 }
@@ -55,77 +58,74 @@ fn fail<T>(message: impl Into<String>) -> Result<T, ControllerError> {
     Err(ControllerError(message.into()))
 }
 
+/// Writes one line on stderr, bounded whatever happens: a message equal to the one before
+/// is counted, not repeated (the count is said when another message comes), and beyond
+/// [`LOG_LINES_PER_SECOND`] lines in a second the rest of that second is counted and said
+/// once. A flood of bad input cannot fill the disk through the log.
 fn log(message: &str) {
-    let _ = writeln!(io::stderr(), "heli-controller: {message}");
+    static STATE: std::sync::Mutex<LogState> = std::sync::Mutex::new(LogState {
+        last: String::new(),
+        repeats: 0,
+        second: None,
+        lines_this_second: 0,
+        suppressed: 0,
+    });
+    let mut state = STATE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut err = io::stderr().lock();
+    if state.last == message {
+        state.repeats += 1;
+        return;
+    }
+    if state.repeats > 0 {
+        let _ = writeln!(
+            err,
+            "heli-controller: (the message above repeated {} more times)",
+            state.repeats
+        );
+        state.repeats = 0;
+    }
+    let now = Instant::now();
+    let new_second =
+        !matches!(state.second, Some(start) if now.duration_since(start) < Duration::from_secs(1));
+    if new_second {
+        if state.suppressed > 0 {
+            let _ = writeln!(err, "heli-controller: ({} log lines left out: more than {LOG_LINES_PER_SECOND} a second)", state.suppressed);
+        }
+        state.second = Some(now);
+        state.lines_this_second = 0;
+        state.suppressed = 0;
+    }
+    state.last = message.to_string();
+    if state.lines_this_second >= LOG_LINES_PER_SECOND {
+        state.suppressed += 1;
+        return;
+    }
+    state.lines_this_second += 1;
+    let _ = writeln!(err, "heli-controller: {message}");
 }
 
-/// Finds the interpreter: `--python`, else `$HELI_PYTHON`, else `python3.X` on PATH for
-/// each supported minor version, newest first. Any interpreter is accepted here: the
-/// version is read from the target itself when a grant is asked for.
-pub fn resolve_python(explicit: Option<&Path>) -> Result<PathBuf, ControllerError> {
-    let executable = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| {
-            m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
-        })
-    };
-    if let Some(p) = explicit {
-        return if executable(p) {
-            Ok(p.to_path_buf())
-        } else {
-            fail(format!("--python {}: not an executable file", p.display()))
-        };
-    }
-    if let Some(p) = std::env::var_os("HELI_PYTHON").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        return if executable(&p) {
-            Ok(p)
-        } else {
-            fail(format!(
-                "HELI_PYTHON={}: not an executable file",
-                p.display()
-            ))
-        };
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let names: Vec<String> = crate::pyruntime::LAYOUTS
-        .iter()
-        .rev()
-        .map(|l| format!("python{}.{}", l.major, l.minor))
-        .collect();
-    for name in &names {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join(name);
-            if executable(&candidate) {
-                return Ok(candidate);
-            }
-        }
-    }
-    fail(format!(
-        "Python {supported} not found: tried --python (not given), $HELI_PYTHON (not set) and {names} on PATH ({}). Install Python {supported} or pass --python PATH (scripts/provision-python.sh provisions one)",
-        path.to_string_lossy(),
-        supported = crate::pyruntime::supported_versions().replace(", ", " or "),
-        names = names.join(", "),
-    ))
+const LOG_LINES_PER_SECOND: u32 = 50;
+
+struct LogState {
+    last: String,
+    repeats: u64,
+    second: Option<Instant>,
+    lines_this_second: u32,
+    suppressed: u64,
 }
 
 /// Runs a whole controller session; returns the exit code.
 pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     let yama = procfs::yama();
-    if let Yama::Scope(scope) = yama {
-        if scope >= 3 || (scope == 2 && !nix::unistd::geteuid().is_root()) {
-            return fail(format!(
-                "kernel.yama.ptrace_scope is {scope}: {}; no grant can help. Lower it (as root: sysctl kernel.yama.ptrace_scope=1){}",
-                if scope >= 3 { "no process may attach to another" } else { "only processes with CAP_SYS_PTRACE may attach" },
-                if scope >= 3 { " after a reboot: scope 3 cannot be lowered while running" } else { "" }
-            ));
-        }
-    }
+    controller_may_start(yama, procfs::own_tracer_privilege()).map_err(ControllerError)?;
     match std::fs::metadata(&opts.script) {
         Ok(m) if m.is_file() => {}
         Ok(_) => return fail(format!("{}: not a regular file", opts.script.display())),
         Err(e) => return fail(format!("{}: {e}", opts.script.display())),
     }
-    let python = resolve_python(opts.python.as_deref())?;
+    let python = resolve_python(opts.python.as_deref()).map_err(ControllerError)?;
 
     // Block the stop signals before any thread exists so that every thread inherits the
     // mask and only the signal thread receives them (with sigwait).
@@ -136,36 +136,56 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
 
     let mut pipes = PipeDir::create(&opts.pipe_dir).map_err(|e| ControllerError(e.to_string()))?;
     let controller_pid = std::process::id();
+    let journal_err =
+        |path: &Path, e: io::Error| ControllerError(format!("journal {}: {e}", path.display()));
     let mut journal = match &opts.journal {
         Some(None) => None,
-        Some(Some(path)) => Some(path.clone()),
-        None => Some(pipes.join(&format!("journal-{controller_pid}.jsonl"))),
-    }
-    .map(|path| {
-        JournalWriter::create(&path)
-            .map_err(|e| ControllerError(format!("journal {}: {e}", path.display())))
-    })
-    .transpose()?;
+        Some(Some(path)) => Some(
+            JournalWriter::create(path, DEFAULT_LIMIT_BYTES).map_err(|e| journal_err(path, e))?,
+        ),
+        // Through the pipe directory's handle, not its path (issue 9).
+        None => {
+            let name = format!("journal-{controller_pid}.jsonl");
+            let path = pipes.join(&name);
+            let file = pipes
+                .create_file(&name)
+                .map_err(|e| journal_err(&path, e))?;
+            Some(JournalWriter::from_new_file(
+                file,
+                path,
+                DEFAULT_LIMIT_BYTES,
+            ))
+        }
+    };
 
     let mut target_argv: Vec<OsString> = vec![python.clone().into(), opts.script.clone().into()];
     target_argv.extend(opts.args.iter().cloned());
-    let child = spawn_target(&python, &opts.script, &opts.args).map_err(|e| {
-        if let Some(writer) = &journal {
-            let _ = std::fs::remove_file(writer.path());
-        }
-        ControllerError(format!(
-            "starting {} {}: {e}",
-            python.display(),
-            opts.script.display()
-        ))
-    })?;
-    let target_pid = child.id();
+    // Orphans of the tree come to the controller if the keeper (their subreaper) is
+    // killed from outside, so they stay findable and are stopped with the rest.
+    // SAFETY: plain prctl.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let (mut keeper, keeper_events) =
+        Keeper::start(&python, &opts.script, &opts.args).map_err(|e| {
+            if let Some(writer) = &journal {
+                let _ = std::fs::remove_file(writer.path());
+            }
+            ControllerError(format!(
+                "starting {} {}: {e}",
+                python.display(),
+                opts.script.display()
+            ))
+        })?;
+    let target_pid = keeper.target_pid();
     let started = Instant::now();
 
     let mut config = Config::new(target_pid, nix::unistd::getuid().as_raw(), yama);
     config.dialect = opts.dialect;
     config.grant_timeout_ms = opts.grant_timeout_ms;
     config.stop_grace_ms = opts.stop_grace_ms;
+    config.stop_signal = opts.stop_signal;
+    if std::env::var_os("HELI_DISABLE_GRANT").is_some_and(|v| v == "1") {
+        config.grant_injection = GrantInjection::SkippedForDiagnostics;
+    }
     let header = Header {
         format: JOURNAL_FORMAT,
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -181,34 +201,49 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     };
     // After a failed write the journal stops for good: a journal with a gap in it would
     // replay as a divergence; one that ends early is reported as truncated.
-    let record = |journal: &mut Option<JournalWriter>, record: Record| {
-        if let Some(writer) = journal.as_mut() {
-            if let Err(e) = writer.append(&record) {
-                log(&format!(
-                    "journal {}: {e}; journaling stopped",
-                    writer.path().display()
-                ));
-                *journal = None;
+    let record =
+        |journal: &mut Option<JournalWriter>,
+         write: &mut dyn FnMut(&mut JournalWriter) -> io::Result<Appended>| {
+            if let Some(writer) = journal.as_mut() {
+                match write(writer) {
+                    Ok(Appended::Written | Appended::AlreadyCapped) => {}
+                    Ok(Appended::CappedNow) => log(&format!(
+                        "journal {} reached its limit of {} MiB; later inputs are not journaled",
+                        writer.path().display(),
+                        DEFAULT_LIMIT_BYTES >> 20
+                    )),
+                    Err(e) => {
+                        log(&format!(
+                            "journal {}: {e}; journaling stopped",
+                            writer.path().display()
+                        ));
+                        *journal = None;
+                    }
+                }
             }
-        }
-    };
-    record(&mut journal, Record::Header(header));
+        };
+    record(&mut journal, &mut |w| {
+        w.append(&Record::Header(header.clone()))
+            .map(|()| Appended::Written)
+    });
 
-    let (tx, rx) = crossbeam_channel::unbounded::<Input>();
-    let disabled = std::env::var_os("HELI_DISABLE_GRANT").is_some_and(|v| v == "1");
-    let adapters = || -> io::Result<Granter> {
-        let granter = Granter::new(target_pid, pipes.path(), disabled)?;
+    // Bounded: a flood of lines waits in the control pipe (the writer blocks), not in
+    // the controller's memory.
+    let (tx, rx) = crossbeam_channel::bounded::<Input>(1024);
+    let watcher = ClientWatcher::new(tx.clone());
+    let adapters = || -> io::Result<(GrantInjector, ResponseWriter)> {
+        let injector = GrantInjector::start(target_pid, tx.clone())?;
+        let responses = ResponseWriter::start(pipes.handle()?, opts.dialect)?;
         spawn_signal_thread(stop_signals, tx.clone())?;
-        spawn_target_waiter(target_pid, tx.clone())?;
-        spawn_ack_reader(pipes.path(), granter.token().to_string(), tx.clone())?;
-        spawn_control_reader(&pipes.join(CONTROL), tx.clone())?;
-        Ok(granter)
+        spawn_target_waiter(keeper_events, tx.clone())?;
+        spawn_control_reader(pipes.handle()?, tx.clone())?;
+        Ok((injector, responses))
     };
-    let mut granter = match adapters() {
-        Ok(granter) => granter,
+    let (mut injector, mut responses) = match adapters() {
+        Ok(adapters) => adapters,
         Err(e) => {
-            let _ = kill(Pid::from_raw(target_pid as i32), Signal::SIGKILL);
-            let _ = waitpid(Pid::from_raw(target_pid as i32), None);
+            keeper.signal_tree(libc::SIGKILL);
+            keeper.finish();
             return fail(format!("starting the controller's adapters: {e}"));
         }
     };
@@ -224,6 +259,10 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
             .join(" ")
     ));
     log(&format!(
+        "keeper {} stops the target's whole tree if the controller ends in any way",
+        keeper.pid()
+    ));
+    log(&format!(
         "listening on {} ({yama}, dialect {:?})",
         pipes.path().display(),
         opts.dialect
@@ -231,69 +270,56 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     if let Some(writer) = &journal {
         log(&format!("journal: {}", writer.path().display()));
     }
-    if disabled {
-        log("HELI_DISABLE_GRANT=1: grants are acknowledged WITHOUT being injected (diagnostics only)");
+    if config.grant_injection == GrantInjection::SkippedForDiagnostics {
+        log("HELI_DISABLE_GRANT=1: grants are answered READY WITHOUT being injected (diagnostics only)");
     }
-    let response_path = pipes.join(RESPONSE);
 
-    let mut session = Session::new(config);
+    let mut supervisor = Supervisor::new(config);
+    // Facts the effects just produced (an inspection, an injection's outcome) are handled
+    // before anything else arrives, in the order they were found.
     let mut immediate: VecDeque<Input> = VecDeque::new();
     let mut adapters_gone = false;
     loop {
         let input = match immediate.pop_front() {
             Some(input) => input,
-            None => next_input(
-                &rx,
-                session.controller().poll_timeout(),
-                started,
-                &mut adapters_gone,
-            ),
+            None => next_input(&rx, supervisor.poll_timeout(), started, &mut adapters_gone),
         };
         let at = started.elapsed().as_millis() as u64;
-        record(
-            &mut journal,
-            Record::Input {
-                at,
-                input: input.clone(),
-            },
-        );
-        if let Input::GrantRan { grant, .. } = input {
-            granter.acknowledged(grant);
-        }
-        let effects = session.handle(at, input);
-        record(
-            &mut journal,
-            Record::Effects {
-                at,
-                effects: effects.clone(),
-            },
-        );
+        record(&mut journal, &mut |w| w.step(at, &input, None));
+        let effects = supervisor.handle(at, input.clone());
+        record(&mut journal, &mut |w| w.step(at, &input, Some(&effects)));
         for effect in effects {
             match effect {
-                Effect::Reply { reply } => send_reply(&response_path, &reply.to_line(opts.dialect)),
+                Effect::Reply { reply } => responses.send(reply.to_line(opts.dialect)),
                 Effect::InspectClient { pid } => immediate.push_back(Input::ClientInspected {
                     pid,
                     facts: procfs::inspect(pid),
                 }),
-                Effect::ScheduleGrant { grant, client } => {
-                    immediate.push_back(granter.schedule(grant, client))
+                Effect::Deliver {
+                    grant,
+                    client,
+                    action,
+                } => immediate.push_back(Input::Delivery {
+                    grant,
+                    fact: injector.carry_out(grant, client, &action),
+                }),
+                Effect::ForgetGrant { grant } => injector.forget(grant),
+                Effect::WatchClient { pid } => watcher.watch(pid),
+                Effect::SignalTarget { signal } => keeper.signal_target(signal),
+                Effect::StopTree { signal } => keeper.signal_tree(signal),
+                Effect::RemovePipes => {
+                    // Replies already decided reach their readers before the pipes go.
+                    responses.finish();
+                    pipes.remove();
                 }
-                Effect::RetargetGrant { grant } => immediate.push_back(granter.retarget(grant)),
-                Effect::WithdrawGrant { grant } => granter.withdraw(grant),
-                Effect::StopTarget { force } => {
-                    let signal = if force {
-                        Signal::SIGKILL
-                    } else {
-                        Signal::SIGTERM
-                    };
-                    let _ = kill(Pid::from_raw(target_pid as i32), signal);
-                }
-                Effect::RemovePipes => pipes.remove(),
                 Effect::Log { message } => log(&message),
                 Effect::Exit { code } => {
-                    // The waiter left the child unreaped (WNOWAIT) so its pid could not be
-                    // reused while we might still signal it; reap it now.
-                    let _ = waitpid(Pid::from_raw(target_pid as i32), Some(WaitPidFlag::WNOHANG));
+                    record(&mut journal, &mut |w| {
+                        w.flush_repeats().map(|()| Appended::Written)
+                    });
+                    // Closing the keeper's pipe makes it SIGKILL whatever is left of the
+                    // tree; waiting for it means nothing of the tree outlives this exit.
+                    keeper.finish();
                     return Ok(code);
                 }
             }
@@ -325,9 +351,7 @@ fn next_input(
     };
     input.unwrap_or_else(|| {
         *adapters_gone = true;
-        Input::SignalReceived {
-            signal: StopSignal::Terminate,
-        }
+        Input::AdaptersGone
     })
 }
 
@@ -339,68 +363,52 @@ fn stop_signal_set() -> SigSet {
     set
 }
 
-fn spawn_target(
-    python: &Path,
-    script: &Path,
-    args: &[OsString],
-) -> io::Result<std::process::Child> {
-    let parent = std::process::id() as i32;
-    let mut command = Command::new(python);
-    command.arg(script).args(args);
-    // SAFETY: between fork and exec only async-signal-safe calls are made.
-    unsafe {
-        command.pre_exec(move || {
-            // Undo the controller's blocked stop signals: the target must see them.
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            // If the controller dies (even by SIGKILL) the target is told to stop rather
-            // than left running unsupervised with nobody able to attach to it.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            if libc::getppid() != parent {
-                libc::_exit(EXIT_CONTROLLER_FAILED);
-            }
-            Ok(())
-        });
-    }
-    command.spawn()
-}
-
 fn spawn_signal_thread(set: SigSet, tx: Sender<Input>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
-            let signal = match set.wait() {
-                Ok(Signal::SIGINT) => StopSignal::Interrupt,
-                Ok(Signal::SIGHUP) => StopSignal::Hangup,
-                Ok(_) => StopSignal::Terminate,
-                Err(_) => continue,
+            // sigwaitinfo rather than sigwait: si_code tells a terminal's signal (sent by
+            // the kernel to the whole foreground group, the target included) from kill().
+            // SAFETY: a zeroed siginfo_t is valid; the set is blocked in every thread.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            let number = unsafe { libc::sigwaitinfo(set.as_ref(), &mut info) };
+            let signal = match number {
+                libc::SIGINT => StopSignal::Interrupt,
+                libc::SIGHUP => StopSignal::Hangup,
+                libc::SIGTERM => StopSignal::Terminate,
+                _ => continue,
             };
-            if tx.send(Input::SignalReceived { signal }).is_err() {
+            let by_kernel = info.si_code == libc::SI_KERNEL;
+            if tx
+                .send(Input::SignalReceived { signal, by_kernel })
+                .is_err()
+            {
                 return;
             }
         })?;
     Ok(())
 }
 
-fn spawn_target_waiter(pid: u32, tx: Sender<Input>) -> io::Result<()> {
+/// Turns the keeper's report of the target's end into [`Input::TargetExited`]. The
+/// keeper reaps the target (it is its parent) and never signals it afterwards, so the pid
+/// cannot be reused under the controller's feet.
+fn spawn_target_waiter(mut events: KeeperEvents, tx: Sender<Input>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("target-wait".into())
-        .spawn(move || loop {
-            // WNOWAIT: observe the exit but leave the zombie, so the pid stays ours until the
-            // owner loop has stopped sending signals to it.
-            let status = match waitid(
-                Id::Pid(Pid::from_raw(pid as i32)),
-                WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
-            ) {
-                Ok(WaitStatus::Exited(_, code)) => ExitStatus::Code(code),
-                Ok(WaitStatus::Signaled(_, signal, _)) => ExitStatus::Signal(signal as i32),
-                Ok(_) => continue,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return,
+        .spawn(move || {
+            let status = match events.wait_event() {
+                KeeperEvent::Exited(code) => ExitStatus::Code(code),
+                KeeperEvent::Signaled(sig) => ExitStatus::Signal(sig),
+                KeeperEvent::KeeperGone => {
+                    // Only a SIGKILL from outside ends the keeper early; the target's
+                    // PR_SET_PDEATHSIG then killed it with SIGKILL.
+                    log(
+                        "the keeper process died; the target was killed with it (PR_SET_PDEATHSIG)",
+                    );
+                    ExitStatus::Signal(libc::SIGKILL)
+                }
             };
             let _ = tx.send(Input::TargetExited { status });
-            return;
         })?;
     Ok(())
 }
@@ -409,9 +417,8 @@ fn spawn_target_waiter(pid: u32, tx: Sender<Input>) -> io::Result<()> {
 /// whole time, so a client never finds the pipe without a reader (writers would get
 /// ENXIO or block); the reading descriptor is reopened after each EOF (all writers
 /// gone), which is also how a last line without `\n` is recognised as complete.
-fn spawn_control_reader(path: &Path, tx: Sender<Input>) -> io::Result<()> {
-    let keeper = pipes::open_reader(path)?;
-    let path = path.to_path_buf();
+fn spawn_control_reader(pipes: PipeHandle, tx: Sender<Input>) -> io::Result<()> {
+    let keeper = pipes.open_control_reader()?;
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -419,7 +426,7 @@ fn spawn_control_reader(path: &Path, tx: Sender<Input>) -> io::Result<()> {
             let mut framer = LineFramer::default();
             let mut buf = [0u8; 4096];
             'reopen: loop {
-                let Ok(mut reader) = pipes::open_reader(&path) else {
+                let Ok(mut reader) = pipes.open_control_reader() else {
                     return;
                 };
                 // After data, read again before polling: Linux reports POLLHUP on a FIFO
@@ -473,17 +480,157 @@ fn spawn_control_reader(path: &Path, tx: Sender<Input>) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes one reply line. Never blocks: a reply nobody is reading is dropped and said so
-/// (a client that follows the protocol opens `response` before writing its command).
-fn send_reply(path: &Path, line: &str) {
-    let result = pipes::open_writer(path)
-        .and_then(|mut file| file.write_all(format!("{line}\n").as_bytes()));
-    if let Err(e) = result {
-        let why = match e.raw_os_error() {
-            Some(libc::ENXIO) => "no client is reading the response pipe".to_string(),
-            Some(libc::EAGAIN) => "the response pipe is full (a client is not reading)".to_string(),
-            _ => e.to_string(),
-        };
-        log(&format!("reply '{line}' not delivered: {why}"));
+/// How long a reply waits for a reader of `response` (0.x clients open it only after
+/// sending) and for room in it (a reader that is late to read).
+const REPLY_HOLD: Duration = Duration::from_secs(5);
+
+/// Replies waiting for the writer; beyond this the owner loop waits for room.
+const MAX_REPLIES_WAITING: usize = 10_000;
+
+/// The `response` writer: one thread that delivers replies in order, so the owner loop
+/// never blocks on a client. A reply waits for room in the pipe (a reader late to read),
+/// within [`REPLY_HOLD`]. Whether it also waits for a reader to open the pipe depends on
+/// the dialect: seed clients open `response` before they write, so a reply with no reader
+/// is nobody's and is dropped at once (held, it would reach the next client); 0.x clients
+/// open it only after writing, so for them the reply is held until they do. A reply that
+/// cannot be delivered is logged.
+struct ResponseWriter {
+    replies: Option<Sender<(String, Instant)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ResponseWriter {
+    fn start(pipes: PipeHandle, dialect: Dialect) -> io::Result<ResponseWriter> {
+        let (replies, queue) = crossbeam_channel::bounded::<(String, Instant)>(MAX_REPLIES_WAITING);
+        let wait_for_reader = dialect == Dialect::Legacy;
+        let thread = std::thread::Builder::new()
+            .name("response".into())
+            .spawn(move || {
+                for (line, deadline) in queue {
+                    if let Err(why) = deliver_reply(&pipes, &line, deadline, wait_for_reader) {
+                        log(&format!("reply '{line}' not delivered: {why}"));
+                    }
+                }
+            })?;
+        Ok(ResponseWriter {
+            replies: Some(replies),
+            thread: Some(thread),
+        })
     }
+
+    /// Queues a reply. When [`MAX_REPLIES_WAITING`] already wait (a reader slower than the
+    /// lines coming in), the owner loop waits here: the flood then waits in the control
+    /// pipe, not in memory, and no reply is dropped for lack of room. Each reply waits at
+    /// most [`REPLY_HOLD`] in the writer, which bounds this wait too.
+    fn send(&self, line: String) {
+        let Some(replies) = &self.replies else {
+            return log(&format!(
+                "reply '{line}' not delivered: the pipes are removed"
+            ));
+        };
+        let queued = replies.send((line, Instant::now() + REPLY_HOLD));
+        if let Err(e) = queued {
+            let (line, _) = e.into_inner();
+            log(&format!(
+                "reply '{line}' not delivered: the response writer has stopped"
+            ));
+        }
+    }
+
+    /// Delivers what is queued (each reply within its own deadline), then stops.
+    fn finish(&mut self) {
+        self.replies = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Opens `response` for writing once a reader is there and writes `line`, both before
+/// `deadline`. The open blocks (the rendezvous a FIFO offers: it returns when a reader
+/// opens); at the deadline a short-lived reader of our own releases it and the reply is
+/// dropped unwritten, so no later client can read a stale reply.
+fn deliver_reply(
+    pipes: &PipeHandle,
+    line: &str,
+    deadline: Instant,
+    wait_for_reader: bool,
+) -> Result<(), String> {
+    let mut file = if wait_for_reader {
+        open_writer_by(pipes, deadline)?
+    } else {
+        pipes
+            .open_response_writer()
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENXIO) => "no client is reading the response pipe".to_string(),
+                _ => e.to_string(),
+            })?
+    };
+    // Non-blocking from here: a reader that never reads must not hold the writer forever.
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        libc::fcntl(
+            fd,
+            libc::F_SETFL,
+            libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
+        )
+    };
+    let bytes = format!("{line}\n");
+    let mut written = 0;
+    while written < bytes.len() {
+        match file.write(&bytes.as_bytes()[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(format!(
+                        "the response pipe stayed full for {} s (a client is not reading)",
+                        REPLY_HOLD.as_secs()
+                    ));
+                }
+                let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLOUT)];
+                let ms = left.as_millis().min(i32::MAX as u128) as i32;
+                let _ = poll(
+                    &mut fds,
+                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+                );
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {
+                return Err("the client closed the response pipe before reading its reply".into())
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+fn open_writer_by(pipes: &PipeHandle, deadline: Instant) -> Result<std::fs::File, String> {
+    // The common case, a client that opened `response` before writing its command.
+    match pipes.open_response_writer() {
+        Ok(file) => return Ok(file),
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    let opened = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            if done_rx.recv_deadline(deadline).is_err() {
+                // Deadline: become the reader for an instant so the blocked open returns.
+                pipes.release_response_writer();
+            }
+        });
+        let opened = pipes.open_response_writer_waiting();
+        let _ = done_tx.send(());
+        opened
+    });
+    let file = opened.map_err(|e| e.to_string())?;
+    if Instant::now() >= deadline {
+        return Err(format!(
+            "no client opened the response pipe within {} s",
+            REPLY_HOLD.as_secs()
+        ));
+    }
+    Ok(file)
 }

@@ -1,208 +1,136 @@
-//! Carries out the core's grant effects: writes the tiny grant script, has the target run
-//! it through the native injector (from this process: at `ptrace_scope=1` only an
-//! ancestor may write into the target), and turns the script's report on the
-//! `grant-ack` FIFO into [`Input::GrantRan`].
-use super::inject::{describe_threads, running_threads, InjectError, PythonProcess, ThreadChoice};
-use super::pipes::GRANT_ACK;
-use crate::core::machine::{GrantId, Input};
+//! Carries out the core's grant effects with the native injector (from this process: at
+//! `ptrace_scope=1` only an ancestor may write into the target), and turns the grant
+//! script's report into [`Input::GrantRan`]. It decides nothing: which thread, when to
+//! move, retry or give up is [`crate::core::delivery`]'s; this module reports facts.
+//!
+//! Nothing the target reads can be swapped by anyone else: the grant script lives in a
+//! sealed memfd and the report goes into an anonymous pipe, both reached by the target as
+//! `/proc/<controller pid>/fd/<n>`. Only processes of the controller's uid may open that
+//! (ptrace read access to the controller), the script cannot be changed once sealed, and
+//! no file of the pipe directory is involved, whatever its name.
+use super::inject::{carry_out, failure_of, InjectError, PythonProcess};
+use crate::core::delivery::{DeliveryAction, DeliveryFact};
+use crate::core::supervisor::{GrantId, Input};
 use crossbeam_channel::Sender;
 use std::collections::HashMap;
-use std::fs::{self, OpenOptions};
+#[cfg(test)]
+use std::fs;
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-
-pub const SCRIPT_PREFIX: &str = "grant-";
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
 
 /// `PR_SET_PTRACER`: the bytes "Yama" read as a big-endian integer.
 pub const PR_SET_PTRACER: u32 = 0x5961_6d61;
 
-struct InFlight {
-    process: PythonProcess,
-    tid: i32,
-    script: PathBuf,
-}
-
-/// Grants in the target that have not reported back yet.
-pub struct Granter {
+/// Carries out [`DeliveryAction`]s for grants in one target.
+pub struct GrantInjector {
     target: u32,
-    dir: PathBuf,
     /// A per-session secret in every report line, so nothing but our own injected
     /// script can produce an acknowledgement.
     token: String,
-    in_flight: HashMap<GrantId, InFlight>,
-    /// Diagnostic switch for the Yama rig's negative control: acknowledge without
-    /// injecting, so that the rig can show that attach then fails.
-    disabled: bool,
+    /// Where the script reports: the write end of the report pipe, as the target opens it.
+    report_path: String,
+    /// Keeps the report pipe's write end open for the controller's life, so the target's
+    /// non-blocking open always finds a reader and the reader never sees EOF.
+    _report_writer: OwnedFd,
+    /// The opened target, reused between actions (opening costs a maps and ELF read).
+    process: Option<PythonProcess>,
+    /// Each grant's sealed script, open until the core forgets the grant.
+    scripts: HashMap<GrantId, File>,
 }
 
-impl Granter {
-    pub fn new(target: u32, dir: &Path, disabled: bool) -> io::Result<Granter> {
-        Ok(Granter {
+impl GrantInjector {
+    /// Creates the report pipe and starts its reader, which sends [`Input::GrantRan`].
+    pub fn start(target: u32, inputs: Sender<Input>) -> io::Result<GrantInjector> {
+        let token = random_token()?;
+        let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let report_path = format!("/proc/{}/fd/{}", std::process::id(), writer.as_raw_fd());
+        spawn_report_reader(File::from(reader), token.clone(), inputs)?;
+        Ok(GrantInjector {
             target,
-            dir: dir.to_path_buf(),
-            token: random_token()?,
-            in_flight: HashMap::new(),
-            disabled,
+            token,
+            report_path,
+            _report_writer: writer,
+            process: None,
+            scripts: HashMap::new(),
         })
     }
 
-    pub fn token(&self) -> &str {
-        &self.token
-    }
-
-    /// Writes the script and schedules it on the target's main thread.
-    pub fn schedule(&mut self, grant: GrantId, client: u32) -> Input {
-        if self.disabled {
-            return Input::GrantRan { grant, errno: 0 };
-        }
-        match self.try_schedule(grant, client) {
-            Ok(tid) => Input::GrantScheduled { grant, tid },
-            Err(error) => {
-                self.forget(grant);
-                let transient = error.is_transient() || self.still_starting(&error);
-                Input::GrantNotScheduled {
-                    grant,
-                    error: error.to_string(),
-                    transient,
-                }
-            }
+    /// Carries out one action and says what it found.
+    pub fn carry_out(
+        &mut self,
+        grant: GrantId,
+        client: u32,
+        action: &DeliveryAction,
+    ) -> DeliveryFact {
+        match self.try_carry_out(grant, client, action) {
+            Ok(fact) => fact,
+            Err(error) => DeliveryFact::NotScheduled {
+                failure: self.failure(error),
+            },
         }
     }
 
-    /// Right after launch the interpreter's "remote debugging enabled" flag still reads 0.
-    /// A real opt-out always shows from outside, as `PYTHON_DISABLE_REMOTE_DEBUG` in the
-    /// environment or `-X disable-remote-debug` on the command line; without either, the
-    /// target is still starting and the grant is tried again.
-    fn still_starting(&self, error: &InjectError) -> bool {
-        if !matches!(error, InjectError::RemoteDebugDisabled { .. }) {
-            return false;
-        }
-        let read =
-            |what: &str| fs::read(format!("/proc/{}/{what}", self.target)).unwrap_or_default();
-        let environ = read("environ");
-        let cmdline = read("cmdline");
-        let opted_out = environ
-            .split(|&b| b == 0)
-            .any(|var| var.starts_with(b"PYTHON_DISABLE_REMOTE_DEBUG="))
-            || cmdline
-                .split(|&b| b == 0)
-                .any(|arg| arg.ends_with(b"disable-remote-debug"));
-        !opted_out
+    fn try_carry_out(
+        &mut self,
+        grant: GrantId,
+        client: u32,
+        action: &DeliveryAction,
+    ) -> Result<DeliveryFact, InjectError> {
+        let script = self.script_path(grant, client)?;
+        carry_out(self.process()?, &script, action)
     }
 
-    fn try_schedule(&mut self, grant: GrantId, client: u32) -> Result<i32, InjectError> {
-        let script = self.dir.join(format!("{SCRIPT_PREFIX}{grant}.py"));
-        let ack = self.dir.join(GRANT_ACK);
-        let content = grant_script(client, &ack, &self.token, grant);
-        write_new_file(&script, content.as_bytes()).map_err(|e| InjectError::InvalidPath {
-            path: script.display().to_string(),
-            reason: format!("cannot write it: {e}"),
-        })?;
-        let scheduled = PythonProcess::open(self.target as i32)
-            .and_then(|process| Ok((process.schedule(ThreadChoice::Main, &script)?, process)));
-        match scheduled {
-            Ok((tid, process)) => {
-                self.in_flight.insert(
-                    grant,
-                    InFlight {
-                        process,
-                        tid,
-                        script,
-                    },
-                );
-                Ok(tid)
-            }
-            Err(e) => {
-                let _ = fs::remove_file(&script);
-                Err(e)
-            }
-        }
+    /// The grant is over: its script goes.
+    pub fn forget(&mut self, grant: GrantId) {
+        self.scripts.remove(&grant);
     }
 
-    /// If the grant is still pending, moves it to a thread that is running Python code
-    /// now (the main thread may be blocked in sleep, a lock or a join).
-    pub fn retarget(&mut self, grant: GrantId) -> Input {
-        let Some(entry) = self.in_flight.get_mut(&grant) else {
-            return Input::GrantPickedUp { grant };
-        };
-        let python_tids: Vec<i32> = match entry.process.threads() {
-            Ok(threads) => threads.iter().map(|t| t.native_tid).collect(),
-            Err(_) => Vec::new(),
-        };
-        let candidate = running_threads(self.target as i32)
-            .into_iter()
-            .find(|tid| *tid != entry.tid && python_tids.contains(tid));
-        // Nothing better to move to: leave the request where it is rather than take it
-        // back and write it again, which opens a window for nothing.
-        let Some(tid) = candidate else {
-            if let Ok(false) = entry.process.is_pending(entry.tid) {
-                return Input::GrantPickedUp { grant };
-            }
-            let threads = describe_threads(self.target as i32);
-            return Input::GrantStayed { grant, threads };
-        };
-        match entry.process.withdraw(entry.tid) {
-            Ok(true) => {}
-            Ok(false) => return Input::GrantPickedUp { grant },
-            Err(e) => {
-                let error = e.to_string();
-                return Input::GrantNotScheduled {
-                    grant,
-                    error,
-                    transient: false,
-                };
-            }
+    fn process(&mut self) -> Result<&PythonProcess, InjectError> {
+        if self.process.is_none() {
+            self.process = Some(PythonProcess::open(self.target as i32)?);
         }
-        match entry
-            .process
-            .schedule(ThreadChoice::Tid(tid), &entry.script)
-        {
-            Ok(tid) => {
-                entry.tid = tid;
-                Input::GrantMoved { grant, tid }
-            }
-            Err(e) => {
-                let error = e.to_string();
-                Input::GrantNotScheduled {
-                    grant,
-                    error,
-                    transient: false,
-                }
-            }
-        }
+        Ok(self.process.as_ref().expect("opened above"))
     }
 
-    /// Takes a grant back so it can never run; its script goes with it.
-    pub fn withdraw(&mut self, grant: GrantId) {
-        if let Some(entry) = self.in_flight.get(&grant) {
-            // If it was already picked up the script may still be reading its file;
-            // the acknowledgement (or shutdown) removes it then.
-            if matches!(entry.process.withdraw(entry.tid), Ok(true) | Err(_)) {
-                self.forget(grant);
-            }
+    /// The path the target reads the grant's script from, writing the script first.
+    fn script_path(&mut self, grant: GrantId, client: u32) -> Result<PathBuf, InjectError> {
+        if !self.scripts.contains_key(&grant) {
+            let content = grant_script(client, &self.report_path, &self.token, grant);
+            let file =
+                sealed_memfd(&format!("heli-grant-{grant}"), content.as_bytes()).map_err(|e| {
+                    InjectError::InvalidPath {
+                        path: format!("memfd for grant {grant}"),
+                        reason: format!("cannot create it: {e}"),
+                    }
+                })?;
+            self.scripts.insert(grant, file);
         }
+        let fd = self.scripts[&grant].as_raw_fd();
+        Ok(PathBuf::from(format!(
+            "/proc/{}/fd/{fd}",
+            std::process::id()
+        )))
     }
 
-    /// The script reported: it has run, so its file can go.
-    pub fn acknowledged(&mut self, grant: GrantId) {
-        self.forget(grant);
-    }
-
-    fn forget(&mut self, grant: GrantId) {
-        if let Some(entry) = self.in_flight.remove(&grant) {
-            let _ = fs::remove_file(entry.script);
-        } else {
-            let _ = fs::remove_file(self.dir.join(format!("{SCRIPT_PREFIX}{grant}.py")));
-        }
+    /// The injector's error as facts for the core; a target that failed is opened afresh
+    /// next time (its runtime may have been read before it was complete).
+    fn failure(&mut self, error: InjectError) -> crate::core::delivery::InjectFailure {
+        self.process = None;
+        failure_of(&error, self.target as i32)
     }
 }
 
-/// The script the target runs. It reports prctl's errno on the ack FIFO; a report that
-/// cannot be delivered (the controller is gone) must not disturb the target, so every
-/// failure is swallowed. Names are local to a function: the script runs with fresh
-/// globals, but nothing of it should linger in the target.
-pub fn grant_script(client: u32, ack: &Path, token: &str, grant: GrantId) -> String {
+/// The script the target runs. It reports prctl's errno on the report pipe; a report
+/// that cannot be delivered (the controller is gone) must not disturb the target, so
+/// every failure is swallowed. Names are local to a function: the script runs with fresh
+/// globals, but nothing of it should linger in the target. `report` is
+/// `/proc/<pid>/fd/<n>`: ASCII digits and slashes only, safe inside a Python literal.
+pub fn grant_script(client: u32, report: &str, token: &str, grant: GrantId) -> String {
+    debug_assert!(report
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'/'));
     format!(
         r#"def _helicopter_parent_grant():
     # _ctypes, not ctypes: this may run at a bytecode boundary inside the target's own
@@ -221,7 +149,7 @@ pub fn grant_script(client: u32, ack: &Path, token: &str, grant: GrantId) -> Str
     rc = prctl({PR_SET_PTRACER:#x}, arg({client}), arg(0), arg(0), arg(0))
     errno = _ctypes.get_errno() if rc != 0 else 0
     try:
-        fd = os.open({ack:?}, os.O_WRONLY | os.O_NONBLOCK)
+        fd = os.open("{report}", os.O_WRONLY | os.O_NONBLOCK)
         try:
             os.write(fd, b"{token} {grant} %d\n" % errno)
         finally:
@@ -229,20 +157,29 @@ pub fn grant_script(client: u32, ack: &Path, token: &str, grant: GrantId) -> Str
     except OSError:
         pass
 _helicopter_parent_grant()
-"#,
-        ack = ack.display().to_string(),
+"#
     )
 }
 
-fn write_new_file(path: &Path, content: &[u8]) -> io::Result<()> {
-    let _ = fs::remove_file(path);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    file.write_all(content)
+/// An anonymous in-memory file holding `content`, sealed so that nobody, this process
+/// included, can change it afterwards.
+fn sealed_memfd(name: &str, content: &[u8]) -> io::Result<File> {
+    let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: a valid NUL-terminated name; the returned fd is owned by the File below.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and is owned by nobody else.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    file.write_all(content)?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl on an fd we own.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
 }
 
 fn random_token() -> io::Result<String> {
@@ -255,23 +192,15 @@ fn random_token() -> io::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Reads acknowledgements from the `grant-ack` FIFO for the controller's life. The FIFO
-/// is opened read-write so that it always has a reader (the target's non-blocking open
-/// succeeds) and never reports EOF between reports.
-pub fn spawn_ack_reader(dir: &Path, token: String, inputs: Sender<Input>) -> io::Result<()> {
-    let path = dir.join(GRANT_ACK);
-    let mut fifo = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)?;
+/// Reads reports from the report pipe for the controller's life.
+fn spawn_report_reader(mut pipe: File, token: String, inputs: Sender<Input>) -> io::Result<()> {
     std::thread::Builder::new()
-        .name("grant-ack".into())
+        .name("grant-report".into())
         .spawn(move || {
             let mut framer = crate::core::wire::LineFramer::default();
             let mut buf = [0u8; 4096];
             loop {
-                let n = match fifo.read(&mut buf) {
+                let n = match pipe.read(&mut buf) {
                     Ok(0) => return,
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -279,7 +208,7 @@ pub fn spawn_ack_reader(dir: &Path, token: String, inputs: Sender<Input>) -> io:
                 };
                 for frame in framer.push(&buf[..n]) {
                     if let crate::core::wire::Frame::Text { text, .. } = frame {
-                        if let Some(input) = parse_ack(&text, &token) {
+                        if let Some(input) = parse_report(&text, &token) {
                             if inputs.send(input).is_err() {
                                 return;
                             }
@@ -292,7 +221,7 @@ pub fn spawn_ack_reader(dir: &Path, token: String, inputs: Sender<Input>) -> io:
 }
 
 /// `<token> <grant> <errno>`; anything else is ignored (it did not come from our script).
-pub fn parse_ack(line: &str, token: &str) -> Option<Input> {
+pub fn parse_report(line: &str, token: &str) -> Option<Input> {
     let mut words = line.split(' ');
     if words.next()? != token {
         return None;
@@ -313,11 +242,11 @@ mod tests {
     fn only_well_formed_reports_with_our_token_are_acknowledgements() {
         let token = "00ff";
         assert_eq!(
-            parse_ack("00ff 3 0", token),
+            parse_report("00ff 3 0", token),
             Some(Input::GrantRan { grant: 3, errno: 0 })
         );
         assert_eq!(
-            parse_ack("00ff 4 22", token),
+            parse_report("00ff 4 22", token),
             Some(Input::GrantRan {
                 grant: 4,
                 errno: 22
@@ -332,22 +261,35 @@ mod tests {
             "",
             "00ff  3 0",
         ] {
-            assert_eq!(parse_ack(forged, token), None, "{forged:?}");
+            assert_eq!(parse_report(forged, token), None, "{forged:?}");
         }
     }
 
     #[test]
-    fn the_grant_script_names_exactly_the_client_and_the_ack_pipe() {
-        let script = grant_script(4242, Path::new("/tmp/p/grant-ack"), "abcd", 7);
+    fn the_grant_script_names_exactly_the_client_and_the_report_pipe() {
+        let script = grant_script(4242, "/proc/77/fd/9", "abcd", 7);
         assert!(
             script.contains("= prctl(0x59616d61, arg(4242), arg(0), arg(0), arg(0))"),
             "{script}"
         );
         assert!(
-            script.contains(r#"os.open("/tmp/p/grant-ack", os.O_WRONLY | os.O_NONBLOCK)"#),
+            script.contains(r#"os.open("/proc/77/fd/9", os.O_WRONLY | os.O_NONBLOCK)"#),
             "{script}"
         );
         assert!(script.contains(r#"b"abcd 7 %d\n" % errno"#), "{script}");
+    }
+
+    #[test]
+    fn a_sealed_script_cannot_be_changed_even_by_its_writer() {
+        let file = sealed_memfd("test", b"print(1)\n").unwrap();
+        let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        assert_eq!(fs::read(&path).unwrap(), b"print(1)\n");
+        let rewritten = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(b"import os"));
+        assert!(rewritten.is_err(), "a sealed memfd was written");
+        assert_eq!(fs::read(&path).unwrap(), b"print(1)\n");
     }
 
     #[test]

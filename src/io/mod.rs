@@ -2,11 +2,13 @@
 //! or carries out core effects. Decisions live in the core, not here.
 
 pub mod client;
-pub mod conformance;
+pub mod client_watch;
 pub mod controller;
 pub mod exchange;
+pub mod find_python;
 pub mod grant;
 pub mod inject;
-pub mod journal;
+pub mod journal_writer;
+pub mod keeper;
 pub mod pipes;
 pub mod procfs;

@@ -1,5 +1,6 @@
 //! Facts read from `/proc` and `/sys`: Yama's mode, who runs a pid, a pid's executable.
-use crate::core::machine::{ClientFacts, Yama};
+use crate::core::ptrace_policy::TracerPrivilege;
+use crate::core::supervisor::{ClientFacts, Yama};
 use std::fs;
 use std::path::PathBuf;
 
@@ -35,6 +36,7 @@ pub fn inspect(pid: u32) -> ClientFacts {
         Some(uid) => ClientFacts::Running {
             uid,
             exe: exe(pid).map(|p| p.display().to_string()),
+            privilege: tracer_privilege(pid),
         },
         None => ClientFacts::NotRunning,
     }
@@ -52,4 +54,31 @@ pub fn exe(pid: u32) -> Option<PathBuf> {
 /// Whether `pid` exists and is not a zombie.
 pub fn is_running(pid: u32) -> bool {
     matches!(inspect(pid), ClientFacts::Running { .. })
+}
+
+/// CAP_SYS_PTRACE's bit in the capability sets of `/proc/PID/status`.
+const CAP_SYS_PTRACE: u32 = 19;
+
+/// Whether `pid` holds CAP_SYS_PTRACE in its effective set (`CapEff`); a process that
+/// cannot be read is taken as ordinary, which only ever asks for a grant it may not need.
+pub fn tracer_privilege(pid: u32) -> TracerPrivilege {
+    let capable = fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_PTRACE) != 0);
+    if capable {
+        TracerPrivilege::CapSysPtrace
+    } else {
+        TracerPrivilege::Ordinary
+    }
+}
+
+/// This process's own privilege as a tracer.
+pub fn own_tracer_privilege() -> TracerPrivilege {
+    tracer_privilege(std::process::id())
 }

@@ -21,17 +21,11 @@ fn seed_session_through_pipes_attaches_twice_and_terminates() {
     assert_eq!(out.matches("✅ Permission granted").count(), 2, "{out}");
     assert_eq!(controller.wait(), 0);
     assert!(!is_alive(controller.target_pid));
-    assert!(!controller.pipe("control").exists());
-    // The grant scripts ran and were removed.
-    let leftovers: Vec<_> = std::fs::read_dir(&controller.dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name())
-                .filter(|n| n.to_string_lossy().starts_with("grant-"))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Only the journal stays (README, "What the pipe directory holds").
+    assert_eq!(
+        dir_entries(&controller.dir),
+        [format!("journal-{}.jsonl", controller.child.id())]
+    );
 }
 
 #[test]
@@ -48,6 +42,15 @@ fn twenty_attach_cycles_in_one_client_session() {
         is_alive(controller.target_pid),
         "quit must leave the target running"
     );
+    // Twenty grants later the directory holds what README documents, nothing else.
+    assert_eq!(
+        dir_entries(&controller.dir),
+        [
+            "control".to_string(),
+            format!("journal-{}.jsonl", controller.child.id()),
+            "response".to_string(),
+        ]
+    );
     assert_eq!(
         controller.send("GET_TARGET_PID"),
         format!("TARGET_PID {}", controller.target_pid)
@@ -56,13 +59,41 @@ fn twenty_attach_cycles_in_one_client_session() {
 
 #[test]
 fn lines_after_a_failed_attach_are_not_run_as_client_commands() {
-    let mut controller = Controller::start("counter.py");
-    // The target exits: the attach fails, and `p counter` / `q` meant for pdb are dropped.
-    assert_eq!(controller.send("TERMINATE"), "READY");
-    controller.wait();
-    let (code, out) = run_client(&controller.dir, "attach\np counter\nq\n", &[]);
-    assert_eq!(code, 3, "{out}");
-    assert!(out.contains("Controller not running"), "{out}");
+    // The grant fails while the controller keeps serving: the target runs no Python code,
+    // so the grant times out. The lines meant for pdb, up to its `q`, must be dropped,
+    // even `terminate`, which would stop everything if the client ran it as a command.
+    let mut controller = Controller::start_with("stuck_in_c.py", &["--grant-timeout", "300"]);
+    controller.stdout.wait_for("sleeping in C");
+    let target = controller.target_pid as i32;
+    wait_until_asleep(target, target);
+    let (code, out) = controller.client("attach\np counter\nterminate\nq\nhelp\nquit\n");
+    assert!(
+        out.contains("❌ Permission denied: timed out after 300 ms"),
+        "{out}"
+    );
+    for line in ["p counter", "terminate", "q"] {
+        let dropped =
+            format!("heli-client: not run (meant for pdb, which is not attached): {line}");
+        assert!(
+            out.lines().any(|l| l == dropped),
+            "{line:?} not dropped:\n{out}"
+        );
+    }
+    assert!(!out.contains("Unknown command"), "{out}");
+    assert!(!out.contains("Terminating"), "{out}");
+    // After pdb's `q` the lines are client commands again.
+    assert!(
+        out.contains("Available commands:"),
+        "help did not run:\n{out}"
+    );
+    assert!(out.contains("Goodbye!"), "{out}");
+    assert_eq!(code, 1, "the failed attach is the one failure:\n{out}");
+    // `terminate` was not run: the target and its controller still serve.
+    assert!(is_alive(controller.target_pid));
+    assert_eq!(
+        controller.send("GET_TARGET_PID"),
+        format!("TARGET_PID {}", controller.target_pid)
+    );
 }
 
 #[test]
@@ -94,8 +125,14 @@ fn grant_times_out_with_an_explanation_when_no_python_code_runs() {
         reply.starts_with("ERROR: timed out after 300 ms: the target ran no Python code"),
         "{reply}"
     );
-    // The withdrawn request must not fire later: the grant script is gone with it.
-    assert!(!controller.dir.join("grant-1.py").exists());
+    // The withdrawn request must not fire later: it is no longer pending in the thread
+    // (and the target, asleep in C all along, never took it).
+    let process = helicopter_parent::io::inject::PythonProcess::open(target).unwrap();
+    assert_eq!(
+        process.is_pending(target),
+        Ok(false),
+        "the request was left in the target"
+    );
     assert_eq!(
         controller.send("GET_TARGET_PID"),
         format!("TARGET_PID {}", controller.target_pid)

@@ -16,7 +16,10 @@ use helicopter_parent::io::inject::{
 };
 use tempfile::TempDir;
 
-use crate::support::{fixture, python, python_minor, wait_until_asleep, Lines};
+use crate::support::{
+    fixture, output_within, python, python_minor, reaped_pid, root_or_skip, wait_until_asleep,
+    Lines, TIMEOUT,
+};
 
 /// Interpreter start-up on a loaded 2-core machine.
 const STARTUP: Duration = Duration::from_secs(30);
@@ -113,16 +116,16 @@ fn write_printing_script(path: &Path, tag: &str) {
 /// What `sys.remote_exec(pid, path)` does from a separate interpreter: Ok, or the last
 /// line of its traceback.
 fn sys_remote_exec(pid: i32, path: &Path) -> Result<(), String> {
-    let out = Command::new(python())
-        .args([
-            "-c",
-            "import sys; sys.remote_exec(int(sys.argv[1]), sys.argv[2])",
-            &pid.to_string(),
-        ])
-        .arg(path)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run python3.14 -c sys.remote_exec");
+    let out = output_within(
+        Command::new(python())
+            .args([
+                "-c",
+                "import sys; sys.remote_exec(int(sys.argv[1]), sys.argv[2])",
+                &pid.to_string(),
+            ])
+            .arg(path),
+        TIMEOUT,
+    );
     if out.status.success() {
         return Ok(());
     }
@@ -396,9 +399,7 @@ fn non_python_process_is_not_python_for_both() {
 fn dead_pid_is_no_such_process_for_both() {
     // A reaped child's pid is free (reuse this fast is practically impossible), and pids
     // above pid_max or <= 0 never exist.
-    let mut child = Command::new("true").spawn().unwrap();
-    let reaped = child.id() as i32;
-    child.wait().unwrap();
+    let reaped = reaped_pid() as i32;
     let pid_max: i32 = fs::read_to_string("/proc/sys/kernel/pid_max")
         .unwrap()
         .trim()
@@ -536,17 +537,30 @@ fn deleted_binary_is_still_found_like_cpython() {
     target.expect_line("injected cpython", RUN);
 }
 
+/// The first file called `name` in a `PATH` directory.
+fn on_path(name: &str) -> Option<PathBuf> {
+    let dirs = std::env::var_os("PATH")?;
+    std::env::split_paths(&dirs)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+}
+
 #[test]
 fn other_python_versions_are_refused_like_cpython() {
     // Whatever pre-3.14 interpreter this machine has (Debian 12: 3.11); none is fine.
     let other = ["python3.13", "python3.12", "python3.11", "python3"]
         .into_iter()
         .find(|name| {
-            Command::new(name)
-                .args(["-c", "import sys; assert sys.version_info[:2] < (3, 14)"])
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
+            // Probed by path first: output_within fails the test on a spawn error.
+            on_path(name).is_some_and(|path| {
+                output_within(
+                    Command::new(path)
+                        .args(["-c", "import sys; assert sys.version_info[:2] < (3, 14)"]),
+                    TIMEOUT,
+                )
+                .status
+                .success()
+            })
         });
     let Some(other) = other else {
         eprintln!("skipped: no Python older than 3.14 on PATH");
@@ -583,25 +597,28 @@ const PROBE_PID_ENV: &str = "HELI_INJECT_PROBE_PID";
 #[test]
 fn permission_denied_explains_uid_yama_and_ancestry() {
     use std::os::unix::process::CommandExt;
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to run the probe as another uid");
+    // The probe must run as another uid.
+    if !root_or_skip(
+        "inject::permission_denied_explains_uid_yama_and_ancestry",
+        "all",
+    ) {
         return;
     }
     // A root-owned target, opened by this same test binary re-run as `nobody`.
     let (target, _) = Target::ready("inject_busy.py");
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "inject::permission_probe_child",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env(PROBE_PID_ENV, target.pid().to_string())
-        .uid(65534)
-        .gid(65534)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "inject::permission_probe_child",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env(PROBE_PID_ENV, target.pid().to_string())
+            .uid(65534)
+            .gid(65534),
+        TIMEOUT,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let probe = stdout
         .lines()

@@ -1,9 +1,10 @@
 //! How sessions end: by themselves, by crash, by signal; and what is refused at start.
 use crate::support::*;
-use std::process::{Command, Stdio};
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
 
 fn pipes_gone(controller: &Controller) -> bool {
-    ["control", "response", "grant-ack"]
+    ["control", "response"]
         .iter()
         .all(|p| !controller.pipe(p).exists())
 }
@@ -50,7 +51,11 @@ fn controller_signal_stops_the_target_and_cleans_up(#[case] signal: i32, #[case]
 
 #[test]
 fn a_target_ignoring_sigterm_is_killed_after_the_grace_period() {
-    let mut controller = Controller::start_with("ignore_sigterm.py", &["--stop-grace", "300"]);
+    // --stop-signal TERM: the default SIGINT would end this target without escalation.
+    let mut controller = Controller::start_with(
+        "ignore_sigterm.py",
+        &["--stop-grace", "300", "--stop-signal", "TERM"],
+    );
     controller.stdout.wait_for("ignoring SIGTERM");
     controller.signal(libc::SIGTERM);
     assert_eq!(controller.wait(), 143);
@@ -62,14 +67,15 @@ fn a_target_ignoring_sigterm_is_killed_after_the_grace_period() {
 fn a_missing_script_is_refused_before_anything_is_created() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pipes");
-    let out = Command::new(bin("heli-controller"))
-        .arg("--pipe-dir")
-        .arg(&dir)
-        .arg("--python")
-        .arg(python())
-        .arg(tmp.path().join("nope.py"))
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(bin("heli-controller"))
+            .arg("--pipe-dir")
+            .arg(&dir)
+            .arg("--python")
+            .arg(python())
+            .arg(tmp.path().join("nope.py")),
+        TIMEOUT,
+    );
     assert_eq!(out.status.code(), Some(125));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nope.py: No such file or directory"), "{err}");
@@ -79,14 +85,15 @@ fn a_missing_script_is_refused_before_anything_is_created() {
 #[test]
 fn a_missing_python_is_named() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(bin("heli-controller"))
-        .arg("--pipe-dir")
-        .arg(tmp.path().join("pipes"))
-        .arg(fixture("counter.py"))
-        .env("PATH", tmp.path())
-        .env_remove("HELI_PYTHON")
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(bin("heli-controller"))
+            .arg("--pipe-dir")
+            .arg(tmp.path().join("pipes"))
+            .arg(fixture("counter.py"))
+            .env("PATH", tmp.path())
+            .env_remove("HELI_PYTHON"),
+        TIMEOUT,
+    );
     assert_eq!(out.status.code(), Some(125));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -104,20 +111,24 @@ fn a_symlinked_or_foreign_pipe_dir_is_refused() {
     let link = tmp.path().join("link");
     std::os::unix::fs::symlink(&real, &link).unwrap();
     let run = |dir: &std::path::Path| {
-        Command::new(bin("heli-controller"))
-            .arg("--pipe-dir")
-            .arg(dir)
-            .arg("--python")
-            .arg(python())
-            .arg(fixture("counter.py"))
-            .stdout(Stdio::null())
-            .output()
-            .unwrap()
+        output_within(
+            Command::new(bin("heli-controller"))
+                .arg("--pipe-dir")
+                .arg(dir)
+                .arg("--python")
+                .arg(python())
+                .arg(fixture("counter.py")),
+            TIMEOUT,
+        )
     };
     let out = run(&link);
     assert_eq!(out.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is a symbolic link"));
-    if nix::unistd::geteuid().is_root() {
+    // Only root can make a directory that belongs to another uid.
+    if root_or_skip(
+        "lifecycle::a_symlinked_or_foreign_pipe_dir_is_refused",
+        "the other-uid half",
+    ) {
         let foreign = tmp.path().join("foreign");
         std::fs::create_dir(&foreign).unwrap();
         std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
@@ -130,14 +141,15 @@ fn a_symlinked_or_foreign_pipe_dir_is_refused() {
 #[test]
 fn a_second_controller_on_the_same_pipes_is_refused() {
     let controller = Controller::start("counter.py");
-    let out = Command::new(bin("heli-controller"))
-        .arg("--pipe-dir")
-        .arg(&controller.dir)
-        .arg("--python")
-        .arg(python())
-        .arg(fixture("counter.py"))
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(bin("heli-controller"))
+            .arg("--pipe-dir")
+            .arg(&controller.dir)
+            .arg("--python")
+            .arg(python())
+            .arg(fixture("counter.py")),
+        TIMEOUT,
+    );
     assert_eq!(out.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&out.stderr).contains("another controller is already serving"));
     assert_eq!(
@@ -148,20 +160,49 @@ fn a_second_controller_on_the_same_pipes_is_refused() {
 
 #[test]
 fn stale_pipes_are_replaced_and_reported_to_clients_meanwhile() {
+    // What a controller killed with SIGKILL leaves behind: its 0700 directory and FIFOs.
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pipes");
-    std::fs::create_dir(&dir).unwrap();
-    for name in ["control", "response"] {
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&dir)
+        .unwrap();
+    let stale = ["control", "response"];
+    for name in stale {
         nix::unistd::mkfifo(
             &dir.join(name),
             nix::sys::stat::Mode::from_bits_truncate(0o600),
         )
         .unwrap();
     }
+    // A hard link outside the directory keeps each stale FIFO's inode allocated, so that
+    // a new FIFO cannot get its number: a different inode then means a replaced FIFO.
+    // (Holding the FIFO open instead would count as a reader, which the controller
+    // rightly takes for a live controller of an older version.)
+    let kept = tmp.path().join("stale");
+    std::fs::create_dir(&kept).unwrap();
+    for name in stale {
+        std::fs::hard_link(dir.join(name), kept.join(name)).unwrap();
+    }
+    let inode = |path: std::path::PathBuf| std::fs::metadata(path).unwrap().ino();
     // Nobody serves these pipes: the client says so at once instead of hanging.
     let (code, out) = run_client(&dir, "attach\n", &[]);
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("Controller not responding"), "{out}");
+
+    // A new controller takes the directory over: every FIFO is a new one (a stale FIFO
+    // could still be held open by a process of the dead session), and clients get served.
+    let controller = Controller::start_in(tmp, dir.clone(), "counter.py", &[]);
+    for name in stale {
+        assert_ne!(
+            inode(dir.join(name)),
+            inode(kept.join(name)),
+            "{name} is still the stale FIFO"
+        );
+    }
+    let (code, out) = controller.client("attach\np counter\nq\nquit\n");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(pdb_numbers(&out).len(), 1, "{out}");
+    assert!(is_alive(controller.target_pid));
 }
 
 #[test]

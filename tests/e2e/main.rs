@@ -4,9 +4,17 @@
 
 mod attach;
 mod builds;
+mod cli_durations;
+mod client_pty;
+mod client_session;
+mod client_trust;
 mod conformance;
+mod flood;
 mod inject;
 mod lifecycle;
+mod pipe_dir_security;
 mod protocol;
+mod replies;
 mod sessions;
 mod support;
+mod tree_stop;

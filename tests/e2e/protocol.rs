@@ -68,9 +68,7 @@ fn bad_lines_get_one_error_each(#[case] line: &str, #[case] expected_prefix: &st
 fn a_pid_that_is_not_a_live_process_is_refused() {
     let controller = Controller::start("counter.py");
     // A pid that just exited (and was reaped) is free: not a live process.
-    let mut gone = std::process::Command::new("true").spawn().unwrap();
-    let pid = gone.id();
-    gone.wait().unwrap();
+    let pid = reaped_pid();
     let reply = controller.send(&format!("GRANT_ACCESS {pid}"));
     assert_eq!(reply, format!("ERROR: pid {pid} is not a running process"));
 }
@@ -85,7 +83,10 @@ fn a_pid_of_another_user_is_refused() {
         reply,
         format!("ERROR: pid {} is the target itself", controller.target_pid)
     );
-    if nix::unistd::geteuid().is_root() {
+    if root_or_skip(
+        "protocol::a_pid_of_another_user_is_refused",
+        "the other-uid half",
+    ) {
         let mut other = KillOnDrop(Some(
             std::process::Command::new("setpriv")
                 .args([

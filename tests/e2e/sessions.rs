@@ -46,11 +46,12 @@ fn heli_replay_check_reports_a_divergence_with_both_sides() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("tampered.jsonl");
     std::fs::write(&path, tampered).unwrap();
-    let out = std::process::Command::new(bin("heli-replay"))
-        .arg("--check")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = output_within(
+        std::process::Command::new(bin("heli-replay"))
+            .arg("--check")
+            .arg(&path),
+        TIMEOUT,
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -59,11 +60,12 @@ fn heli_replay_check_reports_a_divergence_with_both_sides() {
             && err.contains("ERROR: tampered"),
         "{err}"
     );
-    let ok = std::process::Command::new(bin("heli-replay"))
-        .arg("--check")
-        .arg(sessions_dir().join("terminate.jsonl"))
-        .output()
-        .unwrap();
+    let ok = output_within(
+        std::process::Command::new(bin("heli-replay"))
+            .arg("--check")
+            .arg(sessions_dir().join("terminate.jsonl")),
+        TIMEOUT,
+    );
     assert!(
         ok.status.success(),
         "{}",
@@ -94,9 +96,7 @@ fn record_sessions() {
         assert_eq!(code, 0, "{out}");
     });
     record("bad_inputs", "counter.py", &[], |c| {
-        let mut gone = std::process::Command::new("true").spawn().unwrap();
-        let dead = gone.id();
-        gone.wait().unwrap();
+        let dead = reaped_pid();
         for line in [
             "FLY_AWAY",
             "GRANT_ACCESS",

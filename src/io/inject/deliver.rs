@@ -1,21 +1,20 @@
-//! A complete delivery policy on top of schedule / is_pending / withdraw, for tests, the
-//! benchmark and simple callers. (The controller drives its own policy with the same
-//! primitives.)
+//! Carrying out the core's delivery policy ([`crate::core::delivery`]) with the injector's
+//! primitives: [`carry_out`] does one [`DeliveryAction`] and reports what it found, and
+//! [`deliver`] drives a whole delivery by itself, for tests, the benchmark and simple
+//! callers. The controller uses [`carry_out`] too: there is one policy, in the core.
 //!
-//! The target gives no acknowledgement: polling the pending flag is the only signal that
-//! the script was picked up. Policy:
-//! 1. schedule on the main thread, as `sys.remote_exec` does;
-//! 2. every `main_grace` without pickup, look for a Python thread that is running right
-//!    now (state `R`); if there is one, withdraw the request and move it there (a main
-//!    thread blocked in a lock, `join()` or a long sleep may never come back to bytecode,
-//!    while a running thread reaches an eval-breaker check within microseconds);
-//! 3. at `timeout`, withdraw, so the request can never fire later.
-
+//! The target gives no acknowledgement of pickup here: [`deliver`] watches the pending
+//! flag between the policy's moments, and reports a pickup as a fact.
+use std::fs;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{procfs, InjectError, PythonProcess, ThreadChoice};
+use super::{procfs, InjectError, PythonProcess, ThreadChoice as InjectorThread};
+use crate::core::delivery::{
+    Delivery as PolicyDelivery, DeliveryAction, DeliveryFact, DeliveryStatus, DeliveryTiming,
+    InjectFailure, RequestSeen, ThreadChoice, ThreadFact,
+};
 
 /// Timing of [`deliver`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,90 +55,210 @@ pub fn deliver(pid: i32, script: &Path, opts: DeliverOptions) -> Result<Delivery
     PythonProcess::open(pid)?.deliver(script, opts)
 }
 
-impl PythonProcess {
-    /// Schedules `script`, waits for pickup, moves the request to a running thread when
-    /// the chosen one does not take it, and withdraws it on timeout.
-    pub fn deliver(&self, script: &Path, opts: DeliverOptions) -> Result<Delivery, InjectError> {
-        let start = Instant::now();
-        let deadline = start + opts.timeout;
-        let main_tid = self.main_thread_tid()?;
-        let mut current = self.schedule(ThreadChoice::Main, script)?;
-        let mut moves = 0;
-        let mut next_review = start + opts.main_grace;
-        let delivered = |tid: i32, moves: u32| Delivery {
-            tid,
-            on_main: Some(tid) == main_tid,
-            picked_up_after: start.elapsed(),
-            moves,
-        };
-        loop {
-            match self.is_pending(current) {
-                Ok(false) => return Ok(delivered(current, moves)),
-                Ok(true) => {}
-                // The thread exited with our request in it: the request died with it.
-                Err(InjectError::NoSuchThread { .. }) => {
-                    current = self.reschedule(current, script)?;
-                    moves += 1;
-                    continue;
-                }
+/// Carries out one action of the policy for `script` in `process`.
+pub fn carry_out(
+    process: &PythonProcess,
+    script: &Path,
+    action: &DeliveryAction,
+) -> Result<DeliveryFact, InjectError> {
+    match *action {
+        DeliveryAction::Schedule { on } => {
+            let tid = process.schedule(injector_thread(on), script)?;
+            Ok(DeliveryFact::Scheduled { tid })
+        }
+        DeliveryAction::Survey { tid } => {
+            let request = match process.is_pending(tid) {
+                Ok(true) => RequestSeen::Pending,
+                Ok(false) => RequestSeen::Taken,
+                Err(InjectError::NoSuchThread { .. }) => RequestSeen::ThreadGone,
+                Err(other) => return Err(other),
+            };
+            Ok(DeliveryFact::Surveyed {
+                request,
+                threads: survey_threads(process),
+            })
+        }
+        DeliveryAction::Move { from, to } => {
+            match process.withdraw(from) {
+                Ok(true) | Err(InjectError::NoSuchThread { .. }) => {}
+                Ok(false) => return Ok(DeliveryFact::PickedUp),
                 Err(other) => return Err(other),
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return match self.withdraw(current) {
-                    Ok(false) => Ok(delivered(current, moves)),
-                    Ok(true) | Err(InjectError::NoSuchThread { .. }) => {
-                        Err(InjectError::NotPickedUp {
-                            pid: self.pid(),
-                            waited_ms: start.elapsed().as_millis() as u64,
-                            threads: procfs::describe_threads(self.pid(), main_tid),
-                        })
+            let tid = process.schedule(InjectorThread::Tid(to), script)?;
+            Ok(DeliveryFact::Moved { tid })
+        }
+        DeliveryAction::Withdraw { tid } => match process.withdraw(tid) {
+            Ok(false) => Ok(DeliveryFact::PickedUp),
+            Ok(true) | Err(InjectError::NoSuchThread { .. }) => Ok(DeliveryFact::Withdrawn),
+            Err(other) => Err(other),
+        },
+    }
+}
+
+fn injector_thread(choice: ThreadChoice) -> InjectorThread {
+    match choice {
+        ThreadChoice::Main => InjectorThread::Main,
+        ThreadChoice::Tid(tid) => InjectorThread::Tid(tid),
+    }
+}
+
+/// Every thread of the target: its run state and wait channel from `/proc`, and whether
+/// it has a Python thread state.
+pub fn survey_threads(process: &PythonProcess) -> Vec<ThreadFact> {
+    let python: Vec<i32> = process
+        .threads()
+        .map(|threads| threads.iter().map(|t| t.native_tid).collect())
+        .unwrap_or_default();
+    let main = process.main_thread_tid().ok().flatten();
+    procfs::thread_states(process.pid())
+        .into_iter()
+        .map(|(tid, state, wchan)| ThreadFact {
+            tid,
+            main: Some(tid) == main,
+            python: python.contains(&tid),
+            state,
+            wchan,
+        })
+        .collect()
+}
+
+/// The injector's error as the facts the core decides on (whether it may pass is the
+/// core's call, [`InjectFailure::may_pass`]).
+pub fn failure_of(error: &InjectError, pid: i32) -> InjectFailure {
+    let detail = error.to_string();
+    match *error {
+        InjectError::NoMainThread { .. } | InjectError::NoMainInterpreter { .. } => {
+            InjectFailure::NotReady { detail }
+        }
+        InjectError::RemoteDebugDisabled { .. } => InjectFailure::RemoteDebugOff {
+            opted_out: opted_out_of_remote_debug(pid),
+            detail,
+        },
+        InjectError::NoSuchThread { tid, .. } => InjectFailure::ThreadGone { tid, detail },
+        InjectError::NoSuchProcess { .. }
+        | InjectError::NotPython { .. }
+        | InjectError::UnsupportedVersion { .. }
+        | InjectError::PermissionDenied { .. }
+        | InjectError::FreeThreaded { .. }
+        | InjectError::PathTooLong { .. }
+        | InjectError::Memory { .. }
+        | InjectError::InvalidPath { .. }
+        | InjectError::NotPickedUp { .. } => InjectFailure::Refused { detail },
+    }
+}
+
+/// A real opt-out of remote debugging always shows from outside, as
+/// `PYTHON_DISABLE_REMOTE_DEBUG` in the environment or `-X disable-remote-debug` on the
+/// command line; right after launch the flag reads off without either.
+fn opted_out_of_remote_debug(pid: i32) -> bool {
+    let read = |what: &str| fs::read(format!("/proc/{pid}/{what}")).unwrap_or_default();
+    let environ = read("environ");
+    let cmdline = read("cmdline");
+    environ
+        .split(|&b| b == 0)
+        .any(|var| var.starts_with(b"PYTHON_DISABLE_REMOTE_DEBUG="))
+        || cmdline
+            .split(|&b| b == 0)
+            .any(|arg| arg.ends_with(b"disable-remote-debug"))
+}
+
+impl PythonProcess {
+    /// Schedules `script`, waits for pickup, moves the request to a running thread when
+    /// the chosen one does not take it, and withdraws it on timeout: the core's policy,
+    /// driven with this thread's clock.
+    pub fn deliver(&self, script: &Path, opts: DeliverOptions) -> Result<Delivery, InjectError> {
+        let start = Instant::now();
+        let ms = |d: Duration| d.as_millis() as u64;
+        let now = || ms(start.elapsed());
+        let deadline = ms(opts.timeout);
+        let main_grace = ms(opts.main_grace).max(1);
+        let timing = DeliveryTiming {
+            survey_after_ms: main_grace,
+            max_survey_backoff_ms: main_grace,
+            retry_after_ms: 1,
+        };
+        let main_tid = self.main_thread_tid()?;
+        let (mut policy, first) = PolicyDelivery::start(timing, deadline);
+        let mut next = Some(first);
+        let mut current: Option<i32> = None;
+        let mut given_up = false;
+        loop {
+            if let Some(action) = next.take() {
+                let fact = match carry_out(self, script, &action) {
+                    Ok(fact) => fact,
+                    // Failures that cannot pass are the caller's to see as they are.
+                    Err(error)
+                        if !failure_of(&error, self.pid()).may_pass()
+                            && !matches!(error, InjectError::NoSuchThread { .. }) =>
+                    {
+                        return Err(error)
                     }
-                    Err(other) => Err(other),
+                    Err(error) => DeliveryFact::NotScheduled {
+                        failure: failure_of(&error, self.pid()),
+                    },
                 };
-            }
-            if now >= next_review {
-                next_review = now + opts.main_grace;
-                if let Some(runner) = self.running_python_thread(current)? {
-                    match self.withdraw(current) {
-                        Ok(false) => return Ok(delivered(current, moves)),
-                        Ok(true) | Err(InjectError::NoSuchThread { .. }) => {}
-                        Err(other) => return Err(other),
+                match fact {
+                    DeliveryFact::Scheduled { tid } | DeliveryFact::Moved { tid } => {
+                        current = Some(tid)
                     }
-                    current = match self.schedule(ThreadChoice::Tid(runner), script) {
-                        Ok(tid) => tid,
-                        // It exited in between: fall back to main.
-                        Err(InjectError::NoSuchThread { .. }) => self.reschedule(runner, script)?,
-                        Err(other) => return Err(other),
-                    };
-                    moves += 1;
+                    DeliveryFact::NotScheduled { .. }
+                    | DeliveryFact::Surveyed {
+                        request: RequestSeen::ThreadGone,
+                        ..
+                    } => current = None,
+                    DeliveryFact::Surveyed { .. }
+                    | DeliveryFact::PickedUp
+                    | DeliveryFact::Withdrawn => {}
+                }
+                next = policy.handle(now(), fact);
+                continue;
+            }
+            match policy.status() {
+                DeliveryStatus::PickedUp { tid } => {
+                    return Ok(Delivery {
+                        tid,
+                        on_main: Some(tid) == main_tid,
+                        picked_up_after: start.elapsed(),
+                        moves: policy.moves(),
+                    })
+                }
+                DeliveryStatus::Withdrawn => {
+                    return Err(InjectError::NotPickedUp {
+                        pid: self.pid(),
+                        waited_ms: now(),
+                        threads: super::describe_threads(self.pid()),
+                    })
+                }
+                DeliveryStatus::Failed => {
+                    return Err(InjectError::NotPickedUp {
+                        pid: self.pid(),
+                        waited_ms: now(),
+                        threads: policy
+                            .last_failure()
+                            .map_or_else(String::new, |f| f.detail().to_string()),
+                    })
+                }
+                DeliveryStatus::InFlight => {}
+            }
+            if now() >= deadline && !given_up {
+                given_up = true;
+                next = policy.give_up();
+                continue;
+            }
+            // Watching for pickup between the policy's moments is observation, not policy.
+            if let Some(tid) = current {
+                if let Ok(false) = self.is_pending(tid) {
+                    next = policy.handle(now(), DeliveryFact::PickedUp);
+                    continue;
+                }
+            }
+            if let Some(at) = policy.poll_timeout() {
+                if now() >= at {
+                    next = policy.on_deadline(now());
                     continue;
                 }
             }
             thread::sleep(opts.poll_interval);
         }
-    }
-
-    /// A Python thread of the main interpreter other than `except` that is in state `R`.
-    fn running_python_thread(&self, except: i32) -> Result<Option<i32>, InjectError> {
-        let running = procfs::running_threads(self.pid());
-        if running.is_empty() {
-            return Ok(None);
-        }
-        Ok(self
-            .threads()?
-            .into_iter()
-            .map(|t| t.native_tid)
-            .find(|tid| *tid != except && running.contains(tid)))
-    }
-
-    /// After the request's thread vanished: a running thread, else the main thread.
-    fn reschedule(&self, gone: i32, script: &Path) -> Result<i32, InjectError> {
-        if let Some(runner) = self.running_python_thread(gone)? {
-            if let Ok(tid) = self.schedule(ThreadChoice::Tid(runner), script) {
-                return Ok(tid);
-            }
-        }
-        self.schedule(ThreadChoice::Main, script)
     }
 }

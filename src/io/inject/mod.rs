@@ -27,7 +27,7 @@ mod locate;
 mod memory;
 mod procfs;
 
-pub use deliver::{deliver, DeliverOptions, Delivery};
+pub use deliver::{carry_out, deliver, failure_of, survey_threads, DeliverOptions, Delivery};
 pub use error::InjectError;
 pub use locate::{RuntimeFoundBy, RuntimeSearch};
 
@@ -386,6 +386,11 @@ fn has_interpreter(
 /// `/proc/PID/task/TID/stat`): candidates that will reach an eval-breaker check soon.
 pub fn running_threads(pid: i32) -> Vec<i32> {
     procfs::running_threads(pid)
+}
+
+/// Every thread of `pid`: native id, run state letter (`R`, `S`, `D`...) and wait channel.
+pub fn thread_states(pid: i32) -> Vec<(i32, char, Option<String>)> {
+    procfs::thread_states(pid)
 }
 
 /// "1234 (main) S in do_sys_poll, 1235 R": what each thread of `pid` is doing.

@@ -121,6 +121,21 @@ pub(crate) fn is_dumpable(pid: i32) -> Option<bool> {
     Some(owner == euid)
 }
 
+/// Every thread of `pid`: native id, run state letter and the kernel function it waits in.
+pub(crate) fn thread_states(pid: i32) -> Vec<(i32, char, Option<String>)> {
+    task_ids(pid)
+        .into_iter()
+        .map(|tid| {
+            let state = thread_stat(pid, tid).map_or('?', |s| s.state);
+            let wchan = fs::read_to_string(format!("/proc/{pid}/task/{tid}/wchan"))
+                .ok()
+                .map(|w| w.trim().to_string())
+                .filter(|w| !w.is_empty() && w != "0");
+            (tid, state, wchan)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

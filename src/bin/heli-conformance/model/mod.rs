@@ -1,6 +1,6 @@
 //! The pure half of `heli-conformance`: the case model read from JSON, reply patterns,
 //! the seed → legacy mapping, the controller command template and the report lines. No
-//! I/O here; [`crate::io::conformance`] runs the cases against a real controller.
+//! I/O here; [`crate::runner`] runs the cases against a real controller.
 pub mod case;
 pub mod dialect;
 pub mod pattern;

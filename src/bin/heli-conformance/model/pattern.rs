@@ -6,6 +6,9 @@
 //! stand for literal braces.
 use std::fmt;
 
+/// A placeholder that stands for a pid. The variants are named after the placeholders
+/// (`{target_pid}`, ...), hence the common suffix clippy would have removed.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Var {
     TargetPid,

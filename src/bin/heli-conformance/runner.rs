@@ -1,22 +1,22 @@
 //! Runs conformance cases against a controller from the outside: it starts the controller
 //! from a command template, talks to it through its FIFOs only (with
-//! [`crate::io::exchange`]), and watches processes through `/proc` and pidfds.
+//! [`helicopter_parent::io::exchange`]), and watches processes through `/proc` and pidfds.
 //!
 //! Every wait has a deadline. Every process a case starts (the controller, its target,
 //! helper processes) is killed when the case ends, pass or fail: the suite is a child
 //! subreaper, so whatever the controller leaves behind becomes the suite's child, and
 //! between cases the suite has no children of its own.
-use super::exchange::{write_control, ExchangeError, NextLine, ResponseReader};
-use super::pipes::{self, CONTROL, RESPONSE};
-use crate::conformance::case::{
+use crate::model::case::{
     check_unique_names, parse_case_file, Case, CaseFile, CaseFileError, Concurrently, Exchange,
     Send, SendPart, Step,
 };
-use crate::conformance::dialect;
-use crate::conformance::pattern::{Bindings, Pattern, Var};
-use crate::conformance::template::{CommandTemplate, TemplateValues};
-use crate::conformance::{Outcome, Summary, Verdict};
-use crate::core::wire::{parse_reply, Dialect, Reply};
+use crate::model::dialect;
+use crate::model::pattern::{Bindings, Pattern, Var};
+use crate::model::template::{CommandTemplate, TemplateValues};
+use crate::model::{Outcome, Summary, Verdict};
+use helicopter_parent::core::wire::{parse_reply, Dialect, Reply};
+use helicopter_parent::io::exchange::{write_control, ExchangeError, NextLine, ResponseReader};
+use helicopter_parent::io::pipes::{self, CONTROL, RESPONSE};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::{kill, Signal};
@@ -135,6 +135,11 @@ pub fn run_suite(
         summary.add(&outcome);
         writeln!(out, "{}", outcome.line())?;
         if opts.verbose && matches!(outcome.verdict, Verdict::Fail(_)) {
+            // What the case is for, then what the controller said: the failure line
+            // alone names a step, not the property it checks.
+            if let Some(about) = &case.about {
+                writeln!(out, "    about: {about}")?;
+            }
             for line in stderr_tail {
                 writeln!(out, "    | {line}")?;
             }
@@ -798,14 +803,14 @@ fn is_served(dir: &Path) -> bool {
     is_fifo(CONTROL) && is_fifo(RESPONSE) && pipes::has_reader(&dir.join(CONTROL))
 }
 
-/// A private directory for one case (its fresh pipe directory, the controller's output),
-/// removed when dropped.
-struct WorkDir {
-    path: PathBuf,
+/// A private directory under `$TMPDIR`, removed when dropped: one per case (its fresh
+/// pipe directory, the controller's output), and one for the unpacked built-in cases.
+pub struct WorkDir {
+    pub path: PathBuf,
 }
 
 impl WorkDir {
-    fn create() -> Result<WorkDir, String> {
+    pub fn create() -> Result<WorkDir, String> {
         let template = std::env::temp_dir().join("heli-conformance-XXXXXX");
         nix::unistd::mkdtemp(&template)
             .map(|path| WorkDir { path })

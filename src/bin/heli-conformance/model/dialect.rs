@@ -1,7 +1,7 @@
 //! Cases are written once, in the seed dialect; these functions give their legacy form
 //! (the published helicopter-parent 0.x: lower-case words, `error : message`).
 use super::pattern::{Pattern, Piece};
-use crate::core::wire::Dialect;
+use helicopter_parent::core::wire::Dialect;
 
 /// The seed's command words, which the legacy dialect spells in lower case.
 const COMMAND_WORDS: [&str; 3] = ["GET_TARGET_PID", "GRANT_ACCESS", "TERMINATE"];
@@ -72,7 +72,7 @@ pub fn reply_pattern(pattern: &Pattern, dialect: Dialect) -> Pattern {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conformance::pattern::Bindings;
+    use crate::model::pattern::Bindings;
 
     #[test]
     fn seed_is_unchanged() {

@@ -1,4 +1,5 @@
-//! The case files: JSON data in `tests/fixtures/conformance/`, so a new case needs no code.
+//! The case files: JSON data in `tests/fixtures/conformance/` (built into the binary by
+//! `builtin.rs`), so a new case in an existing file needs no code.
 //!
 //! A file holds a group of cases and a default target script (relative to the file):
 //!

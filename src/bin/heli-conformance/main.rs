@@ -1,12 +1,28 @@
 //! `heli-conformance --controller 'CMD {pipe_dir} {target}' [--dialect seed|legacy]`:
 //! checks a controller implementation from the outside, through its pipes only, against
-//! the cases in `tests/fixtures/conformance/`. Prints one line per case and a closing
-//! `N passed, N failed`; exits 1 when a case failed, 2 when the suite could not run.
+//! the cases built into it (`tests/fixtures/conformance/`) or those in `--cases DIR`.
+//! Prints one line per case and a closing `N passed, N failed`; exits 1 when a case
+//! failed, 2 when the suite could not run.
+//!
+//! The suite is a test harness, not part of the product: it lives here, with its binary,
+//! and uses only the library's public API (wire format, pipe helpers, the exchange).
+//! - [`model`]: the pure half: case model, reply patterns, dialect mapping, template.
+//! - [`runner`]: runs the cases against a real controller process.
+//! - [`builtin`]: the case files and target scripts compiled in.
+// clippy.toml bans clocks and sleeps for pure code; the runner owns every deadline.
+#![allow(clippy::disallowed_methods)]
+
+mod builtin;
+// Pure like the library's core: no clocks there either.
+#[deny(clippy::disallowed_methods)]
+mod model;
+mod runner;
+
 use clap::Parser;
-use helicopter_parent::conformance::template::CommandTemplate;
 use helicopter_parent::core::wire::Dialect;
-use helicopter_parent::io::conformance::{load_cases, run_suite, SuiteOptions};
-use helicopter_parent::io::controller::resolve_python;
+use helicopter_parent::io::find_python::resolve_python;
+use model::template::CommandTemplate;
+use runner::{load_cases, run_suite, SuiteOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -34,9 +50,10 @@ struct Args {
     /// Python 3.14 for {python} [default: $HELI_PYTHON, else python3.14 on PATH]
     #[arg(long, value_name = "PATH")]
     python: Option<PathBuf>,
-    /// Directory of the case files (*.json)
-    #[arg(long, value_name = "DIR", default_value = "tests/fixtures/conformance")]
-    cases: PathBuf,
+    /// Directory of case files (*.json) to run instead of the built-in cases (which are
+    /// tests/fixtures/conformance, compiled in)
+    #[arg(long, value_name = "DIR")]
+    cases: Option<PathBuf>,
     /// Only this case (repeatable)
     #[arg(long, value_name = "NAME")]
     only: Vec<String>,
@@ -46,6 +63,30 @@ struct Args {
     /// After a failure, print the tail of the controller's stderr
     #[arg(long, short)]
     verbose: bool,
+}
+
+/// Where the case files come from.
+enum Cases {
+    /// `--cases DIR`.
+    Given(PathBuf),
+    BuiltIn(builtin::Unpacked),
+}
+
+impl Cases {
+    fn dir(&self) -> PathBuf {
+        match self {
+            Cases::Given(dir) => dir.clone(),
+            Cases::BuiltIn(unpacked) => unpacked.cases_dir(),
+        }
+    }
+
+    /// For messages: the directory the user gave, or that the cases are built in.
+    fn name(&self) -> String {
+        match self {
+            Cases::Given(dir) => dir.display().to_string(),
+            Cases::BuiltIn(_) => "the built-in cases".into(),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -72,7 +113,15 @@ fn main() -> ExitCode {
     } else {
         args.python
     };
-    let files = match load_cases(&args.cases) {
+    // Lives until the suite ends: the built-in cases' targets are files in it.
+    let cases = match args.cases {
+        Some(dir) => Cases::Given(dir),
+        None => match builtin::Unpacked::write() {
+            Ok(unpacked) => Cases::BuiltIn(unpacked),
+            Err(e) => return unusable(format!("unpacking the built-in cases: {e}")),
+        },
+    };
+    let files = match load_cases(&cases.dir()) {
         Ok(files) => files,
         Err(e) => return unusable(format!("case file error: {e}")),
     };
@@ -85,7 +134,7 @@ fn main() -> ExitCode {
     if let Some(unknown) = args.only.iter().find(|name| !known(name)) {
         return unusable(format!(
             "--only {unknown}: no such case in {}",
-            args.cases.display()
+            cases.name()
         ));
     }
     let options = SuiteOptions {

@@ -1,0 +1,864 @@
+//! The client's REPL as one state machine: what the user typed, what the controller
+//! replied, what was found about the target and how pdb ended come in as [`Input`]s
+//! (facts, past tense); what to print, send, inspect and run goes out as [`Effect`]s
+//! (instructions). No terminal, pipe, process or clock here: `crate::io::client` is the
+//! driver that carries the effects out and turns OS events into inputs.
+//!
+//! # Driver contract
+//! 1. Build a [`Client`] from a [`Config`] and feed [`Input::Started`].
+//! 2. Carry out the returned effects in order.
+//! 3. Wait for the next fact. [`Client::wants_line`] says whether (and with which prompt)
+//!    a line of the user's input is wanted now; only then may the driver read one. While
+//!    a request is out ([`Effect::Send`]) its outcome is awaited; while pdb runs, its exit.
+//! 4. Stop after carrying out [`Effect::Exit`].
+//!
+//! # Where the next features go
+//! - A progress line while waiting: a deadline in the waiting states (`AskingTarget`,
+//!   `Granting`), exposed as `poll_timeout()` like the controller's core, and a
+//!   `DeadlineReached` input that emits a `Say` and the next deadline. The driver already
+//!   waits in one `select!`; it adds `at(deadline)`.
+//! - Ctrl-C cancelling an attach: an `InterruptReceived` input in the waiting states that
+//!   emits a `CancelRequest` effect and returns to the prompt. The driver turns SIGINT
+//!   into a channel event (a self-pipe) and wakes the exchange thread through the wake
+//!   descriptor that `ResponseReader::next_line` already takes.
+//! - `attach PID`: typed lines are parsed in `Client::on_typed`; a chosen pid enters
+//!   [`Attaching::Inspecting`] directly, skipping [`Attaching::AskingTarget`] (the
+//!   attaching states already carry the target pid).
+//! - One-shot subcommands (`heli-client attach -c CMD`, `ps`, `terminate`): a [`Config`]
+//!   field naming the one command, handled as if typed after the probe, and
+//!   [`Client::wants_line`] answering `None` at the prompt, where the session then ends.
+#![deny(clippy::wildcard_enum_match_arm)]
+
+pub mod trust;
+
+use super::ptrace_policy::{attach_rule, AttachRule, TracerPrivilege};
+use super::supervisor::Yama;
+use super::wire::{parse_reply, Command, Dialect, Reply};
+use std::path::PathBuf;
+use trust::{judge_interpreter, ExecutableFacts, InterpreterVerdict};
+
+/// The exit statuses of `heli-client` (README, "Exit status").
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_COMMAND_FAILED: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_NO_CONTROLLER: i32 = 3;
+
+/// Where the user's lines come from; it decides who reads pdb's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputSource {
+    /// A terminal: pdb reads it itself while it runs; the client reads only at its prompt.
+    Terminal,
+    /// A pipe or file: the client is the only reader and hands pdb its lines.
+    Piped,
+}
+
+/// Everything the client needs to know about its surroundings, fixed for a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub dialect: Dialect,
+    pub input: InputSource,
+    /// The pipe directory, as the user named it (for messages).
+    pub pipe_dir: String,
+    /// How long each request may take, opening the pipes included.
+    pub request_timeout_ms: u64,
+    /// The client's own pid: the one it asks access for.
+    pub own_pid: u32,
+    /// The client's real uid: the pipes and the target must belong to it.
+    pub uid: u32,
+    /// `--python`: the user's own choice of interpreter for pdb, run as given.
+    pub python: Option<PathBuf>,
+    /// Yama and the client's privilege at start-up, for the note when no controller runs.
+    pub yama: Yama,
+    pub privilege: TracerPrivilege,
+}
+
+/// Why a request to the controller got no reply line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestFailure {
+    /// No FIFOs in the pipe directory (or no directory).
+    PipesMissing,
+    /// The FIFOs exist but no process reads `control`.
+    NotServed,
+    /// The pipe directory or a FIFO is not safe to use; the text says what and why.
+    Untrusted(String),
+    TimedOut {
+        waited_ms: u64,
+    },
+    /// The controller closed `response` in the middle of a line.
+    Truncated {
+        partial: String,
+    },
+    /// Any other I/O failure, described.
+    Io(String),
+}
+
+/// What the driver found out about the target pid the controller named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetFacts {
+    Running {
+        /// The real uid the target runs as.
+        uid: u32,
+        /// Its executable, which becomes pdb's interpreter unless `--python` is given.
+        exe: ExecutableFacts,
+        /// Yama and the client's privilege, read now (the scope can change at any time).
+        yama: Yama,
+        privilege: TracerPrivilege,
+    },
+    NotRunning,
+}
+
+/// How pdb ended, as `waitpid` reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PdbExit {
+    Code(i32),
+    Signal(i32),
+}
+
+/// Facts observed at the edge, past tense.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The client process started.
+    Started,
+    /// The user's input gave one line (without its newline).
+    LineRead {
+        text: String,
+    },
+    /// The user's input ended (EOF, or it cannot be read any more).
+    InputEnded,
+    /// Ctrl-C at the prompt interrupted the read.
+    PromptInterrupted,
+    /// The reply line to the request out.
+    Replied {
+        line: String,
+    },
+    /// The request out was written; none of its kind gets a reply (legacy `terminate`).
+    Delivered,
+    RequestFailed {
+        failure: RequestFailure,
+    },
+    TargetInspected {
+        pid: u32,
+        facts: TargetFacts,
+    },
+    /// pdb could not be started; the text says why.
+    PdbNotStarted {
+        error: String,
+    },
+    /// Writing to pdb's input failed: it reads no more.
+    PdbInputBroken,
+    PdbExited {
+        status: PdbExit,
+    },
+}
+
+/// How a line of output should look: success and failure lines may be coloured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tone {
+    Plain,
+    Success,
+    Failure,
+}
+
+/// Which interpreter runs `-m pdb`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interpreter {
+    /// This path: `--python`, or the target's own executable after it was judged safe.
+    Path(PathBuf),
+    /// The target's executable could not be read: look `python3.14` up on `PATH`.
+    SearchPath,
+}
+
+/// Instructions for the driver, carried out in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Print one line on stdout.
+    Say {
+        text: String,
+        tone: Tone,
+    },
+    /// Print one line on stderr.
+    Warn {
+        text: String,
+    },
+    /// Send this command and report its reply (or [`Input::Delivered`] when
+    /// `expect_reply` is false), giving up after `timeout_ms`.
+    Send {
+        command: Command,
+        expect_reply: bool,
+        timeout_ms: u64,
+    },
+    /// Find out who runs `pid` and what its executable is.
+    InspectTarget {
+        pid: u32,
+    },
+    /// Run `<interpreter> -m pdb -p <target>` as the client's child, on the terminal or
+    /// with its input on a pipe fed by [`Effect::FeedPdb`].
+    RunPdb {
+        interpreter: Interpreter,
+        target: u32,
+    },
+    /// Write this line (a newline added) to pdb's input.
+    FeedPdb {
+        line: String,
+    },
+    /// Close pdb's input: it gets EOF.
+    ClosePdbInput,
+    Exit {
+        code: i32,
+    },
+}
+
+/// A line of the user's input that the driver should read now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineWanted {
+    /// At the client's prompt: show this prompt first.
+    Prompt(&'static str),
+    /// A line meant for pdb (piped input only): no prompt.
+    ForPdb,
+}
+
+pub const PROMPT: &str = ">>> ";
+
+const HELP: &str = "Available commands:
+  attach     - Attach debugger to the target process
+  quit       - Exit client (leave controller running)
+  terminate  - Stop controller, target, and exit client
+  help       - Show this help message";
+
+/// The steps of one `attach`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attaching {
+    /// `GET_TARGET_PID` is out.
+    AskingTarget,
+    /// The pipes of a controller seen earlier are gone: is its target still running?
+    AccountingForGone { target: u32 },
+    /// The target's owner and executable are being looked up.
+    Inspecting { target: u32 },
+    /// `GRANT_ACCESS <own pid>` is out; `interpreter` will run pdb once it is granted.
+    Granting {
+        target: u32,
+        interpreter: Interpreter,
+    },
+    /// pdb runs. `feeding`: piped input still goes to pdb (its quit not yet handed over,
+    /// input not ended, its input not broken). `quit_fed`: pdb got its quit line.
+    PdbRunning {
+        interpreter: Interpreter,
+        feeding: bool,
+        quit_fed: bool,
+    },
+}
+
+/// The session.
+///
+/// ```text
+///            Started                 reply TARGET_PID
+///   (new) ──────────▶ ┌─────────┐ ─────────────────────▶ ┌──────────┐ ◀─────────────────┐
+///                     │ Probing │                        │ AtPrompt │  help, typo, ""   │
+///                     └─────────┘                        └──────────┘ ──────────────────┘
+///                          │ no controller                │   │   │ ▲  ▲
+///                          ▼                       attach │   │   │ │  │ pdb's quit line
+///                     ┌──────────┐ ◀── quit, q, EOF ──────┼───┘   │ │  │
+///                     │ Finished │                        ▼       │ │ ┌────────────────┐
+///                     └──────────┘  ┌──────────────────────────┐  │ │ │ SkippingPdb-   │
+///                          ▲        │ Attaching:               │  │ │ │ Lines (piped;  │
+///                          │        │ AskingTarget             │──┼─┘ │ pdb never got  │
+///                          │        │  (→ AccountingForGone)   │  │   │ its quit line) │
+///                          │        │ → Inspecting             │  │   └────────────────┘
+///                          │        │ → Granting               │──┼──────────▶ ▲
+///                          │        │ → PdbRunning             │  │
+///                          │        └──────────────────────────┘  │ terminate
+///                          │   reply, no reply, failure   ┌─────────────┐
+///                          └───────────────────────────── │ Terminating │
+///                                                         └─────────────┘
+/// ```
+/// An attach ends at the prompt, or (piped input, pdb never got its quit line) in
+/// `SkippingPdbLines`. `AccountingForGone`: the pipes of a controller seen earlier are
+/// gone, and the target it served is looked at to say why.
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// `GET_TARGET_PID` at start-up, to learn whether a controller serves the pipes.
+    Probing,
+    /// Waiting for a command at the prompt.
+    AtPrompt,
+    Attaching(Attaching),
+    /// After an attach whose pdb never got its quit line (piped input): the lines meant
+    /// for pdb, up to its quit, are dropped rather than run as client commands.
+    SkippingPdbLines,
+    /// `TERMINATE` is out.
+    Terminating,
+    Finished,
+}
+
+/// pdb's own ways to end a session: after one of these the client takes its input back.
+pub fn is_pdb_quit(line: &str) -> bool {
+    matches!(
+        line.split_whitespace().next(),
+        Some("q" | "quit" | "exit" | "EOF")
+    )
+}
+
+/// The client REPL's state machine.
+#[derive(Debug)]
+pub struct Client {
+    config: Config,
+    state: State,
+    /// Attaches and terminates that failed so far.
+    failures: u32,
+    /// The target pid the controller last named: when its pipes are gone later, whether
+    /// this process still runs tells why.
+    known_target: Option<u32>,
+}
+
+impl Client {
+    pub fn new(config: Config) -> Client {
+        Client {
+            config,
+            state: State::Probing,
+            failures: 0,
+            known_target: None,
+        }
+    }
+
+    /// The state's name, for tests and diagnostics.
+    pub fn state_name(&self) -> &'static str {
+        match &self.state {
+            State::Probing => "Probing",
+            State::AtPrompt => "AtPrompt",
+            State::Attaching(Attaching::AskingTarget) => "AskingTarget",
+            State::Attaching(Attaching::AccountingForGone { .. }) => "AccountingForGone",
+            State::Attaching(Attaching::Inspecting { .. }) => "Inspecting",
+            State::Attaching(Attaching::Granting { .. }) => "Granting",
+            State::Attaching(Attaching::PdbRunning { .. }) => "PdbRunning",
+            State::SkippingPdbLines => "SkippingPdbLines",
+            State::Terminating => "Terminating",
+            State::Finished => "Finished",
+        }
+    }
+
+    /// Whether the driver should read a line of the user's input now, and how.
+    pub fn wants_line(&self) -> Option<LineWanted> {
+        match &self.state {
+            State::AtPrompt => Some(LineWanted::Prompt(PROMPT)),
+            State::SkippingPdbLines => Some(LineWanted::ForPdb),
+            State::Attaching(Attaching::PdbRunning { feeding: true, .. }) => {
+                Some(LineWanted::ForPdb)
+            }
+            State::Attaching(Attaching::PdbRunning { feeding: false, .. })
+            | State::Attaching(
+                Attaching::AskingTarget
+                | Attaching::AccountingForGone { .. }
+                | Attaching::Inspecting { .. }
+                | Attaching::Granting { .. },
+            )
+            | State::Probing
+            | State::Terminating
+            | State::Finished => None,
+        }
+    }
+
+    /// The session's exit status so far (README, "Exit status"): 0 while every `attach`
+    /// and `terminate` succeeded (or none was tried), 1 once one failed. Typos, `help` and
+    /// blank lines never change it: a script that pipes commands wants to know whether
+    /// its debugging happened, and a typo is shown on the spot and does nothing. Any
+    /// failed attach counts, not only the last: a script that attached twice and got one
+    /// pdb session has lost the output of the other.
+    pub fn exit_code(&self) -> i32 {
+        if self.failures == 0 {
+            EXIT_OK
+        } else {
+            EXIT_COMMAND_FAILED
+        }
+    }
+
+    pub fn handle(&mut self, input: Input) -> Vec<Effect> {
+        let mut out = Out(Vec::new());
+        let state = std::mem::replace(&mut self.state, State::Finished);
+        self.state = self.step(state, input, &mut out);
+        out.0
+    }
+
+    fn step(&mut self, state: State, input: Input, out: &mut Out) -> State {
+        match (state, input) {
+            (State::Probing, Input::Started) => {
+                out.say("Helicopter Parent - Debug Client");
+                out.send(&self.config, Command::GetTargetPid);
+                State::Probing
+            }
+            (State::Probing, Input::Replied { line }) => match parse_reply(&line) {
+                Ok(Reply::TargetPid(pid)) => {
+                    self.known_target = Some(pid);
+                    out.say("Type 'help' for available commands");
+                    State::AtPrompt
+                }
+                Ok(Reply::Error(msg)) => {
+                    self.no_controller(out, format!("Controller error: {msg}"))
+                }
+                Ok(Reply::Ready) => {
+                    self.no_controller(out, "unexpected reply READY to GET_TARGET_PID".into())
+                }
+                Err(e) => self.no_controller(out, e.to_string()),
+            },
+            (State::Probing, Input::RequestFailed { failure }) => {
+                let asked = Command::GetTargetPid.to_line(self.config.dialect);
+                let text = self.describe_failure(&failure, &asked);
+                self.no_controller(out, text)
+            }
+            (State::AtPrompt, Input::LineRead { text }) => self.on_typed(&text, out),
+            (State::AtPrompt, Input::InputEnded) => {
+                out.say("\nGoodbye!");
+                self.finish(out)
+            }
+            (State::AtPrompt, Input::PromptInterrupted) => {
+                out.say("\nInterrupted (type 'quit' to exit)");
+                State::AtPrompt
+            }
+            (State::Attaching(step), input) => self.attaching(step, input, out),
+            (State::SkippingPdbLines, Input::LineRead { text }) => {
+                out.warn(format!(
+                    "heli-client: not run (meant for pdb, which is not attached): {text}"
+                ));
+                if is_pdb_quit(&text) {
+                    State::AtPrompt
+                } else {
+                    State::SkippingPdbLines
+                }
+            }
+            // The prompt then meets the end of input too, and says goodbye.
+            (State::SkippingPdbLines, Input::InputEnded) => State::AtPrompt,
+            (State::Terminating, Input::Replied { line }) => match parse_reply(&line) {
+                Ok(Reply::Ready) => {
+                    out.say_tone("✅ Controller is stopping the target", Tone::Success);
+                    self.finish(out)
+                }
+                Ok(Reply::Error(msg)) => {
+                    self.terminate_failed(out, format!("Controller error: {msg}"))
+                }
+                Ok(Reply::TargetPid(_)) | Err(_) => {
+                    self.terminate_failed(out, format!("unexpected reply to TERMINATE: {line}"))
+                }
+            },
+            (State::Terminating, Input::Delivered) => self.finish(out),
+            (State::Terminating, Input::RequestFailed { failure }) => {
+                let asked = Command::Terminate.to_line(self.config.dialect);
+                let text = self.describe_failure(&failure, &asked);
+                self.terminate_failed(out, text)
+            }
+            (state @ State::Finished, _) => state,
+            (
+                state @ (State::Probing
+                | State::AtPrompt
+                | State::SkippingPdbLines
+                | State::Terminating),
+                input @ (Input::Started
+                | Input::LineRead { .. }
+                | Input::InputEnded
+                | Input::PromptInterrupted
+                | Input::Replied { .. }
+                | Input::Delivered
+                | Input::RequestFailed { .. }
+                | Input::TargetInspected { .. }
+                | Input::PdbNotStarted { .. }
+                | Input::PdbInputBroken
+                | Input::PdbExited { .. }),
+            ) => {
+                debug_assert!(false, "driver bug: {input:?} in state {state:?}");
+                state
+            }
+        }
+    }
+
+    /// A line typed at the prompt.
+    fn on_typed(&mut self, text: &str, out: &mut Out) -> State {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "" => State::AtPrompt,
+            "attach" => {
+                out.send(&self.config, Command::GetTargetPid);
+                State::Attaching(Attaching::AskingTarget)
+            }
+            "quit" | "exit" | "q" => {
+                out.say("Goodbye!");
+                self.finish(out)
+            }
+            "terminate" => {
+                out.say("Terminating controller and target...");
+                out.push(Effect::Send {
+                    command: Command::Terminate,
+                    // The legacy dialect's terminate gets no reply.
+                    expect_reply: self.config.dialect == Dialect::Seed,
+                    timeout_ms: self.config.request_timeout_ms,
+                });
+                State::Terminating
+            }
+            "help" => {
+                out.say(HELP);
+                State::AtPrompt
+            }
+            other => {
+                // A typo does nothing and is shown at once: it is not a failure of the
+                // session (see the exit status rule on `exit_code`).
+                out.say(&format!(
+                    "Unknown command: {other}. Type 'help' for available commands"
+                ));
+                State::AtPrompt
+            }
+        }
+    }
+
+    fn attaching(&mut self, step: Attaching, input: Input, out: &mut Out) -> State {
+        match (step, input) {
+            (Attaching::AskingTarget, Input::Replied { line }) => match parse_reply(&line) {
+                Ok(Reply::TargetPid(pid)) => {
+                    self.known_target = Some(pid);
+                    out.push(Effect::InspectTarget { pid });
+                    State::Attaching(Attaching::Inspecting { target: pid })
+                }
+                Ok(Reply::Error(msg)) => {
+                    self.attach_failed(out, format!("Controller error: {msg}"), false)
+                }
+                Ok(Reply::Ready) => self.attach_failed(
+                    out,
+                    "unexpected reply READY to GET_TARGET_PID".into(),
+                    false,
+                ),
+                Err(e) => self.attach_failed(out, e.to_string(), false),
+            },
+            (Attaching::Inspecting { target }, Input::TargetInspected { pid, facts })
+                if pid == target =>
+            {
+                self.inspected(target, facts, out)
+            }
+            (
+                Attaching::Granting {
+                    target,
+                    interpreter,
+                },
+                Input::Replied { line },
+            ) => match parse_reply(&line) {
+                Ok(Reply::Ready) => {
+                    out.say_tone("✅ Permission granted", Tone::Success);
+                    out.say(&format!("\nAttaching pdb to target PID {target}..."));
+                    out.say("Type pdb commands (list, next, print, etc.) or 'quit' to detach\n");
+                    out.push(Effect::RunPdb {
+                        interpreter: interpreter.clone(),
+                        target,
+                    });
+                    State::Attaching(Attaching::PdbRunning {
+                        interpreter,
+                        feeding: self.config.input == InputSource::Piped,
+                        quit_fed: false,
+                    })
+                }
+                Ok(Reply::Error(msg)) => {
+                    self.attach_failed(out, format!("Permission denied: {msg}"), false)
+                }
+                Ok(other @ Reply::TargetPid(_)) => self.attach_failed(
+                    out,
+                    format!("unexpected reply to GRANT_ACCESS: {other}"),
+                    false,
+                ),
+                Err(e) => self.attach_failed(out, e.to_string(), false),
+            },
+            // The controller served this session before and its pipes are gone: look at
+            // the target it served to say why.
+            (
+                Attaching::AskingTarget,
+                Input::RequestFailed {
+                    failure: RequestFailure::PipesMissing,
+                },
+            ) if self.known_target.is_some() => {
+                let target = self.known_target.unwrap_or_default();
+                out.push(Effect::InspectTarget { pid: target });
+                State::Attaching(Attaching::AccountingForGone { target })
+            }
+            (Attaching::AccountingForGone { target }, Input::TargetInspected { pid, facts })
+                if pid == target =>
+            {
+                let dir = &self.config.pipe_dir;
+                let why = match facts {
+                    TargetFacts::NotRunning => format!(
+                        "Controller not running any more: its pipes in {dir} are gone, and its target (PID {target}) has exited; a controller ends with its target. Start it again"
+                    ),
+                    TargetFacts::Running { .. } => format!(
+                        "Controller not running any more: its pipes in {dir} are gone, yet its target (PID {target}) still runs. Was the controller stopped, or its pipes removed? Start it again"
+                    ),
+                };
+                self.attach_failed(out, why, false)
+            }
+            (Attaching::AskingTarget, Input::RequestFailed { failure }) => {
+                let asked = Command::GetTargetPid.to_line(self.config.dialect);
+                let text = self.describe_failure(&failure, &asked);
+                self.attach_failed(out, text, false)
+            }
+            (Attaching::Granting { .. }, Input::RequestFailed { failure }) => {
+                let asked = Command::GrantAccess {
+                    pid: self.config.own_pid,
+                }
+                .to_line(self.config.dialect);
+                let text = self.describe_failure(&failure, &asked);
+                self.attach_failed(out, text, false)
+            }
+            (
+                Attaching::PdbRunning {
+                    interpreter,
+                    feeding: true,
+                    quit_fed,
+                },
+                Input::LineRead { text },
+            ) => {
+                let quit = is_pdb_quit(&text);
+                out.push(Effect::FeedPdb { line: text });
+                if quit {
+                    out.push(Effect::ClosePdbInput);
+                }
+                State::Attaching(Attaching::PdbRunning {
+                    interpreter,
+                    feeding: !quit,
+                    quit_fed: quit_fed || quit,
+                })
+            }
+            (
+                Attaching::PdbRunning {
+                    interpreter,
+                    feeding,
+                    quit_fed,
+                },
+                Input::InputEnded | Input::PdbInputBroken,
+            ) => {
+                // pdb gets EOF and detaches; the user's input is not read for it any more.
+                if feeding {
+                    out.push(Effect::ClosePdbInput);
+                }
+                State::Attaching(Attaching::PdbRunning {
+                    interpreter,
+                    feeding: false,
+                    quit_fed,
+                })
+            }
+            (
+                Attaching::PdbRunning {
+                    interpreter,
+                    feeding,
+                    quit_fed,
+                },
+                Input::PdbNotStarted { error },
+            ) => {
+                if feeding {
+                    out.push(Effect::ClosePdbInput);
+                }
+                let python = match &interpreter {
+                    Interpreter::Path(path) => path.display().to_string(),
+                    Interpreter::SearchPath => "python3.14".into(),
+                };
+                out.fail(format!("cannot run {python} -m pdb: {error}"));
+                out.say("\nDebugger detached");
+                self.attach_done(false, quit_fed, out)
+            }
+            (
+                Attaching::PdbRunning {
+                    feeding, quit_fed, ..
+                },
+                Input::PdbExited { status },
+            ) => {
+                if feeding {
+                    out.push(Effect::ClosePdbInput);
+                }
+                let ok = match status {
+                    PdbExit::Code(0) => true,
+                    PdbExit::Code(code) => {
+                        out.fail(format!("pdb exited with status {code}"));
+                        false
+                    }
+                    PdbExit::Signal(sig) => {
+                        out.fail(format!("pdb was killed by signal {sig}"));
+                        false
+                    }
+                };
+                out.say("\nDebugger detached");
+                self.attach_done(ok, quit_fed, out)
+            }
+            (
+                step @ (Attaching::AskingTarget
+                | Attaching::AccountingForGone { .. }
+                | Attaching::Inspecting { .. }
+                | Attaching::Granting { .. }
+                | Attaching::PdbRunning { .. }),
+                input @ (Input::Started
+                | Input::LineRead { .. }
+                | Input::InputEnded
+                | Input::PromptInterrupted
+                | Input::Replied { .. }
+                | Input::Delivered
+                | Input::RequestFailed { .. }
+                | Input::TargetInspected { .. }
+                | Input::PdbNotStarted { .. }
+                | Input::PdbInputBroken
+                | Input::PdbExited { .. }),
+            ) => {
+                debug_assert!(false, "driver bug: {input:?} while attaching ({step:?})");
+                State::Attaching(step)
+            }
+        }
+    }
+
+    /// The facts about the target decide whether to ask for access, and for which pdb.
+    fn inspected(&mut self, target: u32, facts: TargetFacts, out: &mut Out) -> State {
+        let TargetFacts::Running {
+            uid,
+            exe,
+            yama,
+            privilege,
+        } = facts
+        else {
+            return self.attach_failed(
+                out,
+                format!("target process {target} is not running"),
+                false,
+            );
+        };
+        if uid != self.config.uid {
+            // Only a controller of another user names such a target: refuse before
+            // anything of it runs (the pipes were checked too; this is the second line).
+            return self.attach_failed(
+                out,
+                format!(
+                    "refusing to attach: target process {target} belongs to uid {uid}, not to you (uid {}). The controller at {} is not yours",
+                    self.config.uid, self.config.pipe_dir
+                ),
+                false,
+            );
+        }
+        if let AttachRule::Forbidden(why) = attach_rule(yama, privilege) {
+            return self.attach_failed(out, why, false);
+        }
+        let interpreter = match &self.config.python {
+            Some(path) => Interpreter::Path(path.clone()),
+            None => match judge_interpreter(&exe, self.config.uid) {
+                InterpreterVerdict::Run(path) => Interpreter::Path(path),
+                InterpreterVerdict::Unknown => Interpreter::SearchPath,
+                InterpreterVerdict::Refuse(why) => {
+                    return self.attach_failed(
+                        out,
+                        format!("{why}. Pass --python PATH to choose pdb's interpreter"),
+                        false,
+                    )
+                }
+            },
+        };
+        out.say(&format!(
+            "Requesting ptrace permission for client PID {}...",
+            self.config.own_pid
+        ));
+        out.send(
+            &self.config,
+            Command::GrantAccess {
+                pid: self.config.own_pid,
+            },
+        );
+        State::Attaching(Attaching::Granting {
+            target,
+            interpreter,
+        })
+    }
+
+    /// An attach that failed before pdb ran.
+    fn attach_failed(&mut self, out: &mut Out, text: String, quit_fed: bool) -> State {
+        out.fail(text);
+        self.attach_done(false, quit_fed, out)
+    }
+
+    fn attach_done(&mut self, ok: bool, quit_fed: bool, _out: &mut Out) -> State {
+        if !ok {
+            self.failures += 1;
+        }
+        // Piped lines meant for pdb that it never took are not client commands.
+        if self.config.input == InputSource::Piped && !quit_fed {
+            State::SkippingPdbLines
+        } else {
+            State::AtPrompt
+        }
+    }
+
+    fn no_controller(&mut self, out: &mut Out, text: String) -> State {
+        out.fail(text);
+        // The controller refuses to start at these scopes: say why none is running.
+        if let AttachRule::Forbidden(why) = attach_rule(self.config.yama, self.config.privilege) {
+            out.say(&format!("   note: {why}"));
+        }
+        out.push(Effect::Exit {
+            code: EXIT_NO_CONTROLLER,
+        });
+        State::Finished
+    }
+
+    fn terminate_failed(&mut self, out: &mut Out, text: String) -> State {
+        out.fail(text);
+        self.failures += 1;
+        self.finish(out)
+    }
+
+    fn finish(&mut self, out: &mut Out) -> State {
+        out.push(Effect::Exit {
+            code: self.exit_code(),
+        });
+        State::Finished
+    }
+
+    /// The user-facing text of a failed request.
+    fn describe_failure(&self, failure: &RequestFailure, asked: &str) -> String {
+        let dir = &self.config.pipe_dir;
+        match failure {
+            RequestFailure::PipesMissing => format!(
+                "Controller not running (pipes not found) in {dir}. Start heli-controller first, or point to its pipes with --pipe-dir DIR"
+            ),
+            RequestFailure::NotServed => format!(
+                "Controller not responding: the pipes in {dir} exist but no controller reads them (left over from a controller that was killed?). Start the controller again; it replaces stale pipes"
+            ),
+            RequestFailure::TimedOut { waited_ms } => format!(
+                "Timeout waiting for response to {asked} after {:.1} s (is the controller stuck or stopped?)",
+                *waited_ms as f64 / 1000.0
+            ),
+            RequestFailure::Truncated { partial } => format!(
+                "the controller closed the response pipe after a partial reply '{partial}'"
+            ),
+            RequestFailure::Untrusted(why) | RequestFailure::Io(why) => why.clone(),
+        }
+    }
+}
+
+/// The effects of one step, with shorthands.
+struct Out(Vec<Effect>);
+
+impl Out {
+    fn push(&mut self, effect: Effect) {
+        self.0.push(effect);
+    }
+    fn say(&mut self, text: &str) {
+        self.say_tone(text, Tone::Plain);
+    }
+    fn say_tone(&mut self, text: &str, tone: Tone) {
+        self.push(Effect::Say {
+            text: text.into(),
+            tone,
+        });
+    }
+    fn fail(&mut self, text: String) {
+        self.push(Effect::Say {
+            text: format!("❌ {text}"),
+            tone: Tone::Failure,
+        });
+    }
+    fn warn(&mut self, text: String) {
+        self.push(Effect::Warn { text });
+    }
+    fn send(&mut self, config: &Config, command: Command) {
+        self.push(Effect::Send {
+            command,
+            expect_reply: true,
+            timeout_ms: config.request_timeout_ms,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

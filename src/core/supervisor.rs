@@ -1,0 +1,1368 @@
+//! The controller's decisions: a state machine that supervises the target, answers the
+//! pipe protocol and hands out grants. Pure (see the contract in [`crate::core`]).
+//!
+//! Control lines are answered strictly in arrival order, because every client reads the
+//! one shared `response` pipe: lines that arrive while a grant is in flight wait in a
+//! queue and are answered after it.
+use super::delivery::{
+    describe_threads, Delivery, DeliveryAction, DeliveryFact, DeliveryStatus, DeliveryTiming,
+};
+use super::ptrace_policy::{attach_rule, AttachRule, TracerPrivilege};
+use super::wire::{parse_command, Command, Dialect, Frame, Reply};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::fmt;
+
+/// Milliseconds since the session started. The only notion of time in the core.
+pub type Millis = u64;
+
+/// Identifies one grant attempt, so a late acknowledgement is never taken for a newer one.
+pub type GrantId = u64;
+
+/// What the kernel's Yama LSM does here, read once at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "yama", content = "scope", rename_all = "snake_case")]
+pub enum Yama {
+    /// No Yama in this kernel: classic ptrace rules, `PR_SET_PTRACER` fails with EINVAL.
+    Absent,
+    Scope(u8),
+}
+
+impl fmt::Display for Yama {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Yama::Absent => f.write_str("Yama absent"),
+            Yama::Scope(s) => write!(f, "Yama ptrace_scope {s}"),
+        }
+    }
+}
+
+/// Whether grants are really injected. `SkippedForDiagnostics` is the Yama rig's negative
+/// control (`HELI_DISABLE_GRANT=1`): the core answers READY without injecting, and says so,
+/// so that the rig can show that attach then fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantInjection {
+    #[default]
+    Injected,
+    SkippedForDiagnostics,
+}
+
+/// Everything the core needs to know about its surroundings, fixed for a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    pub dialect: Dialect,
+    pub target_pid: u32,
+    /// Clients must run as this uid: Yama never lets another user's process attach.
+    pub uid: u32,
+    pub yama: Yama,
+    /// From GRANT_ACCESS to the `ERROR:` that says the target ran no Python code.
+    pub grant_timeout_ms: Millis,
+    /// How the grant's request finds a thread that runs (see [`super::delivery`]).
+    #[serde(default)]
+    pub delivery: DeliveryTiming,
+    /// The first, polite signal of a stop, sent to the target alone. SIGINT by default:
+    /// Python raises KeyboardInterrupt, so `finally` blocks and `atexit` handlers run
+    /// (SIGTERM's default action kills Python before either can).
+    #[serde(default = "default_stop_signal")]
+    pub stop_signal: i32,
+    /// From the stop signal to SIGKILL of whatever remains of the tree.
+    pub stop_grace_ms: Millis,
+    #[serde(default)]
+    pub grant_injection: GrantInjection,
+    /// A grant still held this long after it was given is taken back: one nobody uses
+    /// must not stay open forever. Our client takes its grant back when pdb detaches, and
+    /// a grant goes when its holder exits, so this bounds only forgotten ones.
+    #[serde(default = "default_grant_expiry")]
+    pub grant_expiry_ms: Millis,
+}
+
+fn default_grant_expiry() -> Millis {
+    30 * 60 * 1000
+}
+
+impl Config {
+    pub fn new(target_pid: u32, uid: u32, yama: Yama) -> Config {
+        Config {
+            dialect: Dialect::Seed,
+            target_pid,
+            uid,
+            yama,
+            grant_timeout_ms: 1500,
+            delivery: DeliveryTiming::default(),
+            stop_signal: DEFAULT_STOP_SIGNAL,
+            stop_grace_ms: 2000,
+            grant_injection: GrantInjection::Injected,
+            grant_expiry_ms: default_grant_expiry(),
+        }
+    }
+}
+
+/// SIGINT: see [`Config::stop_signal`].
+pub const DEFAULT_STOP_SIGNAL: i32 = 2;
+const SIGKILL: i32 = 9;
+
+fn default_stop_signal() -> i32 {
+    DEFAULT_STOP_SIGNAL
+}
+
+/// `--stop-signal` as a user writes it: `INT`, `SIGINT`, `sigint` or `2`. Only the named
+/// signals of [`signal_name`] are taken, so a typo cannot send something unexpected.
+pub fn parse_signal(text: &str) -> Result<i32, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    (1..=31)
+        .find(|&n| {
+            let known = signal_name(n);
+            known != "signal" && (known[3..] == *name || n.to_string() == name)
+        })
+        .ok_or_else(|| format!("unknown signal {text:?} (e.g. INT, TERM, HUP, KILL or a number)"))
+}
+
+/// The controller's exit status: one enum for every way a controller ends (the README's
+/// table lists them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "exit", rename_all = "snake_case")]
+pub enum ControllerExit {
+    /// The target ended by itself: its status passes through (128+N for signal N).
+    Target { status: ExitStatus },
+    /// A client asked TERMINATE and the target was stopped: 0.
+    Terminated,
+    /// The controller was stopped by a signal: 128+N, as a shell reports it.
+    Signalled { signal: StopSignal },
+    /// The controller's own failure (start refused, its adapters died): 125, the
+    /// convention of `timeout`, `env` and `docker run`, distinct from any target status.
+    Failed,
+}
+
+impl ControllerExit {
+    pub const FAILED_CODE: i32 = 125;
+
+    pub fn code(self) -> i32 {
+        match self {
+            ControllerExit::Target { status } => status.as_exit_code(),
+            ControllerExit::Terminated => 0,
+            ControllerExit::Signalled { signal } => 128 + signal.number(),
+            ControllerExit::Failed => Self::FAILED_CODE,
+        }
+    }
+}
+
+/// How a process ended, as `waitpid` reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The shell's convention, so a supervisor sees through the controller.
+    pub fn as_exit_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(code) => code,
+            ExitStatus::Signal(sig) => 128 + sig,
+        }
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitStatus::Code(code) => write!(f, "exited with status {code}"),
+            ExitStatus::Signal(sig) => {
+                write!(f, "was killed by signal {sig} ({})", signal_name(*sig))
+            }
+        }
+    }
+}
+
+/// Names of the signals a user is likely to meet; the number is always shown beside it.
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        _ => "signal",
+    }
+}
+
+/// `SIGINT`, or `signal 40` for one without a name here.
+fn signal_display(sig: i32) -> String {
+    match signal_name(sig) {
+        "signal" => format!("signal {sig}"),
+        name => name.to_string(),
+    }
+}
+
+/// The signals that stop the controller (and with it the target).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopSignal {
+    Interrupt,
+    Terminate,
+    Hangup,
+}
+
+impl StopSignal {
+    pub fn number(self) -> i32 {
+        match self {
+            StopSignal::Hangup => 1,
+            StopSignal::Interrupt => 2,
+            StopSignal::Terminate => 15,
+        }
+    }
+}
+
+/// What the edge found out about a pid that asked for access.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "found", rename_all = "snake_case")]
+pub enum ClientFacts {
+    Running {
+        uid: u32,
+        exe: Option<String>,
+        #[serde(default = "ordinary")]
+        privilege: TracerPrivilege,
+    },
+    NotRunning,
+}
+
+fn ordinary() -> TracerPrivilege {
+    TracerPrivilege::Ordinary
+}
+
+/// Facts observed at the edge, past tense. Each is journaled before it is handled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "input", rename_all = "snake_case")]
+pub enum Input {
+    /// A line arrived on the control pipe.
+    LineReceived {
+        frame: Frame,
+    },
+    /// The answer to [`Effect::InspectClient`].
+    ClientInspected {
+        pid: u32,
+        facts: ClientFacts,
+    },
+    /// The answer to an [`Effect::Deliver`], or what the edge saw of the grant's request.
+    Delivery {
+        grant: GrantId,
+        fact: DeliveryFact,
+    },
+    /// The injected script reported `prctl`'s result: 0 or an errno.
+    GrantRan {
+        grant: GrantId,
+        errno: i32,
+    },
+    TargetExited {
+        status: ExitStatus,
+    },
+    /// A process watched after [`Effect::WatchClient`] has exited.
+    ClientExited {
+        pid: u32,
+    },
+    SignalReceived {
+        signal: StopSignal,
+        /// Sent by the kernel rather than by `kill()`: a terminal's Ctrl-C (or hang-up)
+        /// reaches the whole foreground process group, so the target got it too.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        by_kernel: bool,
+    },
+    /// Every adapter thread has stopped: no line, signal or exit can be observed anymore.
+    AdaptersGone,
+    /// A deadline from [`Supervisor::poll_timeout`] has come.
+    DeadlineReached,
+}
+
+/// Instructions for the edge, imperative.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "effect", rename_all = "snake_case")]
+pub enum Effect {
+    /// Write this reply line on the response pipe.
+    Reply {
+        reply: Reply,
+    },
+    /// Find out whether `pid` runs, as whom and with which privilege; answer with
+    /// [`Input::ClientInspected`].
+    InspectClient {
+        pid: u32,
+    },
+    /// Carry out one step of the grant's delivery: its request makes the target run
+    /// `prctl(PR_SET_PTRACER, client)` and report back. Answer with [`Input::Delivery`].
+    Deliver {
+        grant: GrantId,
+        client: u32,
+        action: DeliveryAction,
+    },
+    /// The grant is over (it ran, failed or was withdrawn): release what carried it.
+    ForgetGrant {
+        grant: GrantId,
+    },
+    /// Report with [`Input::ClientExited`] when `pid` exits (it holds the grant).
+    WatchClient {
+        pid: u32,
+    },
+    /// Send `signal` to the target alone (the first step of a stop).
+    SignalTarget {
+        signal: i32,
+    },
+    /// Send `signal` to every process of the supervised tree: the target (while it
+    /// runs) and all its descendants, including orphans reparented to the controller's
+    /// side. Nothing of the tree may outlive the controller.
+    StopTree {
+        signal: i32,
+    },
+    /// Remove the FIFOs (and the pipe directory if the controller made it).
+    RemovePipes,
+    /// Tell the person watching the controller.
+    Log {
+        message: String,
+    },
+    Exit {
+        code: i32,
+    },
+}
+
+/// One GRANT_ACCESS in flight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Grant {
+    id: GrantId,
+    client: u32,
+    asked_at: Millis,
+    deadline: Millis,
+    /// The client that held the grant before, and when its grant expires; it keeps the
+    /// grant if this one fails.
+    previous: Option<(u32, Millis)>,
+    step: GrantStep,
+    purpose: Purpose,
+}
+
+/// What a grant's injection declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// `prctl(PR_SET_PTRACER, client)`: the client may attach.
+    Declare,
+    /// `prctl(PR_SET_PTRACER, 0)`: nobody is declared any more; `client` held the grant.
+    Revoke {
+        reason: RevokeReason,
+        /// A REVOKE_ACCESS line asked for it, and waits for its reply.
+        requested: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RevokeReason {
+    Detached,
+    ClientExited,
+    Expired,
+}
+
+impl fmt::Display for RevokeReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RevokeReason::Detached => "its client detached",
+            RevokeReason::ClientExited => "its client exited",
+            RevokeReason::Expired => "it expired",
+        })
+    }
+}
+
+impl Grant {
+    /// The pid the target's prctl names: the client, or 0 (nobody) for a revocation.
+    fn declared(&self) -> u32 {
+        match self.purpose {
+            Purpose::Declare => self.client,
+            Purpose::Revoke { .. } => 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum GrantStep {
+    /// Waiting for [`Input::ClientInspected`].
+    Inspecting,
+    /// The request is on its way into the target (or taken: its report is on the way).
+    Delivering(Delivery),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    Requested,
+    Signal(StopSignal),
+    AdaptersGone,
+}
+
+impl StopReason {
+    fn exit(self) -> ControllerExit {
+        match self {
+            StopReason::Requested => ControllerExit::Terminated,
+            StopReason::Signal(signal) => ControllerExit::Signalled { signal },
+            StopReason::AdaptersGone => ControllerExit::Failed,
+        }
+    }
+}
+
+/// The controller's lifecycle.
+///
+/// ```text
+///              GRANT_ACCESS, pid plausible              target ran prctl (ack)
+///   ┌──────┐ ─────────────────────────▶ ┌──────────┐ ───────────────────────▶ ┌──────────┐
+///   │ Idle │                            │ Granting │                          │ Attached │
+///   └──────┘ ◀───────────────────────── └──────────┘ ◀─────────────────────── └──────────┘
+///      │      refused / failed / timed out   │  ▲       next GRANT_ACCESS          │
+///      │                                     │  └─ (failure returns to Attached) ──┘
+///      │ TERMINATE, SIGINT/TERM/HUP,         │                                   │
+///      │ adapters gone                       ▼                                   ▼
+///   ┌──────────┐  target exited (or SIGKILL did not help)   ┌────────────┐
+///   │ Stopping │ ─────────────────────────────────────────▶ │ Terminated │ ◀── target exited
+///   └──────────┘                                            └────────────┘     by itself
+///
+///   Granting's steps:
+///     Inspecting ──client runs as our uid, policy says Grant──▶ Delivering(delivery phase)
+///     Delivering: scheduling → waiting in a thread ⇄ surveying → moving → picked up,
+///                 retrying after a failure that may pass (see core::delivery)
+/// ```
+///
+/// `Stopping` exists beside the four lifecycle states because stopping a target takes
+/// time during which lines must still be answered:
+///
+/// ```text
+///   begin ── SignalTarget{stop_signal} ──▶ grace ── StopTree{SIGKILL} ──▶ KILL_WAIT ──▶ give up
+///                                  │                          │
+///                                  └──── target exited ───────┴──▶ StopTree{SIGKILL}, Terminated
+/// ```
+///
+/// Whenever the target exits (stopped or by itself), `StopTree{SIGKILL}` ends whatever it
+/// left behind: its children and grandchildren are part of the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Idle,
+    Granting(Grant),
+    Attached {
+        client: u32,
+        /// When the grant is taken back if nobody took it back before.
+        expires_at: Millis,
+    },
+    Stopping {
+        reason: StopReason,
+        kill_at: Option<Millis>,
+        give_up_at: Millis,
+    },
+    Terminated {
+        exit: ControllerExit,
+    },
+}
+
+/// The state as a value, for tests and transcripts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    Idle,
+    /// A grant for `client`; `step` names where it is.
+    Granting {
+        client: u32,
+        step: String,
+    },
+    Attached {
+        client: u32,
+    },
+    Stopping,
+    Terminated {
+        code: i32,
+    },
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Phase::Idle => f.write_str("idle"),
+            Phase::Granting { client, step } => write!(f, "granting(client {client}: {step})"),
+            Phase::Attached { client } => write!(f, "attached(client {client})"),
+            Phase::Stopping => f.write_str("stopping"),
+            Phase::Terminated { code } => write!(f, "terminated(exit {code})"),
+        }
+    }
+}
+
+/// How long to wait for the target to die after SIGKILL before giving up on it (a task
+/// in uninterruptible sleep): the controller must not hang on it.
+const KILL_WAIT_MS: Millis = 2000;
+
+/// `EINVAL` from prctl: no Yama (classic rules apply) or the declared pid is gone.
+const EINVAL: i32 = 22;
+
+/// The controller's decisions, without I/O. Feed it [`Input`]s with
+/// [`Supervisor::handle`], carry out the [`Effect`]s it returns in order, and feed
+/// [`Input::DeadlineReached`] when [`Supervisor::poll_timeout`] comes.
+#[derive(Debug)]
+pub struct Supervisor {
+    config: Config,
+    state: State,
+    /// Lines that arrived while a grant was in flight, answered in order after it.
+    queued: VecDeque<Frame>,
+    next_grant: GrantId,
+}
+
+impl Supervisor {
+    pub fn new(config: Config) -> Supervisor {
+        Supervisor {
+            config,
+            state: State::Idle,
+            queued: VecDeque::new(),
+            next_grant: 1,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The current state as a value.
+    pub fn phase(&self) -> Phase {
+        match &self.state {
+            State::Idle => Phase::Idle,
+            State::Granting(g) => Phase::Granting {
+                client: g.client,
+                step: match &g.step {
+                    GrantStep::Inspecting => "inspecting".into(),
+                    GrantStep::Delivering(d) => d.phase_name(),
+                },
+            },
+            State::Attached { client, .. } => Phase::Attached { client: *client },
+            State::Stopping { .. } => Phase::Stopping,
+            State::Terminated { exit } => Phase::Terminated { code: exit.code() },
+        }
+    }
+
+    pub fn is_terminated(&self) -> bool {
+        matches!(self.state, State::Terminated { .. })
+    }
+
+    /// The earliest moment at which [`Input::DeadlineReached`] must be fed, if any.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        match &self.state {
+            State::Granting(g) => match &g.step {
+                GrantStep::Delivering(d) => {
+                    Some(d.poll_timeout().map_or(g.deadline, |at| at.min(g.deadline)))
+                }
+                GrantStep::Inspecting => Some(g.deadline),
+            },
+            State::Stopping {
+                kill_at,
+                give_up_at,
+                ..
+            } => Some(kill_at.unwrap_or(*give_up_at)),
+            State::Attached { expires_at, .. } => Some(*expires_at),
+            State::Idle | State::Terminated { .. } => None,
+        }
+    }
+
+    #[must_use]
+    pub fn handle(&mut self, now: Millis, input: Input) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let state = std::mem::replace(&mut self.state, State::Idle);
+        self.state = self.transition(now, state, input, &mut out);
+        // Lines queued behind a grant are answered as soon as no grant is in flight.
+        while !matches!(self.state, State::Granting(_) | State::Terminated { .. }) {
+            let Some(frame) = self.queued.pop_front() else {
+                break;
+            };
+            let state = std::mem::replace(&mut self.state, State::Idle);
+            self.state = self.on_line(now, state, frame, &mut out);
+        }
+        out
+    }
+
+    /// Every (state, input) pair, each named: the one place where the lifecycle moves.
+    fn transition(
+        &mut self,
+        now: Millis,
+        state: State,
+        input: Input,
+        out: &mut Vec<Effect>,
+    ) -> State {
+        match (state, input) {
+            (State::Granting(grant), Input::LineReceived { frame }) => {
+                self.queued.push_back(frame);
+                State::Granting(grant)
+            }
+            (
+                state @ (State::Idle
+                | State::Attached { .. }
+                | State::Stopping { .. }
+                | State::Terminated { .. }),
+                Input::LineReceived { frame },
+            ) => self.on_line(now, state, frame, out),
+
+            (State::Granting(grant), Input::ClientInspected { pid, facts })
+                if grant.client == pid && grant.step == GrantStep::Inspecting =>
+            {
+                self.on_client_inspected(now, grant, facts, out)
+            }
+            (
+                state @ (State::Idle
+                | State::Granting(_)
+                | State::Attached { .. }
+                | State::Stopping { .. }
+                | State::Terminated { .. }),
+                input @ Input::ClientInspected { .. },
+            ) => misuse(state, &input, out),
+
+            (State::Granting(grant), Input::Delivery { grant: id, fact }) if grant.id == id => {
+                self.on_delivery_fact(now, grant, fact, out)
+            }
+            (
+                state @ (State::Idle
+                | State::Granting(_)
+                | State::Attached { .. }
+                | State::Stopping { .. }
+                | State::Terminated { .. }),
+                Input::Delivery { grant, fact },
+            ) => {
+                // What the edge saw of a grant that is over (withdrawn at its deadline or
+                // when stopping). Only a pickup matters: the target may declare anyway.
+                if fact == DeliveryFact::PickedUp {
+                    out.push(Effect::Log {
+                        message: format!("grant {grant} was picked up as it was being withdrawn; its declaration stands until the next grant"),
+                    });
+                }
+                out.push(Effect::ForgetGrant { grant });
+                state
+            }
+
+            (State::Granting(grant), Input::GrantRan { grant: id, errno })
+                if grant.id == id && grant.step != GrantStep::Inspecting =>
+            {
+                out.push(Effect::ForgetGrant { grant: id });
+                let outcome = self.grant_outcome(grant.declared(), errno);
+                self.finish_grant(now, grant, outcome, out)
+            }
+            (
+                state @ (State::Idle
+                | State::Granting(_)
+                | State::Attached { .. }
+                | State::Stopping { .. }
+                | State::Terminated { .. }),
+                Input::GrantRan { grant, errno },
+            ) => {
+                // Ran in the instant after a timeout withdrew it: the client heard ERROR,
+                // but the target did declare it. Say so rather than pretend.
+                if errno == 0 && !matches!(state, State::Stopping { .. } | State::Terminated { .. })
+                {
+                    out.push(Effect::Log {
+                        message: format!("grant {grant} ran after its request had timed out; the declaration stands until the next grant"),
+                    });
+                }
+                out.push(Effect::ForgetGrant { grant });
+                state
+            }
+
+            (State::Terminated { exit }, Input::TargetExited { .. }) => State::Terminated { exit },
+            (State::Stopping { reason, .. }, Input::TargetExited { status }) => {
+                self.log_target_exit(status, out);
+                out.push(Effect::StopTree { signal: SIGKILL });
+                self.terminate(reason.exit(), out)
+            }
+            (
+                state @ (State::Idle | State::Attached { .. } | State::Granting(_)),
+                Input::TargetExited { status },
+            ) => {
+                self.log_target_exit(status, out);
+                if let State::Granting(grant) = state {
+                    self.abandon_grant(grant, "target exited", out);
+                    out.push(Effect::Reply {
+                        reply: Reply::Error(format!(
+                            "target process {} exited",
+                            self.config.target_pid
+                        )),
+                    });
+                }
+                out.push(Effect::StopTree { signal: SIGKILL });
+                self.terminate(ControllerExit::Target { status }, out)
+            }
+
+            (
+                state @ (State::Stopping { .. } | State::Terminated { .. }),
+                Input::SignalReceived { .. },
+            ) => state,
+            (
+                state @ (State::Idle | State::Attached { .. } | State::Granting(_)),
+                Input::SignalReceived { signal, by_kernel },
+            ) => {
+                out.push(Effect::Log {
+                    message: format!(
+                        "received {}: stopping target {}",
+                        signal_name(signal.number()),
+                        self.config.target_pid
+                    ),
+                });
+                // Ctrl-C on the terminal already gave the target its SIGINT; a second one
+                // a moment later would interrupt the `finally` blocks the first one started.
+                let target_has_it = by_kernel && signal.number() == self.config.stop_signal;
+                if target_has_it {
+                    out.push(Effect::Log {
+                        message: format!(
+                            "the target got {} from the terminal as well: not sending it again",
+                            signal_name(signal.number())
+                        ),
+                    });
+                }
+                self.begin_stop(now, state, StopReason::Signal(signal), !target_has_it, out)
+            }
+
+            (state @ State::Terminated { .. }, Input::AdaptersGone) => state,
+            (
+                state @ (State::Idle
+                | State::Attached { .. }
+                | State::Granting(_)
+                | State::Stopping { .. }),
+                Input::AdaptersGone,
+            ) => {
+                out.push(Effect::Log {
+                    message: "every adapter thread has stopped: the controller can no longer hear clients, signals or the target; stopping".into(),
+                });
+                match state {
+                    State::Stopping {
+                        kill_at,
+                        give_up_at,
+                        ..
+                    } => State::Stopping {
+                        reason: StopReason::AdaptersGone,
+                        kill_at,
+                        give_up_at,
+                    },
+                    other @ (State::Idle
+                    | State::Granting(_)
+                    | State::Attached { .. }
+                    | State::Terminated { .. }) => {
+                        self.begin_stop(now, other, StopReason::AdaptersGone, true, out)
+                    }
+                }
+            }
+
+            (State::Granting(grant), Input::DeadlineReached) => {
+                self.on_grant_deadline(now, grant, out)
+            }
+            (
+                State::Stopping {
+                    reason,
+                    kill_at: Some(at),
+                    give_up_at,
+                },
+                Input::DeadlineReached,
+            ) if now >= at => {
+                let _ = give_up_at;
+                out.push(Effect::Log {
+                    message: format!(
+                        "target {} still running {} ms after {}: sending SIGKILL to its whole tree",
+                        self.config.target_pid,
+                        self.config.stop_grace_ms,
+                        signal_name(self.config.stop_signal)
+                    ),
+                });
+                out.push(Effect::StopTree { signal: SIGKILL });
+                State::Stopping {
+                    reason,
+                    kill_at: None,
+                    give_up_at: now + KILL_WAIT_MS,
+                }
+            }
+            (
+                State::Stopping {
+                    reason,
+                    kill_at: None,
+                    give_up_at,
+                },
+                Input::DeadlineReached,
+            ) if now >= give_up_at => {
+                out.push(Effect::Log {
+                    message: format!(
+                        "target {} did not exit after SIGKILL; giving up on it",
+                        self.config.target_pid
+                    ),
+                });
+                self.terminate(reason.exit(), out)
+            }
+            // A deadline that came early (the driver's timer is coarse): nothing is due.
+            (state @ State::Stopping { .. }, Input::DeadlineReached) => state,
+            (State::Attached { client, expires_at }, Input::DeadlineReached)
+                if now >= expires_at =>
+            {
+                self.begin_revoke(now, client, expires_at, RevokeReason::Expired, false, out)
+            }
+            // Early: nothing is due yet.
+            (state @ State::Attached { .. }, Input::DeadlineReached) => state,
+            (state @ (State::Idle | State::Terminated { .. }), input @ Input::DeadlineReached) => {
+                misuse(state, &input, out)
+            }
+
+            (State::Attached { client, expires_at }, Input::ClientExited { pid })
+                if client == pid =>
+            {
+                self.begin_revoke(
+                    now,
+                    client,
+                    expires_at,
+                    RevokeReason::ClientExited,
+                    false,
+                    out,
+                )
+            }
+            // A client that no longer holds the grant (it was replaced, taken back, or the
+            // controller is stopping): nothing to take back.
+            (
+                state @ (State::Idle
+                | State::Granting(_)
+                | State::Attached { .. }
+                | State::Stopping { .. }
+                | State::Terminated { .. }),
+                Input::ClientExited { .. },
+            ) => state,
+        }
+    }
+
+    fn on_line(&mut self, now: Millis, state: State, frame: Frame, out: &mut Vec<Effect>) -> State {
+        let text = match frame {
+            // An empty line carries no request: answering it would give a reply nobody
+            // waits for, which the next client would read as its own.
+            Frame::Text { text, .. } if text.is_empty() || text == "\r" => return state,
+            Frame::Text { text, .. } => text,
+            Frame::NotUtf8 { len } => {
+                reply(
+                    out,
+                    Reply::Error(format!("line of {len} bytes is not valid UTF-8")),
+                );
+                return state;
+            }
+            Frame::Oversized { len } => {
+                reply(
+                    out,
+                    Reply::Error(format!(
+                        "line of {len} bytes is too long (at most {} bytes)",
+                        super::wire::MAX_LINE
+                    )),
+                );
+                return state;
+            }
+        };
+        let command = match parse_command(&text) {
+            Ok(command) => command,
+            Err(e) => {
+                reply(out, Reply::Error(e.to_string()));
+                return state;
+            }
+        };
+        match (state, command) {
+            (state @ State::Stopping { .. }, _) => {
+                reply(out, Reply::Error("the controller is shutting down".into()));
+                state
+            }
+            (state @ State::Terminated { .. }, _) => {
+                reply(
+                    out,
+                    Reply::Error(format!(
+                        "target process {} is not running",
+                        self.config.target_pid
+                    )),
+                );
+                state
+            }
+            (state, Command::GetTargetPid) => {
+                reply(out, Reply::TargetPid(self.config.target_pid));
+                state
+            }
+            (state, Command::Terminate) => {
+                // The legacy dialect never answers terminate (0.x clients do not read it).
+                if self.config.dialect == Dialect::Seed {
+                    reply(out, Reply::Ready);
+                }
+                out.push(Effect::Log {
+                    message: format!(
+                        "TERMINATE requested: stopping target {}",
+                        self.config.target_pid
+                    ),
+                });
+                self.begin_stop(now, state, StopReason::Requested, true, out)
+            }
+            (state, Command::GrantAccess { pid }) => self.begin_grant(now, state, pid, out),
+            (State::Attached { client, expires_at }, Command::RevokeAccess { pid })
+                if client == pid =>
+            {
+                self.begin_revoke(now, client, expires_at, RevokeReason::Detached, true, out)
+            }
+            (state, Command::RevokeAccess { pid }) => {
+                let holder = match &state {
+                    State::Attached { client, .. } => format!(" (pid {client} does)"),
+                    State::Idle
+                    | State::Granting(_)
+                    | State::Stopping { .. }
+                    | State::Terminated { .. } => String::new(),
+                };
+                reply(
+                    out,
+                    Reply::Error(format!("pid {pid} holds no grant{holder}")),
+                );
+                state
+            }
+        }
+    }
+
+    fn begin_grant(
+        &mut self,
+        now: Millis,
+        state: State,
+        client: u32,
+        out: &mut Vec<Effect>,
+    ) -> State {
+        if client == 1 {
+            reply(
+                out,
+                Reply::Error("pid 1 is init: it is never declared the target's ptracer".into()),
+            );
+            return state;
+        }
+        if client == self.config.target_pid {
+            reply(
+                out,
+                Reply::Error(format!("pid {client} is the target itself")),
+            );
+            return state;
+        }
+        let previous = match state {
+            State::Attached { client, expires_at } => Some((client, expires_at)),
+            State::Idle
+            | State::Granting(_)
+            | State::Stopping { .. }
+            | State::Terminated { .. } => None,
+        };
+        let id = self.next_grant;
+        self.next_grant += 1;
+        out.push(Effect::InspectClient { pid: client });
+        State::Granting(Grant {
+            id,
+            client,
+            asked_at: now,
+            deadline: now + self.config.grant_timeout_ms,
+            previous,
+            step: GrantStep::Inspecting,
+            purpose: Purpose::Declare,
+        })
+    }
+
+    /// Takes back the grant `holder` has: the target declares nobody.
+    fn begin_revoke(
+        &mut self,
+        now: Millis,
+        holder: u32,
+        expires_at: Millis,
+        reason: RevokeReason,
+        requested: bool,
+        out: &mut Vec<Effect>,
+    ) -> State {
+        let id = self.next_grant;
+        self.next_grant += 1;
+        let deadline = now + self.config.grant_timeout_ms;
+        let (delivery, action) = Delivery::start(self.config.delivery, deadline);
+        out.push(Effect::Deliver {
+            grant: id,
+            client: 0,
+            action,
+        });
+        State::Granting(Grant {
+            id,
+            client: holder,
+            asked_at: now,
+            deadline,
+            previous: Some((holder, expires_at)),
+            step: GrantStep::Delivering(delivery),
+            purpose: Purpose::Revoke { reason, requested },
+        })
+    }
+
+    fn attached(&self, now: Millis, client: u32) -> State {
+        State::Attached {
+            client,
+            expires_at: now + self.config.grant_expiry_ms,
+        }
+    }
+
+    fn on_client_inspected(
+        &mut self,
+        now: Millis,
+        mut grant: Grant,
+        facts: ClientFacts,
+        out: &mut Vec<Effect>,
+    ) -> State {
+        let (uid, pid) = (self.config.uid, grant.client);
+        let privilege = match facts {
+            ClientFacts::NotRunning => {
+                return self.finish_grant(now, grant, Err(format!("pid {pid} is not a running process")), out)
+            }
+            ClientFacts::Running { uid: other, .. } if other != uid => {
+                return self.finish_grant(now, grant, Err(format!(
+                    "pid {pid} belongs to uid {other}, not to uid {uid} of the target: Yama never lets another user attach"
+                )), out)
+            }
+            ClientFacts::Running { privilege, .. } => privilege,
+        };
+        match attach_rule(self.config.yama, privilege) {
+            AttachRule::Forbidden(why) => self.finish_grant(now, grant, Err(why), out),
+            AttachRule::NoGrantNeeded(why) => {
+                out.push(Effect::Log {
+                    message: format!("pid {pid} needs no grant: {why}"),
+                });
+                reply(out, Reply::Ready);
+                // Nothing was declared: whoever held the grant keeps it.
+                match grant.previous {
+                    Some((client, expires_at)) => State::Attached { client, expires_at },
+                    None => State::Idle,
+                }
+            }
+            AttachRule::Grant => match self.config.grant_injection {
+                GrantInjection::SkippedForDiagnostics => {
+                    out.push(Effect::Log {
+                        message: format!("grant {} for pid {pid} NOT injected (HELI_DISABLE_GRANT=1, diagnostics only)", grant.id),
+                    });
+                    self.finish_grant(now, grant, Ok("answered READY without a grant".into()), out)
+                }
+                GrantInjection::Injected => {
+                    let (delivery, action) = Delivery::start(self.config.delivery, grant.deadline);
+                    out.push(Effect::Deliver {
+                        grant: grant.id,
+                        client: pid,
+                        action,
+                    });
+                    grant.step = GrantStep::Delivering(delivery);
+                    State::Granting(grant)
+                }
+            },
+        }
+    }
+
+    fn on_delivery_fact(
+        &mut self,
+        now: Millis,
+        mut grant: Grant,
+        fact: DeliveryFact,
+        out: &mut Vec<Effect>,
+    ) -> State {
+        let GrantStep::Delivering(delivery) = &mut grant.step else {
+            debug_assert!(false, "delivery fact {fact:?} while inspecting");
+            return State::Granting(grant);
+        };
+        if let Some(action) = delivery.handle(now, fact) {
+            out.push(Effect::Deliver {
+                grant: grant.id,
+                client: grant.client,
+                action,
+            });
+        }
+        match delivery.status() {
+            DeliveryStatus::Failed => {
+                let why = delivery
+                    .last_failure()
+                    .map_or("unknown failure".to_string(), |f| f.detail().to_string());
+                out.push(Effect::ForgetGrant { grant: grant.id });
+                self.finish_grant(
+                    now,
+                    grant,
+                    Err(format!("cannot inject the grant into the target: {why}")),
+                    out,
+                )
+            }
+            DeliveryStatus::InFlight
+            | DeliveryStatus::PickedUp { .. }
+            | DeliveryStatus::Withdrawn => State::Granting(grant),
+        }
+    }
+
+    fn on_grant_deadline(&mut self, now: Millis, mut grant: Grant, out: &mut Vec<Effect>) -> State {
+        let timeout = self.config.grant_timeout_ms;
+        if now < grant.deadline {
+            if let GrantStep::Delivering(delivery) = &mut grant.step {
+                if let Some(action) = delivery.on_deadline(now) {
+                    out.push(Effect::Deliver {
+                        grant: grant.id,
+                        client: grant.client,
+                        action,
+                    });
+                }
+            }
+            return State::Granting(grant);
+        }
+        let message = match &grant.step {
+            GrantStep::Inspecting => format!("timed out after {timeout} ms inspecting pid {}", grant.client),
+            GrantStep::Delivering(d) => match (d.status(), d.last_failure(), d.threads_seen()) {
+                (DeliveryStatus::PickedUp { tid }, _, _) => format!(
+                    "timed out after {timeout} ms: thread {tid} of the target took the grant but never reported back"
+                ),
+                (_, Some(failure), None) => format!(
+                    "timed out after {timeout} ms: cannot inject the grant into the target: {}",
+                    failure.detail()
+                ),
+                (_, _, threads) => {
+                    let seen = threads.map_or(String::new(), |t| format!(" (threads: {})", describe_threads(t)));
+                    format!(
+                        "timed out after {timeout} ms: the target ran no Python code{seen}; it may be blocked in a C call, a long sleep or I/O; try again when it is busy"
+                    )
+                }
+            },
+        };
+        self.abandon_grant(grant.clone(), "", out);
+        self.finish_grant(now, grant, Err(message), out)
+    }
+
+    /// Takes back a request still waiting in the target, so it can never run later.
+    fn abandon_grant(&mut self, mut grant: Grant, why: &str, out: &mut Vec<Effect>) {
+        if let GrantStep::Delivering(delivery) = &mut grant.step {
+            match delivery.give_up() {
+                Some(action) => out.push(Effect::Deliver {
+                    grant: grant.id,
+                    client: grant.client,
+                    action,
+                }),
+                None => out.push(Effect::ForgetGrant { grant: grant.id }),
+            }
+        }
+        if !why.is_empty() {
+            out.push(Effect::Log {
+                message: format!("grant for pid {} abandoned: {why}", grant.client),
+            });
+        }
+    }
+
+    fn grant_outcome(&self, client: u32, errno: i32) -> Result<String, String> {
+        match (errno, self.config.yama) {
+            (0, _) => Ok(format!("granted ptrace access to pid {client}")),
+            (EINVAL, Yama::Absent) => Ok(format!(
+                "pid {client} may attach: Yama is not active (prctl gave EINVAL), classic ptrace rules apply"
+            )),
+            (EINVAL, Yama::Scope(_)) => Err(format!(
+                "the target's prctl(PR_SET_PTRACER, {client}) failed with EINVAL: has pid {client} exited?"
+            )),
+            (errno, _) => Err(format!(
+                "the target's prctl(PR_SET_PTRACER, {client}) failed with errno {errno}"
+            )),
+        }
+    }
+
+    /// Ends the grant in flight: READY or `ERROR:` to whoever asked, and the new state.
+    fn finish_grant(
+        &mut self,
+        now: Millis,
+        grant: Grant,
+        outcome: Result<String, String>,
+        out: &mut Vec<Effect>,
+    ) -> State {
+        let back_to_previous = |this: &Self| match grant.previous {
+            Some((client, expires_at)) => State::Attached { client, expires_at },
+            None => {
+                let _ = this;
+                State::Idle
+            }
+        };
+        match (grant.purpose, outcome) {
+            (Purpose::Declare, Ok(message)) => {
+                out.push(Effect::Log {
+                    message: format!("{message} ({} ms)", now - grant.asked_at),
+                });
+                // Only one ptracer can be declared per process: this one replaces it.
+                if let Some((before, _)) =
+                    grant.previous.filter(|(before, _)| *before != grant.client)
+                {
+                    out.push(Effect::Log {
+                        message: format!(
+                            "pid {} replaces pid {before} as the target's declared ptracer",
+                            grant.client
+                        ),
+                    });
+                }
+                reply(out, Reply::Ready);
+                out.push(Effect::WatchClient { pid: grant.client });
+                self.attached(now, grant.client)
+            }
+            (Purpose::Declare, Err(message)) => {
+                out.push(Effect::Log {
+                    message: format!("grant for pid {} refused: {message}", grant.client),
+                });
+                reply(out, Reply::Error(message));
+                back_to_previous(self)
+            }
+            (Purpose::Revoke { reason, requested }, Ok(_)) => {
+                out.push(Effect::Log {
+                    message: format!(
+                        "took back the grant of pid {}: {reason} ({} ms)",
+                        grant.client,
+                        now - grant.asked_at
+                    ),
+                });
+                if requested {
+                    reply(out, Reply::Ready);
+                }
+                State::Idle
+            }
+            (Purpose::Revoke { reason, requested }, Err(message)) => {
+                out.push(Effect::Log {
+                    message: format!(
+                        "could not take back the grant of pid {} ({reason}): {message}",
+                        grant.client
+                    ),
+                });
+                if requested {
+                    reply(out, Reply::Error(message));
+                }
+                // Still declared: tried again when it expires next.
+                self.attached(now, grant.client)
+            }
+        }
+    }
+
+    fn begin_stop(
+        &mut self,
+        now: Millis,
+        state: State,
+        reason: StopReason,
+        signal_target: bool,
+        out: &mut Vec<Effect>,
+    ) -> State {
+        if let State::Granting(grant) = state {
+            self.abandon_grant(grant, "shutting down", out);
+            reply(out, Reply::Error("the controller is shutting down".into()));
+        }
+        if signal_target {
+            out.push(Effect::SignalTarget {
+                signal: self.config.stop_signal,
+            });
+        }
+        State::Stopping {
+            reason,
+            kill_at: Some(now + self.config.stop_grace_ms),
+            give_up_at: now + self.config.stop_grace_ms + KILL_WAIT_MS,
+        }
+    }
+
+    fn log_target_exit(&self, status: ExitStatus, out: &mut Vec<Effect>) {
+        out.push(Effect::Log {
+            message: format!("target {} {status}", self.config.target_pid),
+        });
+    }
+
+    fn terminate(&mut self, exit: ControllerExit, out: &mut Vec<Effect>) -> State {
+        let target = self.config.target_pid;
+        // Blank lines get no reply anywhere (see `on_line`), and not here either: the
+        // next client would read it as its own.
+        for frame in self.queued.drain(..) {
+            if matches!(&frame, Frame::Text { text, .. } if text.is_empty() || text == "\r") {
+                continue;
+            }
+            out.push(Effect::Reply {
+                reply: Reply::Error(format!("target process {target} is not running")),
+            });
+        }
+        out.push(Effect::RemovePipes);
+        out.push(Effect::Exit { code: exit.code() });
+        State::Terminated { exit }
+    }
+}
+
+fn reply(out: &mut Vec<Effect>, reply: Reply) {
+    out.push(Effect::Reply { reply });
+}
+
+/// An input that cannot come in this state unless the driver broke its contract: a bug,
+/// loud in debug builds; in release the input is logged and changes nothing.
+fn misuse(state: State, input: &Input, out: &mut Vec<Effect>) -> State {
+    debug_assert!(false, "driver misuse: input {input:?} in state {state:?}");
+    out.push(Effect::Log {
+        message: format!("ignored an input the controller cannot take now: {input}"),
+    });
+    state
+}
+
+impl fmt::Display for Input {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Input::LineReceived {
+                frame: Frame::Text { text, terminated },
+            } => {
+                let eof = if *terminated {
+                    ""
+                } else {
+                    " (no newline, at EOF)"
+                };
+                write!(f, "line {text:?}{eof}")
+            }
+            Input::LineReceived {
+                frame: Frame::NotUtf8 { len },
+            } => write!(f, "line of {len} bytes, not UTF-8"),
+            Input::LineReceived {
+                frame: Frame::Oversized { len },
+            } => write!(f, "line of {len} bytes, too long"),
+            Input::ClientInspected {
+                pid,
+                facts: ClientFacts::NotRunning,
+            } => write!(f, "client {pid} is not running"),
+            Input::ClientInspected {
+                pid,
+                facts:
+                    ClientFacts::Running {
+                        uid,
+                        exe,
+                        privilege,
+                    },
+            } => {
+                write!(f, "client {pid} runs as uid {uid}")?;
+                if let Some(exe) = exe {
+                    write!(f, " ({exe})")?;
+                }
+                if *privilege == TracerPrivilege::CapSysPtrace {
+                    f.write_str(" with CAP_SYS_PTRACE")?;
+                }
+                Ok(())
+            }
+            Input::Delivery { grant, fact } => write!(f, "grant {grant} {fact}"),
+            Input::GrantRan { grant, errno } => write!(f, "grant {grant} ran, prctl errno {errno}"),
+            Input::TargetExited { status } => write!(f, "target {status}"),
+            Input::SignalReceived { signal, by_kernel } => {
+                write!(f, "signal {}", signal_name(signal.number()))?;
+                if *by_kernel {
+                    f.write_str(" (from the kernel: a terminal)")?;
+                }
+                Ok(())
+            }
+            Input::AdaptersGone => f.write_str("every adapter thread has stopped"),
+            Input::ClientExited { pid } => write!(f, "client {pid} exited"),
+            Input::DeadlineReached => f.write_str("deadline reached"),
+        }
+    }
+}
+
+impl fmt::Display for Effect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Effect::Reply { reply } => write!(f, "reply {reply}"),
+            Effect::InspectClient { pid } => write!(f, "inspect pid {pid}"),
+            Effect::Deliver {
+                grant,
+                client,
+                action,
+            } => write!(f, "grant {grant} for pid {client}: {action}"),
+            Effect::ForgetGrant { grant } => write!(f, "forget grant {grant}"),
+            Effect::WatchClient { pid } => write!(f, "watch pid {pid} until it exits"),
+            Effect::SignalTarget { signal } => {
+                write!(f, "signal target ({})", signal_display(*signal))
+            }
+            Effect::StopTree { signal } => write!(f, "stop tree ({})", signal_display(*signal)),
+            Effect::RemovePipes => f.write_str("remove pipes"),
+            Effect::Log { message } => write!(f, "log: {message}"),
+            Effect::Exit { code } => write!(f, "exit {code}"),
+        }
+    }
+}

@@ -1,0 +1,843 @@
+//! Transition tests: a simulated clock drives the supervisor; nothing here touches the OS.
+use super::delivery::{
+    DeliveryAction, DeliveryFact, InjectFailure, RequestSeen, ThreadChoice, ThreadFact,
+};
+use super::journal::Transcribed;
+use super::ptrace_policy::TracerPrivilege;
+use super::supervisor::*;
+use super::wire::{Dialect, Frame, Reply};
+use rstest::rstest;
+
+const TARGET: u32 = 1000;
+const UID: u32 = 501;
+const CLIENT: u32 = 2000;
+
+fn config(yama: Yama) -> Config {
+    Config::new(TARGET, UID, yama)
+}
+
+fn line(text: &str) -> Input {
+    Input::LineReceived {
+        frame: Frame::Text {
+            text: text.into(),
+            terminated: true,
+        },
+    }
+}
+
+fn running(uid: u32) -> ClientFacts {
+    ClientFacts::Running {
+        uid,
+        exe: Some("/usr/bin/heli-client".into()),
+        privilege: TracerPrivilege::Ordinary,
+    }
+}
+
+fn replies(effects: &[Effect]) -> Vec<Reply> {
+    effects
+        .iter()
+        .filter_map(|e| {
+            if let Effect::Reply { reply } = e {
+                Some(reply.clone())
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+fn error_text(effects: &[Effect]) -> String {
+    match replies(effects).as_slice() {
+        [Reply::Error(msg)] => msg.clone(),
+        other => panic!("expected one ERROR reply, got {other:?} from {effects:?}"),
+    }
+}
+
+fn delivered(grant: GrantId, fact: DeliveryFact) -> Input {
+    Input::Delivery { grant, fact }
+}
+
+fn schedule_main(grant: GrantId, client: u32) -> Effect {
+    Effect::Deliver {
+        grant,
+        client,
+        action: DeliveryAction::Schedule {
+            on: ThreadChoice::Main,
+        },
+    }
+}
+
+fn thread(tid: i32, main: bool, state: char, wchan: Option<&str>) -> ThreadFact {
+    ThreadFact {
+        tid,
+        main,
+        python: true,
+        state,
+        wchan: wchan.map(String::from),
+    }
+}
+
+fn attached(client: u32) -> Phase {
+    Phase::Attached { client }
+}
+
+/// Given a supervisor, when inputs arrive at simulated times, then effects come out.
+struct Harness {
+    session: Transcribed,
+    now: Millis,
+}
+
+impl Harness {
+    fn new(yama: Yama) -> Harness {
+        Harness::with(config(yama))
+    }
+    fn with(config: Config) -> Harness {
+        Harness {
+            session: Transcribed::new(config),
+            now: 0,
+        }
+    }
+    fn at(&mut self, now: Millis, input: Input) -> Vec<Effect> {
+        self.now = now;
+        self.session.handle(now, input)
+    }
+    fn on(&mut self, input: Input) -> Vec<Effect> {
+        self.at(self.now, input)
+    }
+    fn state(&self) -> Phase {
+        self.session.supervisor().phase()
+    }
+    fn poll_timeout(&self) -> Option<Millis> {
+        self.session.supervisor().poll_timeout()
+    }
+    /// Drives a grant for `client` up to the point where it sits in thread `tid`.
+    fn grant_delivering(&mut self, client: u32, tid: i32) -> GrantId {
+        let effects = self.on(line(&format!("GRANT_ACCESS {client}")));
+        assert_eq!(effects, vec![Effect::InspectClient { pid: client }]);
+        let effects = self.on(Input::ClientInspected {
+            pid: client,
+            facts: running(UID),
+        });
+        let [Effect::Deliver {
+            grant,
+            client: c,
+            action: DeliveryAction::Schedule {
+                on: ThreadChoice::Main,
+            },
+        }] = effects.as_slice()
+        else {
+            panic!("expected a schedule on the main thread, got {effects:?}")
+        };
+        assert_eq!(*c, client);
+        let grant = *grant;
+        assert!(self
+            .on(delivered(grant, DeliveryFact::Scheduled { tid }))
+            .is_empty());
+        grant
+    }
+}
+
+#[test]
+fn get_target_pid_answers_the_configured_target() {
+    let mut h = Harness::new(Yama::Scope(1));
+    assert_eq!(
+        replies(&h.on(line("get_target_pid"))),
+        vec![Reply::TargetPid(TARGET)]
+    );
+    assert_eq!(h.state(), Phase::Idle);
+}
+
+#[test]
+fn grant_succeeds_when_the_target_reports_prctl_zero() {
+    let mut h = Harness::new(Yama::Scope(1));
+    let grant = h.grant_delivering(CLIENT, TARGET as i32);
+    assert!(
+        matches!(h.state(), Phase::Granting { client: CLIENT, .. }),
+        "{:?}",
+        h.state()
+    );
+    let effects = h.at(3, Input::GrantRan { grant, errno: 0 });
+    assert_eq!(replies(&effects), vec![Reply::Ready]);
+    assert_eq!(h.state(), attached(CLIENT));
+    assert_eq!(
+        h.poll_timeout(),
+        Some(3 + 30 * 60 * 1000),
+        "the only timer while attached is the grant's expiry"
+    );
+}
+
+#[test]
+fn einval_without_yama_means_classic_rules_and_is_ready() {
+    let mut h = Harness::new(Yama::Absent);
+    let grant = h.grant_delivering(CLIENT, 1);
+    let effects = h.on(Input::GrantRan { grant, errno: 22 });
+    assert_eq!(replies(&effects), vec![Reply::Ready]);
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::Log { message } if message.contains("Yama is not active"))));
+}
+
+#[test]
+fn einval_under_yama_is_an_error() {
+    let mut h = Harness::new(Yama::Scope(1));
+    let grant = h.grant_delivering(CLIENT, 1);
+    assert!(error_text(&h.on(Input::GrantRan { grant, errno: 22 })).contains("EINVAL"));
+    assert_eq!(h.state(), Phase::Idle);
+}
+
+#[rstest]
+#[case::not_running(ClientFacts::NotRunning, "is not a running process")]
+#[case::other_user(ClientFacts::Running { uid: 0, exe: None, privilege: TracerPrivilege::CapSysPtrace }, "belongs to uid 0")]
+fn inspected_client_problems_are_refused(#[case] facts: ClientFacts, #[case] expected: &str) {
+    let mut h = Harness::new(Yama::Scope(1));
+    h.on(line(&format!("GRANT_ACCESS {CLIENT}")));
+    let effects = h.on(Input::ClientInspected { pid: CLIENT, facts });
+    assert!(error_text(&effects).contains(expected));
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Deliver { .. })),
+        "never reaches prctl"
+    );
+    assert_eq!(h.state(), Phase::Idle);
+}
+
+#[rstest]
+#[case::scope2_ordinary(Yama::Scope(2), TracerPrivilege::Ordinary, Some("no grant can help"))]
+#[case::scope3_ordinary(Yama::Scope(3), TracerPrivilege::Ordinary, Some("no grant can help"))]
+#[case::scope3_capable(
+    Yama::Scope(3),
+    TracerPrivilege::CapSysPtrace,
+    Some("no grant can help")
+)]
+#[case::scope2_capable(Yama::Scope(2), TracerPrivilege::CapSysPtrace, None)]
+#[case::scope1_capable(Yama::Scope(1), TracerPrivilege::CapSysPtrace, None)]
+fn scopes_where_a_grant_cannot_help_or_is_not_needed_inject_nothing(
+    #[case] yama: Yama,
+    #[case] privilege: TracerPrivilege,
+    #[case] refusal: Option<&str>,
+) {
+    let mut h = Harness::new(yama);
+    h.on(line(&format!("GRANT_ACCESS {CLIENT}")));
+    let effects = h.on(Input::ClientInspected {
+        pid: CLIENT,
+        facts: ClientFacts::Running {
+            uid: UID,
+            exe: None,
+            privilege,
+        },
+    });
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Deliver { .. })),
+        "{effects:?}"
+    );
+    match refusal {
+        Some(expected) => assert!(error_text(&effects).contains(expected)),
+        None => assert_eq!(replies(&effects), vec![Reply::Ready]),
+    }
+    assert_eq!(
+        h.state(),
+        Phase::Idle,
+        "no grant was declared, so nobody holds one"
+    );
+}
+
+#[test]
+fn granting_the_target_itself_is_refused() {
+    let mut h = Harness::new(Yama::Scope(1));
+    assert!(
+        error_text(&h.on(line(&format!("GRANT_ACCESS {TARGET}")))).contains("the target itself")
+    );
+}
+
+#[test]
+fn a_grant_not_picked_up_moves_to_a_running_thread_then_times_out() {
+    let mut h = Harness::new(Yama::Scope(1));
+    let grant = h.grant_delivering(CLIENT, 1);
+    assert_eq!(h.poll_timeout(), Some(20));
+    let survey = |tid| Effect::Deliver {
+        grant,
+        client: CLIENT,
+        action: DeliveryAction::Survey { tid },
+    };
+    assert_eq!(h.at(20, Input::DeadlineReached), vec![survey(1)]);
+    let effects = h.on(delivered(
+        grant,
+        DeliveryFact::Surveyed {
+            request: RequestSeen::Pending,
+            threads: vec![
+                thread(1, true, 'S', Some("hrtimer_nanosleep")),
+                thread(7, false, 'R', None),
+            ],
+        },
+    ));
+    assert_eq!(
+        effects,
+        vec![Effect::Deliver {
+            grant,
+            client: CLIENT,
+            action: DeliveryAction::Move { from: 1, to: 7 }
+        }]
+    );
+    assert!(h
+        .on(delivered(grant, DeliveryFact::Moved { tid: 7 }))
+        .is_empty());
+    assert_eq!(
+        h.poll_timeout(),
+        Some(40),
+        "looks again while not picked up"
+    );
+    assert_eq!(h.at(40, Input::DeadlineReached), vec![survey(7)]);
+    let blocked = vec![
+        thread(1, true, 'S', Some("hrtimer_nanosleep")),
+        thread(7, false, 'S', Some("futex_wait")),
+    ];
+    let stays = delivered(
+        grant,
+        DeliveryFact::Surveyed {
+            request: RequestSeen::Pending,
+            threads: blocked.clone(),
+        },
+    );
+    assert!(h.on(stays.clone()).is_empty());
+    assert_eq!(h.poll_timeout(), Some(80), "backs off when nothing runs");
+    assert_eq!(h.at(80, Input::DeadlineReached), vec![survey(7)]);
+    assert!(h.on(stays).is_empty());
+    assert_eq!(h.poll_timeout(), Some(160));
+    let effects = h.at(1500, Input::DeadlineReached);
+    assert_eq!(
+        effects[0],
+        Effect::Deliver {
+            grant,
+            client: CLIENT,
+            action: DeliveryAction::Withdraw { tid: 7 }
+        }
+    );
+    let message = error_text(&effects);
+    assert!(
+        message.contains("timed out after 1500 ms")
+            && message.contains("1 (main) S in hrtimer_nanosleep, 7 S in futex_wait"),
+        "{message}"
+    );
+    assert_eq!(h.state(), Phase::Idle);
+    // The withdrawal's outcome, then a late acknowledgement of the withdrawn grant: not
+    // taken for anything newer.
+    assert_eq!(
+        h.on(delivered(grant, DeliveryFact::Withdrawn)),
+        vec![Effect::ForgetGrant { grant }]
+    );
+    let late = h.at(1600, Input::GrantRan { grant, errno: 0 });
+    assert!(replies(&late).is_empty());
+}
+
+#[test]
+fn an_injection_failure_that_may_pass_is_retried_until_the_deadline() {
+    let mut h = Harness::new(Yama::Scope(1));
+    h.on(line(&format!("GRANT_ACCESS {CLIENT}")));
+    let effects = h.on(Input::ClientInspected {
+        pid: CLIENT,
+        facts: running(UID),
+    });
+    assert_eq!(effects, vec![schedule_main(1, CLIENT)]);
+    let starting = InjectFailure::RemoteDebugOff {
+        opted_out: false,
+        detail: "remote debugging is disabled".into(),
+    };
+    assert!(h
+        .on(delivered(
+            1,
+            DeliveryFact::NotScheduled { failure: starting }
+        ))
+        .is_empty());
+    let retry_at = h.poll_timeout().unwrap();
+    assert_eq!(
+        h.at(retry_at, Input::DeadlineReached),
+        vec![schedule_main(1, CLIENT)]
+    );
+    assert!(h
+        .on(delivered(1, DeliveryFact::Scheduled { tid: 1 }))
+        .is_empty());
+    assert_eq!(
+        replies(&h.on(Input::GrantRan { grant: 1, errno: 0 })),
+        vec![Reply::Ready]
+    );
+    // A real opt-out ends the grant at once.
+    h.on(line("GRANT_ACCESS 3000"));
+    h.on(Input::ClientInspected {
+        pid: 3000,
+        facts: running(UID),
+    });
+    let effects = h.on(delivered(
+        2,
+        DeliveryFact::NotScheduled {
+            failure: InjectFailure::RemoteDebugOff {
+                opted_out: true,
+                detail: "remote debugging is disabled".into(),
+            },
+        },
+    ));
+    assert!(error_text(&effects)
+        .contains("cannot inject the grant into the target: remote debugging is disabled"));
+    assert!(effects.contains(&Effect::ForgetGrant { grant: 2 }));
+    assert_eq!(
+        h.state(),
+        attached(CLIENT),
+        "the first client keeps its grant"
+    );
+}
+
+#[test]
+fn a_diagnostic_run_answers_ready_without_injecting_and_says_so() {
+    let mut config = config(Yama::Scope(1));
+    config.grant_injection = GrantInjection::SkippedForDiagnostics;
+    let mut h = Harness::with(config);
+    h.on(line(&format!("GRANT_ACCESS {CLIENT}")));
+    let effects = h.on(Input::ClientInspected {
+        pid: CLIENT,
+        facts: running(UID),
+    });
+    assert_eq!(replies(&effects), vec![Reply::Ready]);
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Deliver { .. })));
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::Log { message } if message.contains("NOT injected"))));
+}
+
+#[test]
+fn adapters_gone_stop_the_target_and_exit_as_a_controller_failure() {
+    let mut h = Harness::new(Yama::Scope(1));
+    let effects = h.on(Input::AdaptersGone);
+    assert!(effects.contains(&Effect::SignalTarget { signal: 2 }));
+    assert_eq!(h.state(), Phase::Stopping);
+    let effects = h.on(Input::TargetExited {
+        status: ExitStatus::Signal(15),
+    });
+    assert_eq!(effects.last(), Some(&Effect::Exit { code: 125 }));
+}
+
+#[test]
+fn lines_during_a_grant_are_answered_in_order_after_it() {
+    let mut h = Harness::new(Yama::Scope(1));
+    let grant = h.grant_delivering(CLIENT, 1);
+    assert!(h.on(line("GET_TARGET_PID")).is_empty());
+    assert!(h.on(line("bogus")).is_empty());
+    let effects = h.on(Input::GrantRan { grant, errno: 0 });
+    let r = replies(&effects);
+    assert_eq!(r[0], Reply::Ready);
+    assert_eq!(r[1], Reply::TargetPid(TARGET));
+    assert!(matches!(&r[2], Reply::Error(m) if m.contains("unknown command 'bogus'")));
+}
+
+#[test]
+fn a_failed_second_grant_leaves_the_first_client_attached() {
+    let mut h = Harness::new(Yama::Scope(1));
+    let grant = h.grant_delivering(CLIENT, 1);
+    h.on(Input::GrantRan { grant, errno: 0 });
+    h.on(line("GRANT_ACCESS 3000"));
+    h.on(Input::ClientInspected {
+        pid: 3000,
+        facts: ClientFacts::NotRunning,
+    });
+    assert_eq!(h.state(), attached(CLIENT));
+}
+
+#[rstest]
+#[case::requested(None, 0)]
+#[case::sigterm(Some(StopSignal::Terminate), 143)]
+#[case::sigint(Some(StopSignal::Interrupt), 130)]
+#[case::sighup(Some(StopSignal::Hangup), 129)]
+fn stopping_interrupts_the_target_then_kills_the_tree_then_exits(
+    #[case] signal: Option<StopSignal>,
+    #[case] code: i32,
+) {
+    let mut h = Harness::new(Yama::Scope(1));
+    let effects = match signal {
+        None => h.on(line("TERMINATE")),
+        Some(signal) => h.on(Input::SignalReceived {
+            signal,
+            by_kernel: false,
+        }),
+    };
+    // SIGINT by default, whichever signal the controller got: Python's finally and
+    // atexit run on KeyboardInterrupt.
+    assert!(effects.contains(&Effect::SignalTarget { signal: 2 }));
+    assert_eq!(signal.is_none(), replies(&effects) == vec![Reply::Ready]);
+    assert_eq!(h.state(), Phase::Stopping);
+    assert!(error_text(&h.on(line("GET_TARGET_PID"))).contains("shutting down"));
+    let kill_at = h.poll_timeout().unwrap();
+    assert_eq!(kill_at, 2000, "the grace period");
+    assert_eq!(
+        h.at(kill_at, Input::DeadlineReached).last(),
+        Some(&Effect::StopTree { signal: 9 })
+    );
+    let effects = h.on(Input::TargetExited {
+        status: ExitStatus::Signal(9),
+    });
+    assert_eq!(
+        &effects[effects.len() - 3..],
+        &[
+            Effect::StopTree { signal: 9 },
+            Effect::RemovePipes,
+            Effect::Exit { code }
+        ]
+    );
+    assert!(h.session.supervisor().is_terminated());
+}
+
+#[rstest]
+#[case::ctrl_c_on_the_terminal(StopSignal::Interrupt, true, false)]
+#[case::kill_int(StopSignal::Interrupt, false, true)]
+#[case::terminal_hangup(StopSignal::Hangup, true, true)]
+fn a_terminal_sigint_is_not_sent_to_the_target_twice(
+    #[case] signal: StopSignal,
+    #[case] by_kernel: bool,
+    #[case] sent: bool,
+) {
+    let mut h = Harness::new(Yama::Scope(1));
+    let effects = h.on(Input::SignalReceived { signal, by_kernel });
+    assert_eq!(
+        effects.contains(&Effect::SignalTarget { signal: 2 }),
+        sent,
+        "{effects:?}"
+    );
+    assert_eq!(h.state(), Phase::Stopping);
+    let kill_at = h.poll_timeout().unwrap();
+    assert_eq!(
+        h.at(kill_at, Input::DeadlineReached).last(),
+        Some(&Effect::StopTree { signal: 9 })
+    );
+}
+
+#[test]
+fn the_stop_signal_and_grace_come_from_the_config() {
+    let mut config = config(Yama::Scope(1));
+    config.stop_signal = 15;
+    config.stop_grace_ms = 300;
+    let mut h = Harness::with(config);
+    let effects = h.at(100, line("TERMINATE"));
+    assert!(effects.contains(&Effect::SignalTarget { signal: 15 }));
+    assert_eq!(h.poll_timeout(), Some(400));
+    let effects = h.at(400, Input::DeadlineReached);
+    assert!(effects.iter().any(
+        |e| matches!(e, Effect::Log { message } if message.contains("300 ms after SIGTERM: sending SIGKILL"))
+    ));
+}
+
+#[test]
+fn a_target_that_survives_sigkill_is_given_up_and_its_tree_was_killed() {
+    let mut h = reach("stopping_killed");
+    let give_up = h.poll_timeout().unwrap();
+    assert_eq!(h.at(give_up - 1, Input::DeadlineReached), vec![]);
+    let effects = h.at(give_up, Input::DeadlineReached);
+    assert_eq!(effects.last(), Some(&Effect::Exit { code: 0 }));
+    assert!(h.session.supervisor().is_terminated());
+}
+
+#[rstest]
+#[case("INT", Ok(2))]
+#[case("sigterm", Ok(15))]
+#[case("SIGHUP", Ok(1))]
+#[case("kill", Ok(9))]
+#[case("2", Ok(2))]
+#[case("SIGFOO", Err("unknown signal"))]
+#[case("0", Err("unknown signal"))]
+#[case("64", Err("unknown signal"))]
+fn stop_signals_are_parsed_by_name_or_number(
+    #[case] text: &str,
+    #[case] expected: Result<i32, &str>,
+) {
+    match (parse_signal(text), expected) {
+        (Ok(n), Ok(m)) => assert_eq!(n, m),
+        (Err(e), Err(m)) => assert!(e.contains(m), "{e}"),
+        (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
+    }
+}
+
+#[rstest]
+#[case::clean(ExitStatus::Code(0), 0)]
+#[case::failed(ExitStatus::Code(3), 3)]
+#[case::crashed(ExitStatus::Signal(11), 139)]
+fn target_exit_ends_the_session_with_its_status(#[case] status: ExitStatus, #[case] code: i32) {
+    let mut h = Harness::new(Yama::Scope(1));
+    h.grant_delivering(CLIENT, 1);
+    h.on(line("GET_TARGET_PID"));
+    let effects = h.on(Input::TargetExited { status });
+    let r = replies(&effects);
+    assert_eq!(
+        r.len(),
+        2,
+        "the grant in flight and the queued line are both answered: {effects:?}"
+    );
+    assert!(r.iter().all(|r| matches!(r, Reply::Error(_))));
+    // Whatever the target left running (children, grandchildren) ends with it.
+    assert!(effects.contains(&Effect::StopTree { signal: 9 }));
+    assert_eq!(effects.last(), Some(&Effect::Exit { code }));
+}
+
+#[rstest]
+#[case::blank(Frame::Text { text: "".into(), terminated: true }, None)]
+#[case::spaces(Frame::Text { text: "   ".into(), terminated: true }, Some("blank command line"))]
+#[case::not_utf8(Frame::NotUtf8 { len: 3 }, Some("not valid UTF-8"))]
+#[case::oversized(Frame::Oversized { len: 5000 }, Some("too long"))]
+#[case::unterminated(Frame::Text { text: "GET_TARGET_PID".into(), terminated: false }, None)]
+fn malformed_frames_get_one_reply(#[case] frame: Frame, #[case] error: Option<&str>) {
+    let mut h = Harness::new(Yama::Scope(1));
+    let effects = h.on(Input::LineReceived {
+        frame: frame.clone(),
+    });
+    match (error, frame) {
+        (Some(expected), _) => assert!(error_text(&effects).contains(expected)),
+        (None, Frame::Text { text, .. }) if text.is_empty() => assert!(effects.is_empty()),
+        (None, _) => assert_eq!(replies(&effects), vec![Reply::TargetPid(TARGET)]),
+    }
+}
+
+#[test]
+fn legacy_dialect_does_not_answer_terminate() {
+    let mut config = config(Yama::Scope(1));
+    config.dialect = Dialect::Legacy;
+    let mut supervisor = Supervisor::new(config);
+    let effects = supervisor.handle(0, line("terminate"));
+    assert!(replies(&effects).is_empty());
+}
+
+#[test]
+fn transcript_of_a_seed_session() {
+    let mut h = Harness::new(Yama::Scope(1));
+    h.at(5, line("GET_TARGET_PID"));
+    let grant = {
+        h.now = 120;
+        h.grant_delivering(CLIENT, TARGET as i32)
+    };
+    h.at(121, Input::GrantRan { grant, errno: 0 });
+    h.at(900, line("GRANT_ACCESS abc"));
+    h.at(2000, line("TERMINATE"));
+    h.at(
+        2050,
+        Input::TargetExited {
+            status: ExitStatus::Signal(15),
+        },
+    );
+    insta::assert_snapshot!(h.session.transcript());
+}
+
+/// Drives a fresh supervisor into the named state.
+fn reach(state: &str) -> Harness {
+    let mut h = Harness::new(Yama::Scope(1));
+    match state {
+        "idle" => {}
+        "inspecting" => {
+            h.on(line(&format!("GRANT_ACCESS {CLIENT}")));
+        }
+        "delivering" => {
+            h.grant_delivering(CLIENT, 1);
+        }
+        "attached" => {
+            let grant = h.grant_delivering(CLIENT, 1);
+            h.on(Input::GrantRan { grant, errno: 0 });
+        }
+        "stopping" => {
+            h.on(line("TERMINATE"));
+        }
+        // After the grace: the tree got SIGKILL, the target has not been seen to exit.
+        "stopping_killed" => {
+            h.on(line("TERMINATE"));
+            let kill_at = h.poll_timeout().unwrap();
+            h.at(kill_at, Input::DeadlineReached);
+        }
+        "terminated" => {
+            h.on(line("TERMINATE"));
+            h.on(Input::TargetExited {
+                status: ExitStatus::Signal(15),
+            });
+        }
+        other => panic!("no such state {other}"),
+    }
+    h
+}
+
+fn granting(step: &str) -> Phase {
+    Phase::Granting {
+        client: CLIENT,
+        step: step.into(),
+    }
+}
+
+fn input_named(name: &str) -> Input {
+    match name {
+        "get_pid" => line("GET_TARGET_PID"),
+        "grant" => line(&format!("GRANT_ACCESS {CLIENT}")),
+        "inspected" => Input::ClientInspected {
+            pid: CLIENT,
+            facts: running(UID),
+        },
+        "picked_up" => delivered(1, DeliveryFact::PickedUp),
+        "stale_withdrawn" => delivered(99, DeliveryFact::Withdrawn),
+        "ran" => Input::GrantRan { grant: 1, errno: 0 },
+        "stale_ran" => Input::GrantRan {
+            grant: 99,
+            errno: 0,
+        },
+        "exited" => Input::TargetExited {
+            status: ExitStatus::Code(0),
+        },
+        "signal" => Input::SignalReceived {
+            by_kernel: false,
+            signal: StopSignal::Terminate,
+        },
+        "adapters_gone" => Input::AdaptersGone,
+        "deadline" => Input::DeadlineReached,
+        "client_exited" => Input::ClientExited { pid: CLIENT },
+        "revoke" => line(&format!("REVOKE_ACCESS {CLIENT}")),
+        other => panic!("no such input {other}"),
+    }
+}
+
+/// The transition matrix: every state with every input it can meet.
+#[rstest]
+#[case("idle", "get_pid", Phase::Idle)]
+#[case("idle", "grant", granting("inspecting"))]
+#[case("idle", "stale_ran", Phase::Idle)]
+#[case("idle", "stale_withdrawn", Phase::Idle)]
+#[case("idle", "exited", Phase::Terminated { code: 0 })]
+#[case("idle", "signal", Phase::Stopping)]
+#[case("idle", "adapters_gone", Phase::Stopping)]
+#[case("inspecting", "get_pid", granting("inspecting"))]
+#[case("inspecting", "inspected", granting("scheduling"))]
+#[case("inspecting", "stale_ran", granting("inspecting"))]
+#[case("inspecting", "exited", Phase::Terminated { code: 0 })]
+#[case("inspecting", "signal", Phase::Stopping)]
+#[case("inspecting", "adapters_gone", Phase::Stopping)]
+#[case("inspecting", "deadline", granting("inspecting"))]
+#[case("delivering", "get_pid", granting("waiting in thread 1"))]
+#[case("delivering", "picked_up", granting("picked up by thread 1"))]
+#[case("delivering", "ran", attached(CLIENT))]
+#[case("delivering", "stale_withdrawn", granting("waiting in thread 1"))]
+#[case("delivering", "exited", Phase::Terminated { code: 0 })]
+#[case("delivering", "signal", Phase::Stopping)]
+#[case("delivering", "adapters_gone", Phase::Stopping)]
+#[case("attached", "get_pid", attached(CLIENT))]
+#[case("attached", "grant", granting("inspecting"))]
+#[case("attached", "stale_ran", attached(CLIENT))]
+#[case("attached", "exited", Phase::Terminated { code: 0 })]
+#[case("attached", "signal", Phase::Stopping)]
+#[case("attached", "adapters_gone", Phase::Stopping)]
+#[case("attached", "deadline", attached(CLIENT))]
+#[case("attached", "client_exited", granting("scheduling"))]
+#[case("attached", "revoke", granting("scheduling"))]
+#[case("idle", "client_exited", Phase::Idle)]
+#[case("idle", "revoke", Phase::Idle)]
+#[case("stopping", "client_exited", Phase::Stopping)]
+#[case("stopping", "get_pid", Phase::Stopping)]
+#[case("stopping", "grant", Phase::Stopping)]
+#[case("stopping", "stale_ran", Phase::Stopping)]
+#[case("stopping", "exited", Phase::Terminated { code: 0 })]
+#[case("stopping", "signal", Phase::Stopping)]
+#[case("stopping", "adapters_gone", Phase::Stopping)]
+#[case("stopping", "deadline", Phase::Stopping)]
+#[case("stopping_killed", "get_pid", Phase::Stopping)]
+#[case("stopping_killed", "grant", Phase::Stopping)]
+#[case("stopping_killed", "stale_ran", Phase::Stopping)]
+#[case("stopping_killed", "stale_withdrawn", Phase::Stopping)]
+#[case("stopping_killed", "exited", Phase::Terminated { code: 0 })]
+#[case("stopping_killed", "signal", Phase::Stopping)]
+#[case("stopping_killed", "adapters_gone", Phase::Stopping)]
+#[case("stopping_killed", "deadline", Phase::Stopping)]
+#[case("terminated", "get_pid", Phase::Terminated { code: 0 })]
+#[case("terminated", "exited", Phase::Terminated { code: 0 })]
+#[case("terminated", "signal", Phase::Terminated { code: 0 })]
+#[case("terminated", "adapters_gone", Phase::Terminated { code: 0 })]
+#[case("terminated", "stale_ran", Phase::Terminated { code: 0 })]
+fn transition_matrix(#[case] state: &str, #[case] input: &str, #[case] expected: Phase) {
+    let mut h = reach(state);
+    h.on(input_named(input));
+    assert_eq!(h.state(), expected, "{state} + {input}");
+}
+
+/// Inputs that cannot come in a state unless the driver broke its contract are bugs,
+/// loud in debug builds (the tests' profile).
+#[rstest]
+#[case("idle", "inspected")]
+#[case("attached", "inspected")]
+#[case("idle", "deadline")]
+#[case("terminated", "deadline")]
+#[should_panic(expected = "driver misuse")]
+fn driver_misuse_is_caught(#[case] state: &str, #[case] input: &str) {
+    let mut h = reach(state);
+    h.on(input_named(input));
+}
+
+/// The grant a client holds, taken back by the client at detach, when the client exits,
+/// and when it expires: the target then declares nobody (`prctl(PR_SET_PTRACER, 0)`).
+#[rstest]
+#[case::detached(line(&format!("REVOKE_ACCESS {CLIENT}")), Some(Reply::Ready), "its client detached")]
+#[case::client_exited(Input::ClientExited { pid: CLIENT }, None, "its client exited")]
+#[case::expired(Input::DeadlineReached, None, "it expired")]
+fn a_grant_is_taken_back(#[case] trigger: Input, #[case] answer: Option<Reply>, #[case] why: &str) {
+    let mut h = Harness::new(Yama::Scope(1));
+    let grant = h.grant_delivering(CLIENT, 1);
+    let effects = h.on(Input::GrantRan { grant, errno: 0 });
+    assert!(
+        effects.contains(&Effect::WatchClient { pid: CLIENT }),
+        "{effects:?}"
+    );
+    let expires_at = h.poll_timeout().expect("a held grant expires");
+    assert_eq!(expires_at, 30 * 60 * 1000);
+    let at = if trigger == Input::DeadlineReached {
+        expires_at
+    } else {
+        100
+    };
+    let effects = h.at(at, trigger);
+    let [Effect::Deliver {
+        grant: revoke,
+        client: 0,
+        action: DeliveryAction::Schedule {
+            on: ThreadChoice::Main,
+        },
+    }] = effects.as_slice()
+    else {
+        panic!("expected a revocation (prctl with pid 0) scheduled, got {effects:?}");
+    };
+    let revoke = *revoke;
+    assert!(h
+        .on(delivered(revoke, DeliveryFact::Scheduled { tid: 1 }))
+        .is_empty());
+    let effects = h.on(Input::GrantRan {
+        grant: revoke,
+        errno: 0,
+    });
+    assert_eq!(replies(&effects), answer.into_iter().collect::<Vec<_>>());
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::Log { message } if message.contains(why))),
+        "{effects:?}"
+    );
+    assert_eq!(h.state(), Phase::Idle);
+    assert_eq!(h.poll_timeout(), None);
+}
+
+#[test]
+fn only_the_holder_can_give_its_grant_back_and_a_new_grant_replaces_the_old() {
+    let mut h = Harness::new(Yama::Scope(1));
+    let first = h.grant_delivering(CLIENT, 1);
+    h.on(Input::GrantRan {
+        grant: first,
+        errno: 0,
+    });
+    let message = error_text(&h.on(line("REVOKE_ACCESS 3000")));
+    assert!(
+        message.contains("pid 3000 holds no grant (pid 2000 does)"),
+        "{message}"
+    );
+    assert_eq!(h.state(), attached(CLIENT));
+    // A second client: its grant replaces the first one's, and the journal says so.
+    let second = h.grant_delivering(3000, 1);
+    let effects = h.on(Input::GrantRan {
+        grant: second,
+        errno: 0,
+    });
+    assert!(effects.iter().any(|e| matches!(e, Effect::Log { message } if message.contains("pid 3000 replaces pid 2000"))), "{effects:?}");
+    // The first client's exit no longer concerns anyone.
+    assert!(h.on(Input::ClientExited { pid: CLIENT }).is_empty());
+    assert_eq!(h.state(), attached(3000));
+}
