@@ -271,8 +271,11 @@ def heli_scope1(break_grant):
         r = a.ask(f"send {ctl.dir} GET_TARGET_PID")
         m = re.fullmatch(r"TARGET_PID (\d+)", r.get("reply", ""))
         target = int(m.group(1)) if m else None
-        record("scope 1 heli: GET_TARGET_PID names the controller's child",
-               bool(m) and ppid_of(target) == ctl.p.pid, f"{r}, controller pid {ctl.p.pid}")
+        # The target is the controller's grandchild: the keeper (which stops the whole
+        # tree however the controller ends) sits between them.
+        record("scope 1 heli: GET_TARGET_PID names the controller's grandchild, under its keeper",
+               bool(m) and ppid_of(ppid_of(target) or 0) == ctl.p.pid,
+               f"{r}, controller pid {ctl.p.pid}")
         if target is None:
             return
 
@@ -309,6 +312,19 @@ def heli_scope1(break_grant):
         r = b.ask(f"exec {target}")
         record("scope 1 heli: B may write into the target after its grant",
                r.get("result") == "allowed", str(r))
+
+        # B detaches: it gives the grant back, and may no longer attach without a new one.
+        r = b.ask(f"send {ctl.dir} REVOKE_ACCESS {b.pid}")
+        record("scope 1 heli: REVOKE_ACCESS <pid of B> answers READY", r.get("reply") == "READY", str(r))
+        taken_back = f"took back the grant of pid {b.pid}"
+        deadline = time.monotonic() + 30
+        while taken_back not in ctl.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        record("scope 1 heli: the controller took B's grant back in the target",
+               taken_back in ctl.output(), "", ctl.output())
+        r = b.ask(f"exec {target}")
+        record("scope 1 heli: after its grant was taken back, B is refused again",
+               r.get("result") == "denied", str(r))
         for p in probes:
             p.close()
         probes.clear()

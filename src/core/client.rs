@@ -246,6 +246,9 @@ pub enum Attaching {
         feeding: bool,
         quit_fed: bool,
     },
+    /// pdb is gone; `REVOKE_ACCESS <own pid>` is out so the grant ends with the session
+    /// (a seed-dialect extension of this project's controller). `ok`: how pdb ended.
+    Revoking { ok: bool, quit_fed: bool },
 }
 
 /// The session.
@@ -330,6 +333,7 @@ impl Client {
             State::Attaching(Attaching::Inspecting { .. }) => "Inspecting",
             State::Attaching(Attaching::Granting { .. }) => "Granting",
             State::Attaching(Attaching::PdbRunning { .. }) => "PdbRunning",
+            State::Attaching(Attaching::Revoking { .. }) => "Revoking",
             State::SkippingPdbLines => "SkippingPdbLines",
             State::Terminating => "Terminating",
             State::Finished => "Finished",
@@ -349,7 +353,8 @@ impl Client {
                 Attaching::AskingTarget
                 | Attaching::AccountingForGone { .. }
                 | Attaching::Inspecting { .. }
-                | Attaching::Granting { .. },
+                | Attaching::Granting { .. }
+                | Attaching::Revoking { .. },
             )
             | State::Probing
             | State::Terminating
@@ -675,6 +680,25 @@ impl Client {
                     }
                 };
                 out.say("\nDebugger detached");
+                self.give_back_grant(ok, quit_fed, out)
+            }
+            (Attaching::Revoking { ok, quit_fed }, Input::Replied { line }) => {
+                // A grant replaced by another client's, or never needed (CAP_SYS_PTRACE),
+                // is not ours to give back: only other errors are worth a word.
+                if let Ok(Reply::Error(msg)) = parse_reply(&line) {
+                    if !msg.contains("holds no grant") {
+                        out.warn(format!("heli-client: the grant was not taken back: {msg}"));
+                    }
+                }
+                self.attach_done(ok, quit_fed, out)
+            }
+            (Attaching::Revoking { ok, quit_fed }, Input::RequestFailed { failure }) => {
+                let asked = Command::RevokeAccess {
+                    pid: self.config.own_pid,
+                }
+                .to_line(self.config.dialect);
+                let text = self.describe_failure(&failure, &asked);
+                out.warn(format!("heli-client: the grant was not taken back: {text}"));
                 self.attach_done(ok, quit_fed, out)
             }
             (
@@ -682,7 +706,8 @@ impl Client {
                 | Attaching::AccountingForGone { .. }
                 | Attaching::Inspecting { .. }
                 | Attaching::Granting { .. }
-                | Attaching::PdbRunning { .. }),
+                | Attaching::PdbRunning { .. }
+                | Attaching::Revoking { .. }),
                 input @ (Input::Started
                 | Input::LineRead { .. }
                 | Input::InputEnded
@@ -765,6 +790,21 @@ impl Client {
     fn attach_failed(&mut self, out: &mut Out, text: String, quit_fed: bool) -> State {
         out.fail(text);
         self.attach_done(false, quit_fed, out)
+    }
+
+    /// After pdb: take the grant back (seed dialect; a 0.x controller knows no such
+    /// request), then the attach is done.
+    fn give_back_grant(&mut self, ok: bool, quit_fed: bool, out: &mut Out) -> State {
+        if self.config.dialect != Dialect::Seed {
+            return self.attach_done(ok, quit_fed, out);
+        }
+        out.send(
+            &self.config,
+            Command::RevokeAccess {
+                pid: self.config.own_pid,
+            },
+        );
+        State::Attaching(Attaching::Revoking { ok, quit_fed })
     }
 
     fn attach_done(&mut self, ok: bool, quit_fed: bool, _out: &mut Out) -> State {

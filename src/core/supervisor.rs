@@ -353,7 +353,7 @@ enum Purpose {
     /// `prctl(PR_SET_PTRACER, 0)`: nobody is declared any more; `client` held the grant.
     Revoke {
         reason: RevokeReason,
-        /// A REVOKE_ACCESS line asked for it, and waits for its reply.
+        /// A REVOKE_ACCESS line asked for it (and was answered when it began).
         requested: bool,
     },
 }
@@ -895,6 +895,10 @@ impl Supervisor {
             (State::Attached { client, expires_at }, Command::RevokeAccess { pid })
                 if client == pid =>
             {
+                // Answered at once: the client has detached and need not wait for a target
+                // that may be slow to run the revocation; lines that come meanwhile wait
+                // behind it as behind any grant, and its outcome is logged.
+                reply(out, Reply::Ready);
                 self.begin_revoke(now, client, expires_at, RevokeReason::Detached, true, out)
             }
             (state, Command::RevokeAccess { pid }) => {
@@ -1195,7 +1199,7 @@ impl Supervisor {
                 reply(out, Reply::Error(message));
                 back_to_previous(self)
             }
-            (Purpose::Revoke { reason, requested }, Ok(_)) => {
+            (Purpose::Revoke { reason, .. }, Ok(_)) => {
                 out.push(Effect::Log {
                     message: format!(
                         "took back the grant of pid {}: {reason} ({} ms)",
@@ -1203,21 +1207,15 @@ impl Supervisor {
                         now - grant.asked_at
                     ),
                 });
-                if requested {
-                    reply(out, Reply::Ready);
-                }
                 State::Idle
             }
-            (Purpose::Revoke { reason, requested }, Err(message)) => {
+            (Purpose::Revoke { reason, .. }, Err(message)) => {
                 out.push(Effect::Log {
                     message: format!(
                         "could not take back the grant of pid {} ({reason}): {message}",
                         grant.client
                     ),
                 });
-                if requested {
-                    reply(out, Reply::Error(message));
-                }
                 // Still declared: tried again when it expires next.
                 self.attached(now, grant.client)
             }

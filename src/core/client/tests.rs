@@ -249,6 +249,41 @@ fn a_piped_attach_hands_pdb_its_lines_up_to_quit() {
         status: PdbExit::Code(0),
     });
     assert_eq!(texts(&effects), ["\nDebugger detached"]);
+    // The grant ends with the session: the client gives it back.
+    assert_eq!(
+        effects.last(),
+        Some(&send(Command::RevokeAccess { pid: ME }))
+    );
+    assert_eq!(given.state(), "Revoking");
+    assert_eq!(given.client.wants_line(), None, "no line is read meanwhile");
+    given.when(replied("READY"));
+    assert_eq!(given.state(), "AtPrompt");
+    assert_eq!(given.client.exit_code(), EXIT_OK);
+}
+
+#[rstest]
+#[case::replaced("ERROR: pid 4242 holds no grant (pid 5000 does)", None)]
+#[case::refused(
+    "ERROR: the controller is shutting down",
+    Some("heli-client: the grant was not taken back: the controller is shutting down")
+)]
+fn giving_the_grant_back_never_fails_the_attach(#[case] reply: &str, #[case] warned: Option<&str>) {
+    let mut given = Given::pdb_running(InputSource::Terminal);
+    given.when(Input::PdbExited {
+        status: PdbExit::Code(0),
+    });
+    let effects = given.when(replied(reply));
+    let warnings: Vec<&str> = effects
+        .iter()
+        .filter_map(|e| {
+            if let Effect::Warn { text } = e {
+                Some(text.as_str())
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(warnings, warned.into_iter().collect::<Vec<_>>());
     assert_eq!(given.state(), "AtPrompt");
     assert_eq!(given.client.exit_code(), EXIT_OK);
 }
@@ -261,6 +296,7 @@ fn on_a_terminal_pdb_reads_the_terminal_itself() {
         status: PdbExit::Code(0),
     });
     assert!(!effects.contains(&Effect::ClosePdbInput));
+    given.when(replied("READY"));
     assert_eq!(given.state(), "AtPrompt");
 }
 
@@ -276,6 +312,7 @@ fn a_failed_pdb_counts_and_its_lines_are_skipped(#[case] status: PdbExit, #[case
         Effect::ClosePdbInput,
         "pdb's input is closed first"
     );
+    given.when(replied("READY"));
     assert_eq!(given.state(), "SkippingPdbLines");
     let effects = given.when(line("p counter"));
     assert_eq!(
@@ -304,6 +341,7 @@ fn end_of_input_while_pdb_runs_closes_its_input_then_says_goodbye() {
     given.when(Input::PdbExited {
         status: PdbExit::Code(0),
     });
+    given.when(replied("READY"));
     assert_eq!(given.state(), "SkippingPdbLines");
     given.when(Input::InputEnded);
     let effects = given.when(Input::InputEnded);
@@ -591,6 +629,7 @@ fn transcript_of_a_piped_seed_session() {
         Input::PdbExited {
             status: PdbExit::Code(0),
         },
+        replied("READY"),
         line("terminate"),
         replied("READY"),
     ];
