@@ -3,6 +3,7 @@
 //! the verdict unless `--transcript`). Exit status: 0 ok, 1 replay failed or diverged,
 //! 2 bad usage.
 use clap::Parser;
+use helicopter_parent::cli::exit::ToolExit;
 use helicopter_parent::core::journal::{collapse_repeats, replay};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,12 +39,12 @@ fn main() -> ExitCode {
                     args.journal.display(),
                     e.utf8_error().valid_up_to()
                 );
-                return ExitCode::from(1);
+                return ToolExit::Failed.into();
             }
         },
         Err(e) => {
             eprintln!("heli-replay: {}: {e}", args.journal.display());
-            return ExitCode::from(1);
+            return ToolExit::Failed.into();
         }
     };
     match replay(&text, args.check) {
@@ -63,11 +64,11 @@ fn main() -> ExitCode {
                     done.inputs
                 );
             }
-            ExitCode::SUCCESS
+            ToolExit::Ok.into()
         }
         Err(e) => {
             eprintln!("heli-replay: {}: {e}", args.journal.display());
-            ExitCode::from(1)
+            ToolExit::Failed.into()
         }
     }
 }

@@ -1,2 +1,3 @@
 //! Helpers the binaries share for their command lines. Pure text handling, no I/O.
 pub mod duration;
+pub mod exit;

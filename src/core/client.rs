@@ -38,10 +38,34 @@ use std::path::PathBuf;
 use trust::{judge_interpreter, ExecutableFacts, InterpreterVerdict};
 
 /// The exit statuses of `heli-client` (README, "Exit status").
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_COMMAND_FAILED: i32 = 1;
-pub const EXIT_USAGE: i32 = 2;
-pub const EXIT_NO_CONTROLLER: i32 = 3;
+/// `heli-client`'s exit status (the README's exit status table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientExit {
+    /// Every `attach` and `terminate` succeeded, or none was tried.
+    Ok,
+    /// An `attach` or `terminate` failed (typos, `help` and blank lines never count).
+    CommandFailed,
+    /// The command line was wrong.
+    Usage,
+    /// At start-up, no controller of this user serves the pipes.
+    NoController,
+}
+
+impl ClientExit {
+    pub const fn code(self) -> i32 {
+        match self {
+            ClientExit::Ok => 0,
+            ClientExit::CommandFailed => 1,
+            ClientExit::Usage => 2,
+            ClientExit::NoController => 3,
+        }
+    }
+}
+
+pub const EXIT_OK: i32 = ClientExit::Ok.code();
+pub const EXIT_COMMAND_FAILED: i32 = ClientExit::CommandFailed.code();
+pub const EXIT_USAGE: i32 = ClientExit::Usage.code();
+pub const EXIT_NO_CONTROLLER: i32 = ClientExit::NoController.code();
 
 /// Where the user's lines come from; it decides who reads pdb's input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

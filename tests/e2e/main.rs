@@ -12,6 +12,7 @@ mod conformance;
 mod flood;
 mod inject;
 mod lifecycle;
+mod odd_names;
 mod pipe_dir_security;
 mod protocol;
 mod replies;

@@ -19,6 +19,7 @@ mod model;
 mod runner;
 
 use clap::Parser;
+use helicopter_parent::cli::exit::ToolExit;
 use helicopter_parent::core::wire::Dialect;
 use helicopter_parent::io::find_python::resolve_python;
 use model::template::CommandTemplate;
@@ -27,8 +28,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-const EXIT_FAILED: u8 = 1;
-const EXIT_UNUSABLE: u8 = 2;
+const EXIT_FAILED: u8 = ToolExit::Failed.code();
+const EXIT_UNUSABLE: u8 = ToolExit::Usage.code();
 
 #[derive(Parser)]
 #[command(
