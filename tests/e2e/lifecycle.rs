@@ -97,7 +97,8 @@ fn a_missing_python_is_named() {
     assert_eq!(out.status.code(), Some(125));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("Python 3.14 not found") && err.contains("python3.14 on PATH"),
+        err.contains("Python 3.14 or 3.15 not found")
+            && err.contains("python3.15, python3.14 on PATH"),
         "{err}"
     );
 }

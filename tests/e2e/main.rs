@@ -1,7 +1,9 @@
-//! All end-to-end tests in one binary: real FIFOs, real processes, real Python 3.14.
+//! All end-to-end tests in one binary: real FIFOs, real processes, real Python (the minor
+//! version under test: see `support`).
 #![allow(clippy::disallowed_methods)]
 
 mod attach;
+mod builds;
 mod cli_durations;
 mod client_pty;
 mod client_session;
