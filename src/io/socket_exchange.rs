@@ -5,12 +5,12 @@
 //! A directory without the socket is reported as [`SocketExchangeError::NoSocket`], apart
 //! from every other failure, so that a caller can fall back to the FIFOs (a controller
 //! older than the socket).
-use super::exchange::ExchangeError;
+use super::exchange::{exchange_raw, ExchangeError, TrustedPipeDir};
 use super::socket_server::{socket_address, SOCKET};
 use crate::core::wire::{parse_reply, Command, Dialect, Reply};
 use nix::errno::Errno;
 use nix::sys::socket::{
-    connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, UnixAddr,
+    connect, getsockopt, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, UnixAddr,
 };
 use nix::sys::time::TimeVal;
 use std::fmt;
@@ -61,6 +61,27 @@ fn io_err(what: &str, error: io::Error) -> SocketExchangeError {
     })
 }
 
+/// One exchange the way `heli-client` does it: the pipe directory is checked first (as
+/// for the FIFOs), then the socket is preferred, as its reply can reach only this client;
+/// the FIFOs serve a controller without one (a 0.x or an older build).
+pub fn exchange_preferring_socket(
+    dir: &Path,
+    line: &str,
+    timeout: Duration,
+    expect_reply: bool,
+) -> Result<Option<String>, ExchangeError> {
+    let started = Instant::now();
+    TrustedPipeDir::open(dir, nix::unistd::getuid().as_raw())?;
+    match exchange_socket_raw(dir, line, timeout) {
+        Ok(reply) => Ok(Some(reply)),
+        Err(SocketExchangeError::NoSocket(_)) => {
+            let left = timeout.saturating_sub(started.elapsed());
+            exchange_raw(dir, line, left, expect_reply)
+        }
+        Err(SocketExchangeError::Failed(e)) => Err(e),
+    }
+}
+
 /// Sends `command` (in the seed's words: the controller takes commands in any case) and
 /// parses the reply (either dialect).
 pub fn exchange_socket(
@@ -87,6 +108,20 @@ pub fn exchange_socket_raw(
         })
     };
     let mut stream = connect_by(dir, deadline)?.ok_or_else(timed_out)?;
+    // The kernel says who listens: only a controller of our own uid is trusted (another
+    // user's process behind a socket of that name would be answering our requests).
+    let server = getsockopt(&stream, sockopt::PeerCredentials)
+        .map_err(|e| io_err("reading the control socket's peer", e.into()))?;
+    let me = nix::unistd::getuid().as_raw();
+    if server.uid() != me {
+        return Err(ExchangeError::Untrusted(format!(
+            "{} is served by uid {} (pid {}), not by you (uid {me}); refusing to talk to it",
+            dir.join(SOCKET).display(),
+            server.uid(),
+            server.pid()
+        ))
+        .into());
+    }
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
         return Err(timed_out());
