@@ -140,6 +140,8 @@ pub enum ControllerExit {
 
 impl ControllerExit {
     pub const FAILED_CODE: i32 = 125;
+    /// A bad command line (clap's own exit, before the controller runs).
+    pub const USAGE_CODE: i32 = 2;
 
     pub fn code(self) -> i32 {
         match self {
