@@ -3,9 +3,12 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 export PATH := env_var('HOME') + "/.cargo/bin:" + env_var('PATH')
 
-# Print the path of Python 3.14, provisioning a private copy when missing
-python:
-    @scripts/provision-python.sh
+# The minor versions `just test` runs the end-to-end suite and the acceptance check against
+pythons := "3.14 3.15"
+
+# Print the path of a Python (3.14, 3.15, 3.15-dbg, 3.14-shared...), provisioning it when missing
+python flavour="3.14":
+    @scripts/provision-python.sh {{flavour}}
 
 # Build the release binaries
 build:
@@ -16,10 +19,13 @@ demo: build
     @echo "In another terminal: target/release/heli-client   (then: attach, p counter, q, quit)"
     target/release/heli-controller --python "$(scripts/provision-python.sh)" tests/fixtures/demo_target.py
 
-# All tests: unit, end-to-end (real Python 3.14, real pdb), protocol conformance in both
-# dialects, and the seed acceptance check
+# The end-to-end runs (real Python, real pdb) cover each minor version's release, debug and
+# shared-libpython builds; the second minor runs only the e2e binary (unit tests are
+# version-free).
+# All tests: unit, end-to-end and acceptance against 3.14 and 3.15, conformance in both dialects
 test: build
-    cargo test
+    HELI_TEST_PYTHON=3.14 cargo test
+    HELI_TEST_PYTHON=3.15 cargo test --test e2e
     just conformance
     just acceptance
 
@@ -27,12 +33,14 @@ test: build
 acceptance: build
     #!/usr/bin/env bash
     set -euo pipefail
-    check=../shared/acceptance/seed-session
-    if [[ -x $check ]]; then
-        PY="$(scripts/provision-python.sh)" BIN=target/release "$check"
-    else
-        echo "acceptance: $check not found; skipped"
-    fi
+    # The checkout sits next to `shared` (or, as a worktree, one level deeper).
+    check=${HELI_ACCEPTANCE:-../shared/acceptance/seed-session}
+    [[ -x $check || -n ${HELI_ACCEPTANCE:-} ]] || check=../../shared/acceptance/seed-session
+    if [[ ! -x $check ]]; then echo "acceptance: $check not found; skipped"; exit 0; fi
+    for minor in {{pythons}}; do
+        echo "== acceptance with Python $minor"
+        PY="$(scripts/provision-python.sh "$minor")" BIN=target/release "$check"
+    done
 
 # The pipe-protocol conformance suite against our controller, in both dialects (the cases
 # are compiled into heli-conformance; `--cases DIR` would run others)

@@ -1,4 +1,4 @@
-//! Helicopter Parent: attach the real pdb to a supervised Python 3.14 program, as an
+//! Helicopter Parent: attach the real pdb to a supervised Python 3.14+ program, as an
 //! ordinary user, under Yama `ptrace_scope=1`.
 //!
 //! - [`crate::core`]: the I/O-free protocol, lifecycle state machine and journal.

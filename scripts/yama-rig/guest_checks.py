@@ -24,6 +24,8 @@ import traceback
 WORK = sys.argv[1]
 CFG = json.load(open(os.path.join(WORK, "config.json")))
 PY = CFG["python"]
+# Interpreters of other minor versions (3.15): their targets get the scope-1 seed session.
+MORE_PYTHONS = CFG.get("more_pythons", [])
 RIG = CFG["rig"]
 PROBE = os.path.join(RIG, "probe.py")
 FIXTURE = CFG["fixture"]
@@ -164,13 +166,13 @@ class Controller:
     Its output goes to a log through a copier thread, which also reports the controller's
     `listening on` line: readiness is that event, not the appearance of files."""
 
-    def __init__(self, tag, env_extra=None):
+    def __init__(self, tag, env_extra=None, python=PY):
         self.tag = tag
         self.dir = f"/run/tmp/heli-{tag}"
         self.logpath = os.path.join(LOGS, f"controller-{tag}.log")
         self.log = open(self.logpath, "w", buffering=1)
         self.listening = threading.Event()
-        self.p = subprocess.Popen([CONTROLLER, "--pipe-dir", self.dir, "--python", PY, FIXTURE],
+        self.p = subprocess.Popen([CONTROLLER, "--pipe-dir", self.dir, "--python", python, FIXTURE],
                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, **user_kw(env_extra))
         self.copier = threading.Thread(target=self._copy, daemon=True)
@@ -231,6 +233,10 @@ def setup_checks():
                           PROBE, FIXTURE])
     record("setup: uid 1000 reads the rig and the fixture", rc2 == 0, f"status {rc2}", out2)
     ok = rc == 0 and rc2 == 0
+    for py in MORE_PYTHONS:
+        rc4, out4 = run_user([py, "-c", "import sys, pdb; print(sys.version)"])
+        record(f"setup: uid 1000 runs {py}", rc4 == 0, f"status {rc4}", out4)
+        ok = ok and rc4 == 0
     if BIN:
         rc3, out3 = run_user(["/bin/sh", "-c", 'test -x "$0" && test -x "$1"', CONTROLLER, CLIENT])
         record(f"setup: uid 1000 can run {BIN}/heli-controller and heli-client", rc3 == 0,
@@ -357,6 +363,63 @@ def heli_scope1(break_grant):
         kill_user_processes()
 
 
+def version_of(py):
+    rc, out = run_user([py, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+    return out.strip() if rc == 0 else os.path.basename(py)
+
+
+def heli_scope1_seed(py, break_grant):
+    """The seed session with a target of another minor version: the grant reads that
+    version's layout, and the client runs pdb from the target's own interpreter (no
+    --python: a pdb of another minor refuses the target)."""
+    version = version_of(py)
+    name = f"scope 1 heli {version}"
+    env = {"HELI_DISABLE_GRANT": "1"} if break_grant else None
+    ctl = Controller(f"s1-{version}", env, python=py)
+    try:
+        err = ctl.wait_ready()
+        record(f"{name}: controller starts and serves its pipes", err is None, err or "",
+               ctl.output() if err else None)
+        if err:
+            return
+        a = Probe("A")
+        try:
+            r = a.ask(f"send {ctl.dir} GET_TARGET_PID")
+        finally:
+            a.close()
+        m = re.fullmatch(r"TARGET_PID (\d+)", r.get("reply", ""))
+        if not m:
+            record(f"{name}: GET_TARGET_PID", False, str(r))
+            return
+        target = int(m.group(1))
+        rc, out = run_user([py, "-m", "pdb", "-p", str(target)], "p counter\nq\n", timeout=60)
+        record(f"{name}: plain `python{version} -m pdb -p TARGET` without a grant is refused",
+               rc not in (0, None) and not pdb_values(out) and "permission" in out.lower(),
+               f"status {rc}, pdb values {pdb_values(out)}", out)
+        script = "attach\np counter\nq\nattach\np counter\nq\nterminate\n"
+        rc, out = run_user([CLIENT, "--pipe-dir", ctl.dir], script, timeout=150)
+        vals = pdb_values(out)
+        record(f"{name}: heli-client attach/p counter/q/attach/p counter/q/terminate exits 0",
+               rc == 0, f"status {rc}", out)
+        record(f"{name}: pdb printed `counter` twice, bigger the second time",
+               len(vals) == 2 and vals[0] < vals[1], f"values {vals}")
+        n = out.count("Debugger detached")
+        record(f"{name}: the client said `Debugger detached` after each pdb session",
+               n == 2, f"{n} times")
+        try:
+            status = ctl.p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            status = None
+        gone = not os.path.exists(f"/proc/{target}") or ppid_of(target) is None
+        pipes_left = [n for n in ("control", "response") if os.path.exists(os.path.join(ctl.dir, n))]
+        record(f"{name}: terminate stops the target and the controller, pipes removed",
+               status in (0, 128 + signal.SIGTERM) and gone and not pipes_left,
+               f"controller status {status}, target gone {gone}, pipes left {pipes_left}", ctl.output())
+    finally:
+        ctl.stop()
+        kill_user_processes()
+
+
 def heli_scope0():
     ctl = Controller("s0")
     try:
@@ -430,6 +493,9 @@ def main():
         if heli_on:
             heli = {1: lambda: heli_scope1(CFG["break_grant"]), 0: heli_scope0}
             phases.append(("heli", heli.get(scope, lambda: heli_scope_high(scope, live))))
+            if scope == 1:
+                for py in MORE_PYTHONS:
+                    phases.append((f"heli {py}", lambda py=py: heli_scope1_seed(py, CFG["break_grant"])))
         # After the heli phase: the kernel-rule phase kills every uid-1000 process.
         phases.append(("kernel rules", lambda: rules_checks(scope)))
         for label, phase in phases:

@@ -20,6 +20,8 @@
 #                            (default ${XDG_CACHE_HOME:-$HOME/.cache}/helicopter-parent/yama-rig)
 #   HELI_RIG_SHARED_CACHE    python3.14 + byte code, must be readable by uid 1000
 #                            (default /var/cache/helicopter-parent)
+#   HELI_RIG_MORE_PYTHONS    provision-python.sh flavours whose targets also get the scope-1
+#                            seed session (default "3.15"; empty for none)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -55,18 +57,27 @@ fi
 mkdir -p "$shared" || die "cannot create $shared (set HELI_RIG_SHARED_CACHE to a directory uid 1000 can read)"
 chmod a+rx "$shared" 2>/dev/null || true
 py=$(HELI_CACHE=$shared "$repo/scripts/provision-python.sh") || die "cannot provision python3.14"
+more_pythons=()
+for flavour in ${HELI_RIG_MORE_PYTHONS-3.15}; do
+  more_pythons+=("$(HELI_CACHE=$shared "$repo/scripts/provision-python.sh" "$flavour")") ||
+    die "cannot provision Python $flavour"
+done
 
 # The guest's root is read-only, so Python could not cache byte code there: compile the
-# stdlib once into a prefix tree, passed to the guest as PYTHONPYCACHEPREFIX.
+# stdlib once into a prefix tree, passed to the guest as PYTHONPYCACHEPREFIX. One tree
+# serves every interpreter: each minor version has its own stdlib path and .pyc tag.
 pycache=$shared/pycache
+for p in "$py" "${more_pythons[@]}"; do
+  stdlib=$("$p" -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
+  stamp=$pycache/.compiled-$( (echo "$p"; "$p" --version) | sha256sum | cut -c1-16)
+  if [[ ! -f $stamp ]]; then
+    log "precompiling $stdlib into $pycache"
+    mkdir -p "$pycache"
+    PYTHONPYCACHEPREFIX=$pycache "$p" -m compileall -q -j0 "$stdlib" >/dev/null 2>&1 || true
+    touch "$stamp"
+  fi
+done
 stdlib=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
-stamp=$pycache/.compiled-$( (echo "$py"; "$py" --version) | sha256sum | cut -c1-16)
-if [[ ! -f $stamp ]]; then
-  log "precompiling $stdlib into $pycache"
-  mkdir -p "$pycache"
-  PYTHONPYCACHEPREFIX=$pycache "$py" -m compileall -q -j0 "$stdlib" >/dev/null 2>&1 || true
-  touch "$stamp"
-fi
 
 # --- Stage what the guest runs where uid 1000 can read it -------------------------------
 # CI may clone anywhere (e.g. under a 0700 home): the guest gets copies of the rig, the
@@ -99,7 +110,8 @@ blocker() { # first component of $1 that uid 1000 cannot traverse/read
   done
 }
 if [[ $(id -u) == 0 ]] && command -v setpriv >/dev/null; then
-  need=("$py" "$stdlib/pdb.py" "$pycache" "$rig/probe.py" "$rig/guest_checks.py" "$fixture")
+  need=("$py" "$stdlib/pdb.py" "$pycache" "$rig/probe.py" "$rig/guest_checks.py" "$fixture"
+    "${more_pythons[@]}")
   [[ $only == all ]] && need+=("$bin/heli-controller" "$bin/heli-client")
   for f in "${need[@]}"; do
     b=$(blocker "$f")
@@ -125,12 +137,14 @@ ln -sfn "$run" "$runs/latest"
 ls -1dt "$runs"/2* 2>/dev/null | tail -n +11 | xargs -r rm -rf
 
 cfg_bin=$([[ $only == all ]] && echo "$bin" || true)
-"$py" - "$run/config.json" "$py" "$cfg_bin" "$rig" "$fixture" "$pycache" "$only" "$break_grant" "$scopes_json" <<'PY'
+"$py" - "$run/config.json" "$py" "$cfg_bin" "$rig" "$fixture" "$pycache" "$only" "$break_grant" "$scopes_json" \
+  "${more_pythons[@]}" <<'PY'
 import json, sys
-out, py, bin_, rig, fixture, pycache, only, brk, scopes = sys.argv[1:]
+out, py, bin_, rig, fixture, pycache, only, brk, scopes, *more = sys.argv[1:]
 json.dump({"python": py, "bin": bin_ or None, "rig": rig, "fixture": fixture,
            "pycache_prefix": pycache, "only": only, "break_grant": brk == "1",
-           "scopes": [int(s) for s in scopes.split(",")]}, open(out, "w"), indent=1)
+           "scopes": [int(s) for s in scopes.split(",")], "more_pythons": more},
+          open(out, "w"), indent=1)
 PY
 # Run in the guest's chroot by /init, as root, with a clean environment.
 cat >"$run/job.sh" <<JOB

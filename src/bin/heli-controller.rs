@@ -1,4 +1,4 @@
-//! `heli-controller [options] script.py [args...]`: runs a Python 3.14 program under
+//! `heli-controller [options] script.py [args...]`: runs a Python 3.14+ program under
 //! supervision and grants pdb access to clients on request. Exit status: the target's
 //! (128+N when killed by signal N), 0 after TERMINATE, 125 for the controller's own errors.
 use clap::Parser;
@@ -15,13 +15,13 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(
     version,
-    about = "Run a Python 3.14 program under supervision; heli-client attaches pdb to it later"
+    about = "Run a Python 3.14+ program under supervision; heli-client attaches pdb to it later"
 )]
 struct Args {
     /// Directory for the control/response pipes (created 0700)
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIPE_DIR)]
     pipe_dir: PathBuf,
-    /// Python 3.14 interpreter for the target [default: $HELI_PYTHON, else python3.14 on PATH]
+    /// Python 3.14 or 3.15 interpreter for the target [default: $HELI_PYTHON, else python3.15 or python3.14 on PATH]
     #[arg(long, value_name = "PATH")]
     python: Option<PathBuf>,
     /// Wire dialect: seed (GET_TARGET_PID, READY, ERROR:) or legacy (helicopter-parent 0.x)

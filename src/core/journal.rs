@@ -6,7 +6,16 @@ use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
 /// Bumped when a record's meaning changes; replay refuses versions it does not know.
-pub const JOURNAL_FORMAT: u32 = 2;
+///
+/// Format 3 adds the socket: a line's `origin` (connection, peer pid and uid), a reply's
+/// destination `to`, the `asker` of an inspection and the `kinship` it found. Each field
+/// is absent for a FIFO request, so a format-2 journal is a format-3 journal without
+/// socket requests and still replays; a format-2 reader must refuse format 3, since it
+/// would take socket lines for FIFO lines.
+pub const JOURNAL_FORMAT: u32 = 3;
+
+/// The formats this version replays.
+pub const READABLE_FORMATS: [u32; 2] = [2, JOURNAL_FORMAT];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
@@ -249,7 +258,9 @@ impl std::fmt::Display for ReplayError {
             ReplayError::MissingHeader { line } => write!(f, "line {line}: expected the journal header first"),
             ReplayError::UnknownFormat { line, found } => write!(
                 f,
-                "line {line}: journal format {found} is not known to this version (it reads format {JOURNAL_FORMAT})"
+                "line {line}: journal format {found} is not known to this version (it reads formats {} and {})",
+                READABLE_FORMATS[0],
+                READABLE_FORMATS[1]
             ),
             ReplayError::Truncated { line } => {
                 write!(f, "line {line}: truncated (the last line is incomplete: the writer stopped mid-line)")
@@ -277,7 +288,7 @@ mod tests {
     use super::*;
     use crate::core::delivery::DeliveryFact;
     use crate::core::ptrace_policy::TracerPrivilege;
-    use crate::core::supervisor::{ClientFacts, Yama};
+    use crate::core::supervisor::{ClientFacts, Kinship, Origin, Yama};
     use crate::core::wire::Frame;
 
     fn line(text: &str) -> Input {
@@ -286,6 +297,7 @@ mod tests {
                 text: text.into(),
                 terminated: true,
             },
+            origin: Origin::Fifo,
         }
     }
 
@@ -327,6 +339,7 @@ mod tests {
                         uid: 500,
                         exe: None,
                         privilege: TracerPrivilege::Ordinary,
+                        kinship: None,
                     },
                 },
             ),
@@ -407,7 +420,12 @@ mod tests {
 
     #[test]
     fn an_unknown_format_is_refused() {
-        let text = sample().replacen(r#""format":2"#, r#""format":99"#, 1);
+        let text = sample().replacen(
+            &format!(r#""format":{JOURNAL_FORMAT}"#),
+            r#""format":99"#,
+            1,
+        );
+        assert_ne!(text, sample());
         assert_eq!(
             replay(&text, false).unwrap_err(),
             ReplayError::UnknownFormat { line: 1, found: 99 }
@@ -443,6 +461,68 @@ mod tests {
             replay(&without_last, true).unwrap_err(),
             ReplayError::MissingEffects { .. }
         ));
+    }
+
+    /// Format 3 writes the socket fields only for socket requests: a FIFO session's
+    /// records are the format-2 records, so format-2 journals replay unchanged.
+    #[test]
+    fn fifo_records_are_format_2_records_and_format_2_still_replays() {
+        let text = sample();
+        for field in [r#""origin""#, r#""to""#, r#""asker""#, r#""kinship""#] {
+            assert!(
+                !text.contains(field),
+                "{field} in a FIFO-only journal: {text}"
+            );
+        }
+        let old = text.replacen(&format!(r#""format":{JOURNAL_FORMAT}"#), r#""format":2"#, 1);
+        assert_ne!(old, text);
+        assert_eq!(replay(&old, true).unwrap().header.format, 2);
+    }
+
+    /// A socket request journals its real requester, and replays with it.
+    #[test]
+    fn a_socket_request_records_its_requester_and_replays() {
+        let socket = Origin::Socket {
+            conn: 7,
+            pid: 20,
+            uid: 500,
+        };
+        let text = journal(vec![
+            (
+                1,
+                Input::LineReceived {
+                    frame: Frame::Text {
+                        text: "GRANT_ACCESS 21".into(),
+                        terminated: true,
+                    },
+                    origin: socket,
+                },
+            ),
+            (
+                2,
+                Input::ClientInspected {
+                    pid: 21,
+                    facts: ClientFacts::Running {
+                        uid: 500,
+                        exe: None,
+                        privilege: TracerPrivilege::Ordinary,
+                        kinship: Some(Kinship::Unrelated),
+                    },
+                },
+            ),
+        ]);
+        assert!(
+            text.contains(r#""origin":{"via":"socket","conn":7,"pid":20,"uid":500}"#),
+            "{text}"
+        );
+        assert!(text.contains(r#""to":{"via":"socket","conn":7}"#), "{text}");
+        let done = replay(&text, true).unwrap();
+        let transcript = done.session.transcript();
+        assert!(
+            transcript.contains("on connection 7 from pid 20, uid 500")
+                && transcript.contains("neither the asker (pid 20) nor one of its descendants"),
+            "{transcript}"
+        );
     }
 }
 
@@ -486,16 +566,18 @@ pub fn replay(text: &str, check: bool) -> Result<Replay, ReplayError> {
                 .ok()
                 .and_then(|v| v.get("format").and_then(|f| f.as_u64()));
             return Err(match format {
-                Some(found) if found != u64::from(JOURNAL_FORMAT) => ReplayError::UnknownFormat {
-                    line: 1,
-                    found: found as u32,
-                },
+                Some(found) if !READABLE_FORMATS.iter().any(|&f| u64::from(f) == found) => {
+                    ReplayError::UnknownFormat {
+                        line: 1,
+                        found: found as u32,
+                    }
+                }
                 _ => e,
             });
         }
         Ok(_) => return Err(ReplayError::MissingHeader { line: 1 }),
     };
-    if header.format != JOURNAL_FORMAT {
+    if !READABLE_FORMATS.contains(&header.format) {
         return Err(ReplayError::UnknownFormat {
             line: 1,
             found: header.format,

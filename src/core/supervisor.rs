@@ -1,9 +1,12 @@
 //! The controller's decisions: a state machine that supervises the target, answers the
 //! pipe protocol and hands out grants. Pure (see the contract in [`crate::core`]).
 //!
-//! Control lines are answered strictly in arrival order, because every client reads the
-//! one shared `response` pipe: lines that arrive while a grant is in flight wait in a
-//! queue and are answered after it.
+//! Control lines are answered strictly in arrival order, because every FIFO client reads
+//! the one shared `response` pipe: lines that arrive while a grant is in flight wait in a
+//! queue and are answered after it. Lines from the socket (one connection per request)
+//! take the same queue, but each reply is addressed to its own connection
+//! ([`ReplyTo`]), so no socket client can read another's reply; the socket also names
+//! the asker ([`Origin`]), which the grant policy uses.
 use super::delivery::{
     describe_threads, Delivery, DeliveryAction, DeliveryFact, DeliveryStatus, DeliveryTiming,
 };
@@ -137,6 +140,8 @@ pub enum ControllerExit {
 
 impl ControllerExit {
     pub const FAILED_CODE: i32 = 125;
+    /// A bad command line (clap's own exit, before the controller runs).
+    pub const USAGE_CODE: i32 = 2;
 
     pub fn code(self) -> i32 {
         match self {
@@ -231,8 +236,83 @@ pub enum ClientFacts {
         exe: Option<String>,
         #[serde(default = "ordinary")]
         privilege: TracerPrivilege,
+        /// How the pid relates to the socket peer that asked; reported when
+        /// [`Effect::InspectClient`] named an asker, absent for FIFO requests (whose asker
+        /// nobody knows), so format-2 journals read as they were.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kinship: Option<Kinship>,
     },
     NotRunning,
+}
+
+/// How the pid named in a socket GRANT_ACCESS relates to the peer that asked, as the
+/// edge found it in `/proc` (parent links, followed up from the pid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kinship {
+    /// The pid is the asker itself.
+    Asker,
+    /// The asker is an ancestor of the pid (a pdb it started, say).
+    Descendant,
+    /// Neither: granting it would let the asker hand debugging rights to a stranger.
+    Unrelated,
+}
+
+/// Where a control line came from. The FIFO is anonymous: anyone may write, and replies
+/// go, in order, to whoever reads the shared `response` pipe. A socket connection carries
+/// one request, and the kernel names its peer (SO_PEERCRED): who asked is a fact, and the
+/// reply goes back on that connection alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "via", rename_all = "snake_case")]
+pub enum Origin {
+    #[default]
+    Fifo,
+    Socket {
+        /// The connection, numbered by the edge; the reply's address.
+        conn: u64,
+        /// The peer's pid and uid when it connected.
+        pid: u32,
+        uid: u32,
+    },
+}
+
+impl Origin {
+    pub fn is_fifo(&self) -> bool {
+        matches!(self, Origin::Fifo)
+    }
+
+    /// Where the reply to this line goes.
+    pub fn reply_to(self) -> ReplyTo {
+        match self {
+            Origin::Fifo => ReplyTo::Fifo,
+            Origin::Socket { conn, .. } => ReplyTo::Socket { conn },
+        }
+    }
+
+    /// The pid that asked, when the kernel told us.
+    pub fn asker(self) -> Option<u32> {
+        match self {
+            Origin::Fifo => None,
+            Origin::Socket { pid, .. } => Some(pid),
+        }
+    }
+}
+
+/// Where a reply goes: the shared `response` pipe, in order, or one socket connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "via", rename_all = "snake_case")]
+pub enum ReplyTo {
+    #[default]
+    Fifo,
+    Socket {
+        conn: u64,
+    },
+}
+
+impl ReplyTo {
+    pub fn is_fifo(&self) -> bool {
+        matches!(self, ReplyTo::Fifo)
+    }
 }
 
 fn ordinary() -> TracerPrivilege {
@@ -243,9 +323,12 @@ fn ordinary() -> TracerPrivilege {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "input", rename_all = "snake_case")]
 pub enum Input {
-    /// A line arrived on the control pipe.
+    /// A line arrived on the control pipe or on a socket connection.
     LineReceived {
         frame: Frame,
+        /// Absent in the journal for the FIFO, as in format 2.
+        #[serde(default, skip_serializing_if = "Origin::is_fifo")]
+        origin: Origin,
     },
     /// The answer to [`Effect::InspectClient`].
     ClientInspected {
@@ -286,14 +369,19 @@ pub enum Input {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "effect", rename_all = "snake_case")]
 pub enum Effect {
-    /// Write this reply line on the response pipe.
+    /// Write this reply line on the response pipe, or on the socket connection `to`.
     Reply {
         reply: Reply,
+        #[serde(default, skip_serializing_if = "ReplyTo::is_fifo")]
+        to: ReplyTo,
     },
-    /// Find out whether `pid` runs, as whom and with which privilege; answer with
+    /// Find out whether `pid` runs, as whom and with which privilege, and, when `asker` is
+    /// given, whether `pid` is the asker or its descendant ([`Kinship`]); answer with
     /// [`Input::ClientInspected`].
     InspectClient {
         pid: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        asker: Option<u32>,
     },
     /// Carry out one step of the grant's delivery: its request makes the target run
     /// `prctl(PR_SET_PTRACER, client)` and report back. Answer with [`Input::Delivery`].
@@ -336,6 +424,8 @@ pub enum Effect {
 struct Grant {
     id: GrantId,
     client: u32,
+    /// Who asked and where the answer goes.
+    origin: Origin,
     asked_at: Millis,
     deadline: Millis,
     /// The client that held the grant before, and when its grant expires; it keeps the
@@ -506,7 +596,7 @@ pub struct Supervisor {
     config: Config,
     state: State,
     /// Lines that arrived while a grant was in flight, answered in order after it.
-    queued: VecDeque<Frame>,
+    queued: VecDeque<(Frame, Origin)>,
     next_grant: GrantId,
 }
 
@@ -571,11 +661,11 @@ impl Supervisor {
         self.state = self.transition(now, state, input, &mut out);
         // Lines queued behind a grant are answered as soon as no grant is in flight.
         while !matches!(self.state, State::Granting(_) | State::Terminated { .. }) {
-            let Some(frame) = self.queued.pop_front() else {
+            let Some((frame, origin)) = self.queued.pop_front() else {
                 break;
             };
             let state = std::mem::replace(&mut self.state, State::Idle);
-            self.state = self.on_line(now, state, frame, &mut out);
+            self.state = self.on_line(now, state, frame, origin, &mut out);
         }
         out
     }
@@ -589,8 +679,8 @@ impl Supervisor {
         out: &mut Vec<Effect>,
     ) -> State {
         match (state, input) {
-            (State::Granting(grant), Input::LineReceived { frame }) => {
-                self.queued.push_back(frame);
+            (State::Granting(grant), Input::LineReceived { frame, origin }) => {
+                self.queued.push_back((frame, origin));
                 State::Granting(grant)
             }
             (
@@ -598,8 +688,8 @@ impl Supervisor {
                 | State::Attached { .. }
                 | State::Stopping { .. }
                 | State::Terminated { .. }),
-                Input::LineReceived { frame },
-            ) => self.on_line(now, state, frame, out),
+                Input::LineReceived { frame, origin },
+            ) => self.on_line(now, state, frame, origin, out),
 
             (State::Granting(grant), Input::ClientInspected { pid, facts })
                 if grant.client == pid && grant.step == GrantStep::Inspecting =>
@@ -676,13 +766,13 @@ impl Supervisor {
             ) => {
                 self.log_target_exit(status, out);
                 if let State::Granting(grant) = state {
+                    let to = grant.origin.reply_to();
                     self.abandon_grant(grant, "target exited", out);
-                    out.push(Effect::Reply {
-                        reply: Reply::Error(format!(
-                            "target process {} exited",
-                            self.config.target_pid
-                        )),
-                    });
+                    reply(
+                        out,
+                        to,
+                        Reply::Error(format!("target process {} exited", self.config.target_pid)),
+                    );
                 }
                 out.push(Effect::StopTree { signal: SIGKILL });
                 self.terminate(ControllerExit::Target { status }, out)
@@ -828,15 +918,50 @@ impl Supervisor {
         }
     }
 
-    fn on_line(&mut self, now: Millis, state: State, frame: Frame, out: &mut Vec<Effect>) -> State {
+    fn on_line(
+        &mut self,
+        now: Millis,
+        state: State,
+        frame: Frame,
+        origin: Origin,
+        out: &mut Vec<Effect>,
+    ) -> State {
+        let to = origin.reply_to();
+        // The socket is 0600 in a 0700 directory, so only our uid (or root) can connect;
+        // checked all the same: the kernel's word on the peer is what makes the socket
+        // trustworthy, and another user must not even stop the target.
+        if let Origin::Socket { pid, uid, .. } = origin {
+            if uid != self.config.uid {
+                reply(
+                    out,
+                    to,
+                    Reply::Error(format!(
+                        "the socket serves uid {} only; pid {pid} runs as uid {uid}",
+                        self.config.uid
+                    )),
+                );
+                return state;
+            }
+        }
         let text = match frame {
-            // An empty line carries no request: answering it would give a reply nobody
-            // waits for, which the next client would read as its own.
-            Frame::Text { text, .. } if text.is_empty() || text == "\r" => return state,
+            // An empty FIFO line carries no request: answering it would give a reply
+            // nobody waits for, which the next client would read as its own. A socket
+            // connection waits for exactly one reply, so it is told.
+            Frame::Text { text, .. } if text.is_empty() || text == "\r" => {
+                if !origin.is_fifo() {
+                    reply(
+                        out,
+                        to,
+                        Reply::Error("empty line: a connection carries one command".into()),
+                    );
+                }
+                return state;
+            }
             Frame::Text { text, .. } => text,
             Frame::NotUtf8 { len } => {
                 reply(
                     out,
+                    to,
                     Reply::Error(format!("line of {len} bytes is not valid UTF-8")),
                 );
                 return state;
@@ -844,6 +969,7 @@ impl Supervisor {
             Frame::Oversized { len } => {
                 reply(
                     out,
+                    to,
                     Reply::Error(format!(
                         "line of {len} bytes is too long (at most {} bytes)",
                         super::wire::MAX_LINE
@@ -855,18 +981,23 @@ impl Supervisor {
         let command = match parse_command(&text) {
             Ok(command) => command,
             Err(e) => {
-                reply(out, Reply::Error(e.to_string()));
+                reply(out, to, Reply::Error(e.to_string()));
                 return state;
             }
         };
         match (state, command) {
             (state @ State::Stopping { .. }, _) => {
-                reply(out, Reply::Error("the controller is shutting down".into()));
+                reply(
+                    out,
+                    to,
+                    Reply::Error("the controller is shutting down".into()),
+                );
                 state
             }
             (state @ State::Terminated { .. }, _) => {
                 reply(
                     out,
+                    to,
                     Reply::Error(format!(
                         "target process {} is not running",
                         self.config.target_pid
@@ -875,30 +1006,33 @@ impl Supervisor {
                 state
             }
             (state, Command::GetTargetPid) => {
-                reply(out, Reply::TargetPid(self.config.target_pid));
+                reply(out, to, Reply::TargetPid(self.config.target_pid));
                 state
             }
             (state, Command::Terminate) => {
-                // The legacy dialect never answers terminate (0.x clients do not read it).
-                if self.config.dialect == Dialect::Seed {
-                    reply(out, Reply::Ready);
+                // The legacy dialect never answers terminate on the FIFO (0.x clients do
+                // not read it, so the next client would); a socket connection waits for
+                // its one reply in either dialect.
+                if self.config.dialect == Dialect::Seed || !origin.is_fifo() {
+                    reply(out, to, Reply::Ready);
                 }
                 out.push(Effect::Log {
                     message: format!(
-                        "TERMINATE requested: stopping target {}",
+                        "TERMINATE requested{}: stopping target {}",
+                        asked_by(origin),
                         self.config.target_pid
                     ),
                 });
                 self.begin_stop(now, state, StopReason::Requested, true, out)
             }
-            (state, Command::GrantAccess { pid }) => self.begin_grant(now, state, pid, out),
+            (state, Command::GrantAccess { pid }) => self.begin_grant(now, state, pid, origin, out),
             (State::Attached { client, expires_at }, Command::RevokeAccess { pid })
                 if client == pid =>
             {
                 // Answered at once: the client has detached and need not wait for a target
                 // that may be slow to run the revocation; lines that come meanwhile wait
                 // behind it as behind any grant, and its outcome is logged.
-                reply(out, Reply::Ready);
+                reply(out, to, Reply::Ready);
                 self.begin_revoke(now, client, expires_at, RevokeReason::Detached, true, out)
             }
             (state, Command::RevokeAccess { pid }) => {
@@ -911,6 +1045,7 @@ impl Supervisor {
                 };
                 reply(
                     out,
+                    to,
                     Reply::Error(format!("pid {pid} holds no grant{holder}")),
                 );
                 state
@@ -923,11 +1058,13 @@ impl Supervisor {
         now: Millis,
         state: State,
         client: u32,
+        origin: Origin,
         out: &mut Vec<Effect>,
     ) -> State {
         if client == 1 {
             reply(
                 out,
+                origin.reply_to(),
                 Reply::Error("pid 1 is init: it is never declared the target's ptracer".into()),
             );
             return state;
@@ -935,6 +1072,7 @@ impl Supervisor {
         if client == self.config.target_pid {
             reply(
                 out,
+                origin.reply_to(),
                 Reply::Error(format!("pid {client} is the target itself")),
             );
             return state;
@@ -948,10 +1086,14 @@ impl Supervisor {
         };
         let id = self.next_grant;
         self.next_grant += 1;
-        out.push(Effect::InspectClient { pid: client });
+        out.push(Effect::InspectClient {
+            pid: client,
+            asker: origin.asker(),
+        });
         State::Granting(Grant {
             id,
             client,
+            origin,
             asked_at: now,
             deadline: now + self.config.grant_timeout_ms,
             previous,
@@ -982,6 +1124,9 @@ impl Supervisor {
         State::Granting(Grant {
             id,
             client: holder,
+            // No reply is owed at its end (a REVOKE_ACCESS was answered when it began), so
+            // where it came from does not matter here.
+            origin: Origin::Fifo,
             asked_at: now,
             deadline,
             previous: Some((holder, expires_at)),
@@ -1005,7 +1150,7 @@ impl Supervisor {
         out: &mut Vec<Effect>,
     ) -> State {
         let (uid, pid) = (self.config.uid, grant.client);
-        let privilege = match facts {
+        let (privilege, kinship) = match facts {
             ClientFacts::NotRunning => {
                 return self.finish_grant(now, grant, Err(format!("pid {pid} is not a running process")), out)
             }
@@ -1014,15 +1159,32 @@ impl Supervisor {
                     "pid {pid} belongs to uid {other}, not to uid {uid} of the target: Yama never lets another user attach"
                 )), out)
             }
-            ClientFacts::Running { privilege, .. } => privilege,
+            ClientFacts::Running { privilege, kinship, .. } => (privilege, kinship),
         };
+        // Over the socket the asker is known: it may hand debugging rights only to itself
+        // or to a process it started (the pdb it runs), never to a stranger.
+        if let Some(asker) = grant.origin.asker() {
+            let refusal = match kinship {
+                Some(Kinship::Asker | Kinship::Descendant) => None,
+                Some(Kinship::Unrelated) => Some(format!(
+                    "pid {pid} is neither the asker (pid {asker}) nor one of its descendants: over the socket a client may ask access only for itself or a process it started"
+                )),
+                None => {
+                    debug_assert!(false, "driver misuse: no kinship reported for socket grant of pid {pid}");
+                    Some(format!("the ancestry of pid {pid} was not inspected; refusing"))
+                }
+            };
+            if let Some(why) = refusal {
+                return self.finish_grant(now, grant, Err(why), out);
+            }
+        }
         match attach_rule(self.config.yama, privilege) {
             AttachRule::Forbidden(why) => self.finish_grant(now, grant, Err(why), out),
             AttachRule::NoGrantNeeded(why) => {
                 out.push(Effect::Log {
                     message: format!("pid {pid} needs no grant: {why}"),
                 });
-                reply(out, Reply::Ready);
+                reply(out, grant.origin.reply_to(), Reply::Ready);
                 // Nothing was declared: whoever held the grant keeps it.
                 match grant.previous {
                     Some((client, expires_at)) => State::Attached { client, expires_at },
@@ -1175,7 +1337,10 @@ impl Supervisor {
         match (grant.purpose, outcome) {
             (Purpose::Declare, Ok(message)) => {
                 out.push(Effect::Log {
-                    message: format!("{message} ({} ms)", now - grant.asked_at),
+                    message: match asker_note(grant.origin) {
+                        None => format!("{message} ({} ms)", now - grant.asked_at),
+                        Some(note) => format!("{message} ({} ms, {note})", now - grant.asked_at),
+                    },
                 });
                 // Only one ptracer can be declared per process: this one replaces it.
                 if let Some((before, _)) =
@@ -1188,15 +1353,19 @@ impl Supervisor {
                         ),
                     });
                 }
-                reply(out, Reply::Ready);
+                reply(out, grant.origin.reply_to(), Reply::Ready);
                 out.push(Effect::WatchClient { pid: grant.client });
                 self.attached(now, grant.client)
             }
             (Purpose::Declare, Err(message)) => {
                 out.push(Effect::Log {
-                    message: format!("grant for pid {} refused: {message}", grant.client),
+                    message: format!(
+                        "grant for pid {} refused{}: {message}",
+                        grant.client,
+                        asked_by(grant.origin)
+                    ),
                 });
-                reply(out, Reply::Error(message));
+                reply(out, grant.origin.reply_to(), Reply::Error(message));
                 back_to_previous(self)
             }
             (Purpose::Revoke { reason, .. }, Ok(_)) => {
@@ -1231,8 +1400,13 @@ impl Supervisor {
         out: &mut Vec<Effect>,
     ) -> State {
         if let State::Granting(grant) = state {
+            let to = grant.origin.reply_to();
             self.abandon_grant(grant, "shutting down", out);
-            reply(out, Reply::Error("the controller is shutting down".into()));
+            reply(
+                out,
+                to,
+                Reply::Error("the controller is shutting down".into()),
+            );
         }
         if signal_target {
             out.push(Effect::SignalTarget {
@@ -1254,15 +1428,19 @@ impl Supervisor {
 
     fn terminate(&mut self, exit: ControllerExit, out: &mut Vec<Effect>) -> State {
         let target = self.config.target_pid;
-        // Blank lines get no reply anywhere (see `on_line`), and not here either: the
+        // Blank FIFO lines get no reply anywhere (see `on_line`), and not here either: the
         // next client would read it as its own.
-        for frame in self.queued.drain(..) {
-            if matches!(&frame, Frame::Text { text, .. } if text.is_empty() || text == "\r") {
+        for (frame, origin) in self.queued.drain(..) {
+            let blank =
+                matches!(&frame, Frame::Text { text, .. } if text.is_empty() || text == "\r");
+            if blank && origin == Origin::Fifo {
                 continue;
             }
-            out.push(Effect::Reply {
-                reply: Reply::Error(format!("target process {target} is not running")),
-            });
+            reply(
+                out,
+                origin.reply_to(),
+                Reply::Error(format!("target process {target} is not running")),
+            );
         }
         out.push(Effect::RemovePipes);
         out.push(Effect::Exit { code: exit.code() });
@@ -1270,8 +1448,21 @@ impl Supervisor {
     }
 }
 
-fn reply(out: &mut Vec<Effect>, reply: Reply) {
-    out.push(Effect::Reply { reply });
+fn reply(out: &mut Vec<Effect>, to: ReplyTo, reply: Reply) {
+    out.push(Effect::Reply { reply, to });
+}
+
+/// " (asked by pid P, uid U)" for a socket request, nothing for the anonymous FIFO: the
+/// log says who asked whenever the kernel told us.
+fn asked_by(origin: Origin) -> String {
+    asker_note(origin).map_or(String::new(), |note| format!(" ({note})"))
+}
+
+fn asker_note(origin: Origin) -> Option<String> {
+    match origin {
+        Origin::Fifo => None,
+        Origin::Socket { pid, uid, .. } => Some(format!("asked by pid {pid}, uid {uid}")),
+    }
 }
 
 /// An input that cannot come in this state unless the driver broke its contract: a bug,
@@ -1287,22 +1478,26 @@ fn misuse(state: State, input: &Input, out: &mut Vec<Effect>) -> State {
 impl fmt::Display for Input {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Input::LineReceived {
-                frame: Frame::Text { text, terminated },
-            } => {
-                let eof = if *terminated {
-                    ""
-                } else {
-                    " (no newline, at EOF)"
-                };
-                write!(f, "line {text:?}{eof}")
+            Input::LineReceived { frame, origin } => {
+                match frame {
+                    Frame::Text { text, terminated } => {
+                        let eof = if *terminated {
+                            ""
+                        } else {
+                            " (no newline, at EOF)"
+                        };
+                        write!(f, "line {text:?}{eof}")?;
+                    }
+                    Frame::NotUtf8 { len } => write!(f, "line of {len} bytes, not UTF-8")?,
+                    Frame::Oversized { len } => write!(f, "line of {len} bytes, too long")?,
+                }
+                match origin {
+                    Origin::Fifo => Ok(()),
+                    Origin::Socket { conn, pid, uid } => {
+                        write!(f, " on connection {conn} from pid {pid}, uid {uid}")
+                    }
+                }
             }
-            Input::LineReceived {
-                frame: Frame::NotUtf8 { len },
-            } => write!(f, "line of {len} bytes, not UTF-8"),
-            Input::LineReceived {
-                frame: Frame::Oversized { len },
-            } => write!(f, "line of {len} bytes, too long"),
             Input::ClientInspected {
                 pid,
                 facts: ClientFacts::NotRunning,
@@ -1314,6 +1509,7 @@ impl fmt::Display for Input {
                         uid,
                         exe,
                         privilege,
+                        kinship,
                     },
             } => {
                 write!(f, "client {pid} runs as uid {uid}")?;
@@ -1323,7 +1519,14 @@ impl fmt::Display for Input {
                 if *privilege == TracerPrivilege::CapSysPtrace {
                     f.write_str(" with CAP_SYS_PTRACE")?;
                 }
-                Ok(())
+                match kinship {
+                    None => Ok(()),
+                    Some(Kinship::Asker) => f.write_str(", the asker itself"),
+                    Some(Kinship::Descendant) => f.write_str(", a descendant of the asker"),
+                    Some(Kinship::Unrelated) => {
+                        f.write_str(", neither the asker nor its descendant")
+                    }
+                }
             }
             Input::Delivery { grant, fact } => write!(f, "grant {grant} {fact}"),
             Input::GrantRan { grant, errno } => write!(f, "grant {grant} ran, prctl errno {errno}"),
@@ -1345,8 +1548,19 @@ impl fmt::Display for Input {
 impl fmt::Display for Effect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Effect::Reply { reply } => write!(f, "reply {reply}"),
-            Effect::InspectClient { pid } => write!(f, "inspect pid {pid}"),
+            Effect::Reply {
+                reply,
+                to: ReplyTo::Fifo,
+            } => write!(f, "reply {reply}"),
+            Effect::Reply {
+                reply,
+                to: ReplyTo::Socket { conn },
+            } => write!(f, "reply on connection {conn}: {reply}"),
+            Effect::InspectClient { pid, asker: None } => write!(f, "inspect pid {pid}"),
+            Effect::InspectClient {
+                pid,
+                asker: Some(asker),
+            } => write!(f, "inspect pid {pid} and its kinship to asker {asker}"),
             Effect::Deliver {
                 grant,
                 client,

@@ -11,17 +11,33 @@ use rstest::rstest;
 const TARGET: u32 = 1000;
 const UID: u32 = 501;
 const CLIENT: u32 = 2000;
+/// A socket peer (the process that connected).
+const ASKER: u32 = 1990;
 
 fn config(yama: Yama) -> Config {
     Config::new(TARGET, UID, yama)
 }
 
 fn line(text: &str) -> Input {
+    line_from(text, Origin::Fifo)
+}
+
+fn line_from(text: &str, origin: Origin) -> Input {
     Input::LineReceived {
         frame: Frame::Text {
             text: text.into(),
             terminated: true,
         },
+        origin,
+    }
+}
+
+/// A socket connection from `pid` running as the target's uid.
+fn socket(conn: u64, pid: u32) -> Origin {
+    Origin::Socket {
+        conn,
+        pid,
+        uid: UID,
     }
 }
 
@@ -30,6 +46,16 @@ fn running(uid: u32) -> ClientFacts {
         uid,
         exe: Some("/usr/bin/heli-client".into()),
         privilege: TracerPrivilege::Ordinary,
+        kinship: None,
+    }
+}
+
+fn running_as(kinship: Kinship) -> ClientFacts {
+    ClientFacts::Running {
+        uid: UID,
+        exe: Some("/usr/bin/python3.14".into()),
+        privilege: TracerPrivilege::Ordinary,
+        kinship: Some(kinship),
     }
 }
 
@@ -37,7 +63,7 @@ fn replies(effects: &[Effect]) -> Vec<Reply> {
     effects
         .iter()
         .filter_map(|e| {
-            if let Effect::Reply { reply } = e {
+            if let Effect::Reply { reply, .. } = e {
                 Some(reply.clone())
             } else {
                 None
@@ -113,7 +139,13 @@ impl Harness {
     /// Drives a grant for `client` up to the point where it sits in thread `tid`.
     fn grant_delivering(&mut self, client: u32, tid: i32) -> GrantId {
         let effects = self.on(line(&format!("GRANT_ACCESS {client}")));
-        assert_eq!(effects, vec![Effect::InspectClient { pid: client }]);
+        assert_eq!(
+            effects,
+            vec![Effect::InspectClient {
+                pid: client,
+                asker: None
+            }]
+        );
         let effects = self.on(Input::ClientInspected {
             pid: client,
             facts: running(UID),
@@ -187,7 +219,7 @@ fn einval_under_yama_is_an_error() {
 
 #[rstest]
 #[case::not_running(ClientFacts::NotRunning, "is not a running process")]
-#[case::other_user(ClientFacts::Running { uid: 0, exe: None, privilege: TracerPrivilege::CapSysPtrace }, "belongs to uid 0")]
+#[case::other_user(ClientFacts::Running { uid: 0, exe: None, privilege: TracerPrivilege::CapSysPtrace, kinship: None }, "belongs to uid 0")]
 fn inspected_client_problems_are_refused(#[case] facts: ClientFacts, #[case] expected: &str) {
     let mut h = Harness::new(Yama::Scope(1));
     h.on(line(&format!("GRANT_ACCESS {CLIENT}")));
@@ -223,6 +255,7 @@ fn scopes_where_a_grant_cannot_help_or_is_not_needed_inject_nothing(
             uid: UID,
             exe: None,
             privilege,
+            kinship: None,
         },
     });
     assert!(
@@ -582,6 +615,7 @@ fn malformed_frames_get_one_reply(#[case] frame: Frame, #[case] error: Option<&s
     let mut h = Harness::new(Yama::Scope(1));
     let effects = h.on(Input::LineReceived {
         frame: frame.clone(),
+        origin: Origin::Fifo,
     });
     match (error, frame) {
         (Some(expected), _) => assert!(error_text(&effects).contains(expected)),
@@ -627,6 +661,12 @@ fn reach(state: &str) -> Harness {
         "inspecting" => {
             h.on(line(&format!("GRANT_ACCESS {CLIENT}")));
         }
+        "inspecting_socket" => {
+            h.on(line_from(
+                &format!("GRANT_ACCESS {CLIENT}"),
+                socket(1, ASKER),
+            ));
+        }
         "delivering" => {
             h.grant_delivering(CLIENT, 1);
         }
@@ -669,6 +709,24 @@ fn input_named(name: &str) -> Input {
             pid: CLIENT,
             facts: running(UID),
         },
+        "inspected_descendant" => Input::ClientInspected {
+            pid: CLIENT,
+            facts: running_as(Kinship::Descendant),
+        },
+        "inspected_unrelated" => Input::ClientInspected {
+            pid: CLIENT,
+            facts: running_as(Kinship::Unrelated),
+        },
+        "socket_get_pid" => line_from("GET_TARGET_PID", socket(2, ASKER)),
+        "socket_grant" => line_from(&format!("GRANT_ACCESS {CLIENT}"), socket(2, ASKER)),
+        "socket_other_uid" => line_from(
+            "TERMINATE",
+            Origin::Socket {
+                conn: 2,
+                pid: ASKER,
+                uid: UID + 1,
+            },
+        ),
         "picked_up" => delivered(1, DeliveryFact::PickedUp),
         "stale_withdrawn" => delivered(99, DeliveryFact::Withdrawn),
         "ran" => Input::GrantRan { grant: 1, errno: 0 },
@@ -700,6 +758,13 @@ fn input_named(name: &str) -> Input {
 #[case("idle", "exited", Phase::Terminated { code: 0 })]
 #[case("idle", "signal", Phase::Stopping)]
 #[case("idle", "adapters_gone", Phase::Stopping)]
+#[case("idle", "socket_get_pid", Phase::Idle)]
+#[case("idle", "socket_grant", granting("inspecting"))]
+#[case("idle", "socket_other_uid", Phase::Idle)]
+#[case("inspecting_socket", "inspected_descendant", granting("scheduling"))]
+#[case("inspecting_socket", "inspected_unrelated", Phase::Idle)]
+#[case("inspecting_socket", "socket_get_pid", granting("inspecting"))]
+#[case("inspecting_socket", "exited", Phase::Terminated { code: 0 })]
 #[case("inspecting", "get_pid", granting("inspecting"))]
 #[case("inspecting", "inspected", granting("scheduling"))]
 #[case("inspecting", "stale_ran", granting("inspecting"))]
@@ -714,6 +779,7 @@ fn input_named(name: &str) -> Input {
 #[case("delivering", "exited", Phase::Terminated { code: 0 })]
 #[case("delivering", "signal", Phase::Stopping)]
 #[case("delivering", "adapters_gone", Phase::Stopping)]
+#[case("delivering", "socket_grant", granting("waiting in thread 1"))]
 #[case("attached", "get_pid", attached(CLIENT))]
 #[case("attached", "grant", granting("inspecting"))]
 #[case("attached", "stale_ran", attached(CLIENT))]
@@ -726,6 +792,8 @@ fn input_named(name: &str) -> Input {
 #[case("idle", "client_exited", Phase::Idle)]
 #[case("idle", "revoke", Phase::Idle)]
 #[case("stopping", "client_exited", Phase::Stopping)]
+#[case("attached", "socket_grant", granting("inspecting"))]
+#[case("attached", "socket_other_uid", attached(CLIENT))]
 #[case("stopping", "get_pid", Phase::Stopping)]
 #[case("stopping", "grant", Phase::Stopping)]
 #[case("stopping", "stale_ran", Phase::Stopping)]
@@ -741,11 +809,13 @@ fn input_named(name: &str) -> Input {
 #[case("stopping_killed", "signal", Phase::Stopping)]
 #[case("stopping_killed", "adapters_gone", Phase::Stopping)]
 #[case("stopping_killed", "deadline", Phase::Stopping)]
+#[case("stopping", "socket_grant", Phase::Stopping)]
 #[case("terminated", "get_pid", Phase::Terminated { code: 0 })]
 #[case("terminated", "exited", Phase::Terminated { code: 0 })]
 #[case("terminated", "signal", Phase::Terminated { code: 0 })]
 #[case("terminated", "adapters_gone", Phase::Terminated { code: 0 })]
 #[case("terminated", "stale_ran", Phase::Terminated { code: 0 })]
+#[case("terminated", "socket_get_pid", Phase::Terminated { code: 0 })]
 fn transition_matrix(#[case] state: &str, #[case] input: &str, #[case] expected: Phase) {
     let mut h = reach(state);
     h.on(input_named(input));
@@ -759,6 +829,7 @@ fn transition_matrix(#[case] state: &str, #[case] input: &str, #[case] expected:
 #[case("attached", "inspected")]
 #[case("idle", "deadline")]
 #[case("terminated", "deadline")]
+#[case::socket_grant_without_kinship("inspecting_socket", "inspected")]
 #[should_panic(expected = "driver misuse")]
 fn driver_misuse_is_caught(#[case] state: &str, #[case] input: &str) {
     let mut h = reach(state);
@@ -842,4 +913,217 @@ fn only_the_holder_can_give_its_grant_back_and_a_new_grant_replaces_the_old() {
     // The first client's exit no longer concerns anyone.
     assert!(h.on(Input::ClientExited { pid: CLIENT }).is_empty());
     assert_eq!(h.state(), attached(3000));
+}
+
+// The socket: who asked is known, and each reply is addressed to its own connection.
+
+fn reply_to(effects: &[Effect]) -> Vec<(ReplyTo, Reply)> {
+    effects
+        .iter()
+        .filter_map(|e| {
+            if let Effect::Reply { reply, to } = e {
+                Some((*to, reply.clone()))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+fn conn(conn: u64) -> ReplyTo {
+    ReplyTo::Socket { conn }
+}
+
+#[test]
+fn a_socket_reply_goes_to_its_connection() {
+    let mut h = Harness::new(Yama::Scope(1));
+    assert_eq!(
+        reply_to(&h.on(line_from("GET_TARGET_PID", socket(4, ASKER)))),
+        vec![(conn(4), Reply::TargetPid(TARGET))]
+    );
+    assert_eq!(
+        reply_to(&h.on(line("GET_TARGET_PID"))),
+        vec![(ReplyTo::Fifo, Reply::TargetPid(TARGET))]
+    );
+}
+
+#[rstest]
+#[case::itself(Kinship::Asker)]
+#[case::its_child(Kinship::Descendant)]
+fn a_socket_grant_for_the_asker_or_its_descendant_is_carried_out(#[case] kinship: Kinship) {
+    let mut h = Harness::new(Yama::Scope(1));
+    let effects = h.on(line_from(
+        &format!("GRANT_ACCESS {CLIENT}"),
+        socket(3, ASKER),
+    ));
+    assert_eq!(
+        effects,
+        vec![Effect::InspectClient {
+            pid: CLIENT,
+            asker: Some(ASKER)
+        }]
+    );
+    let effects = h.on(Input::ClientInspected {
+        pid: CLIENT,
+        facts: running_as(kinship),
+    });
+    assert_eq!(effects, vec![schedule_main(1, CLIENT)]);
+    h.on(delivered(1, DeliveryFact::Scheduled { tid: 1 }));
+    let effects = h.on(Input::GrantRan { grant: 1, errno: 0 });
+    assert_eq!(reply_to(&effects), vec![(conn(3), Reply::Ready)]);
+    assert!(
+        effects.iter().any(|e| matches!(e, Effect::Log { message }
+            if message.contains("granted ptrace access to pid 2000") && message.contains("asked by pid 1990, uid 501"))),
+        "the log names the real requester: {effects:?}"
+    );
+    assert_eq!(h.state(), attached(CLIENT));
+}
+
+#[test]
+fn a_socket_grant_for_a_stranger_is_refused_and_never_reaches_prctl() {
+    let mut h = Harness::new(Yama::Scope(1));
+    h.on(line_from(
+        &format!("GRANT_ACCESS {CLIENT}"),
+        socket(3, ASKER),
+    ));
+    let effects = h.on(Input::ClientInspected {
+        pid: CLIENT,
+        facts: running_as(Kinship::Unrelated),
+    });
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Deliver { .. })));
+    match reply_to(&effects).as_slice() {
+        [(to, Reply::Error(why))] => {
+            assert_eq!(*to, conn(3));
+            assert!(
+                why.contains("pid 2000 is neither the asker (pid 1990) nor one of its descendants"),
+                "{why}"
+            );
+        }
+        other => panic!("expected one ERROR on connection 3, got {other:?}"),
+    }
+    assert_eq!(h.state(), Phase::Idle);
+}
+
+#[test]
+fn fifo_grants_keep_todays_rules_whatever_the_kinship() {
+    let mut h = Harness::new(Yama::Scope(1));
+    h.on(line(&format!("GRANT_ACCESS {CLIENT}")));
+    let effects = h.on(Input::ClientInspected {
+        pid: CLIENT,
+        facts: running(UID),
+    });
+    assert_eq!(effects, vec![schedule_main(1, CLIENT)]);
+}
+
+#[rstest]
+#[case::get_pid("GET_TARGET_PID")]
+#[case::grant("GRANT_ACCESS 2000")]
+#[case::terminate("TERMINATE")]
+fn a_socket_peer_of_another_uid_is_refused_everything(#[case] text: &str) {
+    let mut h = Harness::new(Yama::Scope(1));
+    let other = Origin::Socket {
+        conn: 9,
+        pid: ASKER,
+        uid: 0,
+    };
+    let effects = h.on(line_from(text, other));
+    match reply_to(&effects).as_slice() {
+        [(to, Reply::Error(why))] => {
+            assert_eq!(*to, conn(9));
+            assert!(
+                why.contains("the socket serves uid 501 only; pid 1990 runs as uid 0"),
+                "{why}"
+            );
+        }
+        other => panic!("expected one ERROR on connection 9, got {other:?}"),
+    }
+    assert_eq!(effects.len(), 1, "nothing else happens: {effects:?}");
+    assert_eq!(h.state(), Phase::Idle);
+}
+
+#[test]
+fn lines_queued_behind_a_grant_keep_their_order_and_their_destinations() {
+    let mut h = Harness::new(Yama::Scope(1));
+    let grant = h.grant_delivering(CLIENT, 1);
+    assert!(h
+        .on(line_from("GET_TARGET_PID", socket(1, ASKER)))
+        .is_empty());
+    assert!(h.on(line("GET_TARGET_PID")).is_empty());
+    assert!(h.on(line_from("bogus", socket(2, ASKER))).is_empty());
+    assert!(h.on(line("")).is_empty());
+    let effects = h.on(Input::GrantRan { grant, errno: 0 });
+    let got = reply_to(&effects);
+    assert_eq!(got.len(), 4, "one reply per non-empty line: {got:?}");
+    assert_eq!(got[0], (ReplyTo::Fifo, Reply::Ready));
+    assert_eq!(got[1], (conn(1), Reply::TargetPid(TARGET)));
+    assert_eq!(got[2], (ReplyTo::Fifo, Reply::TargetPid(TARGET)));
+    assert!(
+        matches!(&got[3], (to, Reply::Error(m)) if *to == conn(2) && m.contains("unknown command 'bogus'"))
+    );
+}
+
+#[test]
+fn a_grant_asked_on_the_socket_is_answered_there_when_the_target_exits() {
+    let mut h = Harness::new(Yama::Scope(1));
+    h.on(line_from(
+        &format!("GRANT_ACCESS {CLIENT}"),
+        socket(5, ASKER),
+    ));
+    h.on(line_from("GET_TARGET_PID", socket(6, ASKER)));
+    let effects = h.on(Input::TargetExited {
+        status: ExitStatus::Code(0),
+    });
+    let got = reply_to(&effects);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(matches!(&got[0], (to, Reply::Error(m)) if *to == conn(5) && m.contains("exited")));
+    assert!(
+        matches!(&got[1], (to, Reply::Error(m)) if *to == conn(6) && m.contains("not running"))
+    );
+}
+
+#[test]
+fn an_empty_socket_line_is_told_and_an_empty_fifo_line_is_not() {
+    let mut h = Harness::new(Yama::Scope(1));
+    assert!(h.on(line("")).is_empty());
+    assert!(matches!(
+        reply_to(&h.on(line_from("", socket(1, ASKER)))).as_slice(),
+        [(to, Reply::Error(m))] if *to == conn(1) && m.contains("empty line")
+    ));
+}
+
+#[test]
+fn legacy_terminate_is_answered_on_the_socket_only() {
+    let mut config = config(Yama::Scope(1));
+    config.dialect = Dialect::Legacy;
+    let mut supervisor = Supervisor::new(config);
+    let effects = supervisor.handle(0, line_from("terminate", socket(1, ASKER)));
+    assert_eq!(reply_to(&effects), vec![(conn(1), Reply::Ready)]);
+}
+
+#[test]
+fn transcript_of_a_socket_session() {
+    let mut h = Harness::new(Yama::Scope(1));
+    h.at(5, line_from("GET_TARGET_PID", socket(1, ASKER)));
+    h.at(
+        10,
+        line_from(&format!("GRANT_ACCESS {CLIENT}"), socket(2, ASKER)),
+    );
+    h.at(
+        11,
+        Input::ClientInspected {
+            pid: CLIENT,
+            facts: running_as(Kinship::Descendant),
+        },
+    );
+    h.at(12, delivered(1, DeliveryFact::Scheduled { tid: 1 }));
+    h.at(30, Input::GrantRan { grant: 1, errno: 0 });
+    h.at(40, line_from("GRANT_ACCESS 3000", socket(3, ASKER)));
+    h.at(
+        41,
+        Input::ClientInspected {
+            pid: 3000,
+            facts: running_as(Kinship::Unrelated),
+        },
+    );
+    insta::assert_snapshot!(h.session.transcript());
 }

@@ -10,9 +10,10 @@
 //! The loop: carry out the machine's effects, then wait for one fact. A request runs on a
 //! thread of its own and pdb's exit is awaited by another, so that one `select!` waits
 //! for whichever comes first, together with piped lines while the machine wants one.
-use super::exchange::{exchange_raw, facts_of, ExchangeError};
+use super::exchange::{facts_of, ExchangeError};
 use super::find_python::resolve_python;
 use super::procfs;
+use super::socket_exchange::exchange_preferring_socket;
 use crate::core::client::trust::ExecutableFacts;
 use crate::core::client::{
     Client as Machine, Config, Effect, Input, InputSource, Interpreter, LineWanted, PdbExit,
@@ -164,7 +165,7 @@ impl Driver {
         let dir = self.opts.pipe_dir.clone();
         let line = command.to_line(self.opts.dialect);
         spawn_quiet(move || {
-            let input = match exchange_raw(&dir, &line, timeout, expect_reply) {
+            let input = match exchange_preferring_socket(&dir, &line, timeout, expect_reply) {
                 Ok(Some(line)) => Input::Replied { line },
                 Ok(None) => Input::Delivered,
                 Err(e) => Input::RequestFailed {

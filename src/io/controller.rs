@@ -8,10 +8,12 @@ use super::journal_writer::{Appended, JournalWriter, DEFAULT_LIMIT_BYTES};
 use super::keeper::{Keeper, KeeperEvent, KeeperEvents};
 use super::pipes::{PipeDir, PipeHandle};
 use super::procfs;
+use super::socket_server::SocketServer;
 use crate::core::journal::{Header, Record, JOURNAL_FORMAT};
 use crate::core::ptrace_policy::controller_may_start;
 use crate::core::supervisor::{
-    Config, ControllerExit, Effect, ExitStatus, GrantInjection, Input, StopSignal, Supervisor,
+    Config, ControllerExit, Effect, ExitStatus, GrantInjection, Input, Origin, ReplyTo, StopSignal,
+    Supervisor,
 };
 use crate::core::wire::{Dialect, LineFramer};
 use crossbeam_channel::{select, Receiver, Sender};
@@ -231,15 +233,18 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     // the controller's memory.
     let (tx, rx) = crossbeam_channel::bounded::<Input>(1024);
     let watcher = ClientWatcher::new(tx.clone());
-    let adapters = || -> io::Result<(GrantInjector, ResponseWriter)> {
+    let adapters = || -> io::Result<(GrantInjector, ResponseWriter, SocketServer)> {
         let injector = GrantInjector::start(target_pid, tx.clone())?;
         let responses = ResponseWriter::start(pipes.handle()?, opts.dialect)?;
         spawn_signal_thread(stop_signals, tx.clone())?;
         spawn_target_waiter(keeper_events, tx.clone())?;
         spawn_control_reader(pipes.handle()?, tx.clone())?;
-        Ok((injector, responses))
+        // The socket beside the FIFOs: one private connection per request (issue 9,
+        // defect 4). Dropped before `pipes`, so it is gone before the directory is.
+        let sockets = SocketServer::start(pipes.handle()?, opts.dialect, tx.clone())?;
+        Ok((injector, responses, sockets))
     };
-    let (mut injector, mut responses) = match adapters() {
+    let (mut injector, mut responses, mut sockets) = match adapters() {
         Ok(adapters) => adapters,
         Err(e) => {
             keeper.signal_tree(libc::SIGKILL);
@@ -290,11 +295,16 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
         record(&mut journal, &mut |w| w.step(at, &input, Some(&effects)));
         for effect in effects {
             match effect {
-                Effect::Reply { reply } => responses.send(reply.to_line(opts.dialect)),
-                Effect::InspectClient { pid } => immediate.push_back(Input::ClientInspected {
-                    pid,
-                    facts: procfs::inspect(pid),
-                }),
+                Effect::Reply { reply, to } => match to {
+                    ReplyTo::Fifo => responses.send(reply.to_line(opts.dialect)),
+                    ReplyTo::Socket { conn } => sockets.reply(conn, reply.to_line(opts.dialect)),
+                },
+                Effect::InspectClient { pid, asker } => {
+                    immediate.push_back(Input::ClientInspected {
+                        pid,
+                        facts: procfs::inspect_for(pid, asker),
+                    })
+                }
                 Effect::Deliver {
                     grant,
                     client,
@@ -310,6 +320,7 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
                 Effect::RemovePipes => {
                     // Replies already decided reach their readers before the pipes go.
                     responses.finish();
+                    sockets.finish();
                     pipes.remove();
                 }
                 Effect::Log { message } => log(&message),
@@ -449,7 +460,8 @@ fn spawn_control_reader(pipes: PipeHandle, tx: Sender<Input>) -> io::Result<()> 
                     let frames = match reader.read(&mut buf) {
                         Ok(0) => {
                             if let Some(frame) = framer.finish() {
-                                if tx.send(Input::LineReceived { frame }).is_err() {
+                                let origin = Origin::Fifo;
+                                if tx.send(Input::LineReceived { frame, origin }).is_err() {
                                     return;
                                 }
                             }
@@ -470,7 +482,8 @@ fn spawn_control_reader(pipes: PipeHandle, tx: Sender<Input>) -> io::Result<()> 
                         Err(_) => return,
                     };
                     for frame in frames {
-                        if tx.send(Input::LineReceived { frame }).is_err() {
+                        let origin = Origin::Fifo;
+                        if tx.send(Input::LineReceived { frame, origin }).is_err() {
                             return;
                         }
                     }

@@ -79,7 +79,7 @@ pub fn exchange_raw(
     let pipes = TrustedPipeDir::open(dir, nix::unistd::getuid().as_raw())?;
     let mut response = pipes.response_reader()?;
     write_all_until(
-        pipes.open_control()?,
+        pipes.open_control_until(deadline)?,
         format!("{line}\n").as_bytes(),
         deadline,
     )?;
@@ -380,6 +380,51 @@ impl TrustedPipeDir {
         })
     }
 
+    /// `control` opened for writing, waiting until `deadline` for a reader. A 0.x
+    /// controller closes and reopens `control` between clients, so a moment without a
+    /// reader does not yet mean stale pipes. The wait is the FIFO's own rendezvous (a
+    /// blocking open returns when a reader opens); at the deadline a reader of our own
+    /// releases it, and the pipes are then called stale (`NotServed`).
+    pub fn open_control_until(&self, deadline: Instant) -> Result<File, ExchangeError> {
+        match self.open_control() {
+            Err(ExchangeError::NotServed(_)) => {}
+            other => return other,
+        }
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+        let opened = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                if done_rx.recv_deadline(deadline).is_err() {
+                    let _ = open_at(&self.dir, CONTROL, libc::O_RDONLY);
+                }
+            });
+            let opened = open_blocking_writer(&self.dir, CONTROL);
+            let _ = done_tx.send(());
+            opened
+        });
+        let control = control_opened(&self.path, opened)?;
+        if Instant::now() >= deadline {
+            return Err(ExchangeError::NotServed(self.path.clone()));
+        }
+        check_opened(
+            &control,
+            &self.path.join(CONTROL),
+            EntryKind::Fifo,
+            self.uid,
+        )
+        .map_err(ExchangeError::Untrusted)?;
+        // Writes go on without blocking, bounded by the deadline (`write_all_until`).
+        let fd = control.as_raw_fd();
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe {
+            libc::fcntl(
+                fd,
+                libc::F_SETFL,
+                libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
+            )
+        };
+        Ok(control)
+    }
+
     /// `control` opened for writing without blocking (`NotServed` when nobody reads it).
     pub fn open_control(&self) -> Result<File, ExchangeError> {
         let control = control_opened(&self.path, open_at(&self.dir, CONTROL, libc::O_WRONLY))?;
@@ -449,6 +494,24 @@ fn stat_at(dir: &File, name: &str) -> io::Result<EntryFacts> {
 }
 
 /// Opens `name` in `dir` without blocking and without following a symlink.
+/// `name` opened for writing relative to `dir`, blocking until a reader opens it.
+fn open_blocking_writer(dir: &File, name: &str) -> io::Result<File> {
+    let name = CString::new(Path::new(name).as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: valid descriptor and NUL-terminated name; the result is checked.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
 fn open_at(dir: &File, name: &str, access: libc::c_int) -> io::Result<File> {
     let name = CString::new(Path::new(name).as_os_str().as_bytes()).map_err(io::Error::other)?;
     // SAFETY: valid descriptor and NUL-terminated name; the result is checked.

@@ -2,7 +2,9 @@
 //! when the target's own interpreter cannot be used).
 use std::path::{Path, PathBuf};
 
-/// Finds the interpreter: `--python`, else `$HELI_PYTHON`, else `python3.14` on PATH.
+/// Finds the interpreter: `--python`, else `$HELI_PYTHON`, else `python3.X` on PATH for
+/// each supported minor version, newest first. Any interpreter is accepted here: the
+/// version is read from the target itself when a grant is asked for.
 pub fn resolve_python(explicit: Option<&Path>) -> Result<PathBuf, String> {
     let executable = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| {
@@ -28,14 +30,23 @@ pub fn resolve_python(explicit: Option<&Path>) -> Result<PathBuf, String> {
         };
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        let candidate = dir.join("python3.14");
-        if executable(&candidate) {
-            return Ok(candidate);
+    let names: Vec<String> = crate::pyruntime::LAYOUTS
+        .iter()
+        .rev()
+        .map(|l| format!("python{}.{}", l.major, l.minor))
+        .collect();
+    for name in &names {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join(name);
+            if executable(&candidate) {
+                return Ok(candidate);
+            }
         }
     }
     Err(format!(
-        "Python 3.14 not found: tried --python (not given), $HELI_PYTHON (not set) and python3.14 on PATH ({}). Install Python 3.14 or pass --python PATH (scripts/provision-python.sh provisions one)",
-        path.to_string_lossy()
+        "Python {supported} not found: tried --python (not given), $HELI_PYTHON (not set) and {names} on PATH ({}). Install Python {supported} or pass --python PATH (scripts/provision-python.sh provisions one)",
+        path.to_string_lossy(),
+        supported = crate::pyruntime::supported_versions().replace(", ", " or "),
+        names = names.join(", "),
     ))
 }

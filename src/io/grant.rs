@@ -133,11 +133,21 @@ pub fn grant_script(client: u32, report: &str, token: &str, grant: GrantId) -> S
         .all(|b| b.is_ascii_alphanumeric() || b == b'/'));
     format!(
         r#"def _helicopter_parent_grant():
-    import ctypes, os
-    libc = ctypes.CDLL(None, use_errno=True)
-    arg = ctypes.c_ulong
-    rc = libc.prctl({PR_SET_PTRACER:#x}, arg({client}), arg(0), arg(0), arg(0))
-    errno = ctypes.get_errno() if rc != 0 else 0
+    # _ctypes, not ctypes: this may run at a bytecode boundary inside the target's own
+    # `import ctypes`, where ctypes is a partially initialised module without CDLL.
+    import _ctypes, os
+    class arg(_ctypes._SimpleCData):
+        _type_ = "L"
+    class _int(_ctypes._SimpleCData):
+        _type_ = "i"
+    class _function(_ctypes.CFuncPtr):
+        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+        _restype_ = _int
+    class _libc:
+        _handle = _ctypes.dlopen(None)
+    prctl = _function(("prctl", _libc))
+    rc = prctl({PR_SET_PTRACER:#x}, arg({client}), arg(0), arg(0), arg(0))
+    errno = _ctypes.get_errno() if rc != 0 else 0
     try:
         fd = os.open("{report}", os.O_WRONLY | os.O_NONBLOCK)
         try:
@@ -259,7 +269,7 @@ mod tests {
     fn the_grant_script_names_exactly_the_client_and_the_report_pipe() {
         let script = grant_script(4242, "/proc/77/fd/9", "abcd", 7);
         assert!(
-            script.contains("libc.prctl(0x59616d61, arg(4242), arg(0), arg(0), arg(0))"),
+            script.contains("= prctl(0x59616d61, arg(4242), arg(0), arg(0), arg(0))"),
             "{script}"
         );
         assert!(

@@ -40,6 +40,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -132,6 +133,11 @@ impl Keeper {
             ForkResult::Child => {
                 drop(cmd_w);
                 drop(ev_r);
+                // The keeper holds nothing of the controller's: its copy of the pipe
+                // directory's lock would keep the directory "in use" after a SIGKILLed
+                // controller until the keeper has swept the tree, and the next controller
+                // would be refused.
+                close_all_but(&[cmd_r.as_raw_fd(), ev_w.as_raw_fd()]);
                 let code = keeper_main(cmd_r, ev_w, python, script, args);
                 // SAFETY: leave without running the controller's atexit/destructors.
                 unsafe { libc::_exit(code) }
@@ -501,5 +507,21 @@ fn sweep() {
             Ok(_) | Err(Errno::EINTR) => continue,
             Err(_) => break, // ECHILD: nothing left
         }
+    }
+}
+
+/// Closes every descriptor above stderr except `keep` (the keeper's own pipes).
+fn close_all_but(keep: &[std::os::fd::RawFd]) {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2 && !keep.contains(fd))
+        .collect();
+    for fd in fds {
+        // SAFETY: closing descriptors this process will not use again; the read_dir
+        // handle above is already dropped.
+        unsafe { libc::close(fd) };
     }
 }

@@ -12,3 +12,5 @@ pub mod journal_writer;
 pub mod keeper;
 pub mod pipes;
 pub mod procfs;
+pub mod socket_exchange;
+pub mod socket_server;

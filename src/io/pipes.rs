@@ -155,6 +155,12 @@ pub struct PipeHandle {
     dir: PathBuf,
 }
 
+impl std::os::fd::AsRawFd for PipeHandle {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 impl PipeHandle {
     fn open(&self, name: &str, access: OFlag) -> io::Result<File> {
         let flags = access | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;

@@ -1,6 +1,6 @@
 //! Facts read from `/proc` and `/sys`: Yama's mode, who runs a pid, a pid's executable.
 use crate::core::ptrace_policy::TracerPrivilege;
-use crate::core::supervisor::{ClientFacts, Yama};
+use crate::core::supervisor::{ClientFacts, Kinship, Yama};
 use std::fs;
 use std::path::PathBuf;
 
@@ -37,9 +37,62 @@ pub fn inspect(pid: u32) -> ClientFacts {
             uid,
             exe: exe(pid).map(|p| p.display().to_string()),
             privilege: tracer_privilege(pid),
+            kinship: None,
         },
         None => ClientFacts::NotRunning,
     }
+}
+
+/// [`inspect`], and, when a socket peer asked, how `pid` relates to it.
+pub fn inspect_for(pid: u32, asker: Option<u32>) -> ClientFacts {
+    match (inspect(pid), asker) {
+        (
+            ClientFacts::Running {
+                uid,
+                exe,
+                privilege,
+                ..
+            },
+            Some(asker),
+        ) => ClientFacts::Running {
+            uid,
+            exe,
+            privilege,
+            kinship: Some(kinship(pid, asker)),
+        },
+        (facts, _) => facts,
+    }
+}
+
+/// Longest parent chain followed: far deeper than any real process tree, and a bound in
+/// case parent links change under us while we walk (a pid reused mid-walk).
+const MAX_ANCESTRY: usize = 4096;
+
+/// Whether `pid` is `asker` or one of its descendants: follows the parent links in
+/// `/proc/PID/stat` from `pid` upwards. A link that cannot be read (a process that
+/// exited) ends the walk: unrelated, the safe answer.
+pub fn kinship(pid: u32, asker: u32) -> Kinship {
+    if pid == asker {
+        return Kinship::Asker;
+    }
+    let mut current = pid;
+    for _ in 0..MAX_ANCESTRY {
+        match parent(current) {
+            Some(parent) if parent == asker => return Kinship::Descendant,
+            // pid 1 (init) and 0 (the kernel, above init and kthreadd) end every chain.
+            Some(parent) if parent > 1 => current = parent,
+            Some(_) | None => return Kinship::Unrelated,
+        }
+    }
+    Kinship::Unrelated
+}
+
+/// The parent pid of `pid` (field 4 of `/proc/PID/stat`, after the command name, which
+/// may itself contain spaces and parentheses: hence the last `)`).
+fn parent(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The executable of `pid`, without the ` (deleted)` suffix the kernel adds.
@@ -81,4 +134,31 @@ pub fn tracer_privilege(pid: u32) -> TracerPrivilege {
 /// This process's own privilege as a tracer.
 pub fn own_tracer_privilege() -> TracerPrivilege {
     tracer_privilege(std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinship_follows_parent_links() {
+        let me = std::process::id();
+        assert_eq!(kinship(me, me), Kinship::Asker);
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let child_kin = kinship(child.id(), me);
+        let parent_kin = kinship(me, child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(child_kin, Kinship::Descendant);
+        assert_eq!(
+            parent_kin,
+            Kinship::Unrelated,
+            "a parent is not a descendant"
+        );
+        assert_eq!(kinship(1, me), Kinship::Unrelated);
+        assert_eq!(kinship(u32::MAX, me), Kinship::Unrelated, "no such process");
+    }
 }

@@ -2,8 +2,10 @@
 //!
 //! The struct is an 8-byte cookie followed by `uint64_t` slots. *Which slot* holds which
 //! offset is fixed per major.minor and hard-coded here, one [`Layout`] per version; the
-//! *values* in the slots are always read from the target, never assumed. Adding 3.15 is
-//! one more entry in [`LAYOUTS`].
+//! *values* in the slots are always read from the target, never assumed: patch releases
+//! move the structs themselves (3.14.5 moved `PyInterpreterState` fields), and a debug
+//! build (`Py_DEBUG`) has other struct sizes, yet the slot positions stay. A new minor
+//! version is one more entry in [`LAYOUTS`].
 //!
 //! Every value is validated before it is used to compute an address, because it comes
 //! from another process's memory: sizes must be non-zero, each field must fit inside its
@@ -48,9 +50,10 @@ pub struct SlotPositions {
 pub struct Layout {
     pub major: u8,
     pub minor: u8,
-    /// Pre-release builds known to share this layout (CPython's own rule: a pre-release
-    /// only from exactly the same version). Final releases of any patch level always are.
-    pub exact_prereleases: &'static [u64],
+    /// `PY_VERSION_HEX` of the first pre-release whose `_Py_DebugOffsets` equals the final
+    /// one (pre-releases from there on are served); `None` serves final releases only.
+    /// Final releases of any patch level are always served.
+    pub frozen_since: Option<u64>,
     /// `sizeof(_Py_DebugOffsets)`: how many bytes to read.
     pub struct_len: usize,
     /// `_PY_EVAL_PLEASE_STOP_BIT` in this version's eval breaker.
@@ -63,7 +66,7 @@ pub struct Layout {
 pub const LAYOUT_3_14: Layout = Layout {
     major: 3,
     minor: 14,
-    exact_prereleases: &[],
+    frozen_since: None,
     struct_len: 760,
     eval_please_stop_bit: 1 << 5,
     slots: SlotPositions {
@@ -86,8 +89,41 @@ pub const LAYOUT_3_14: Layout = Layout {
     },
 };
 
+/// CPython 3.15. `_Py_DebugOffsets` grew during the betas (`thread_state` gained
+/// `base_frame`, `last_profiled_frame` and, in 3.15.0b4, one more field ahead of
+/// `thread_id`; more object tables precede `debugger_support`) and is frozen from
+/// 3.15.0rc1 on. Positions checked against the `.PyRuntime` section of Debian's 3.15.2 on
+/// x86_64 (its release and debug builds, and `libpython3.15.so.1.0`), and against a live
+/// 3.15.2 process: the main thread state's `native_thread_id` is the pid, `next` links
+/// the thread list, `config.remote_debug` is 1.
+pub const LAYOUT_3_15: Layout = Layout {
+    major: 3,
+    minor: 15,
+    frozen_since: Some(0x030F_00C1),
+    struct_len: 888,
+    eval_please_stop_bit: 1 << 5,
+    slots: SlotPositions {
+        runtime_size: 24,
+        runtime_interpreters_head: 40,
+        interp_size: 48,
+        interp_id: 56,
+        interp_next: 64,
+        interp_threads_head: 72,
+        interp_threads_main: 80,
+        tstate_size: 176,
+        tstate_next: 192,
+        tstate_native_thread_id: 248,
+        eval_breaker: 840,
+        remote_debugger_support: 848,
+        remote_debugging_enabled: 856,
+        debugger_pending_call: 864,
+        debugger_script_path: 872,
+        debugger_script_path_size: 880,
+    },
+};
+
 /// Every version this injector can serve, oldest first.
-pub static LAYOUTS: &[Layout] = &[LAYOUT_3_14];
+pub static LAYOUTS: &[Layout] = &[LAYOUT_3_14, LAYOUT_3_15];
 
 /// "3.14" (or "3.14, 3.15"): for error messages.
 pub fn supported_versions() -> String {
@@ -164,7 +200,7 @@ pub fn layout_for(header: &Header) -> Result<&'static Layout, OffsetsError> {
         &header.version,
         layout.major,
         layout.minor,
-        layout.exact_prereleases,
+        layout.frozen_since,
     )
     .map_err(OffsetsError::Version)?;
     if header.free_threaded {
@@ -496,34 +532,51 @@ fn fits_unaligned(
 mod tests {
     use super::*;
 
-    /// The slots of 3.14.10 x86_64, as read from its `.PyRuntime` section.
-    fn real_3_14_10() -> Vec<u8> {
-        let mut bytes = vec![0u8; LAYOUT_3_14.struct_len];
+    /// A `_Py_DebugOffsets` of `layout` holding `version` and the values a real build has
+    /// in the slots this crate reads (in `SlotPositions` order, after `free_threaded`).
+    fn table(layout: &Layout, version: u64, values: [u64; 16]) -> Vec<u8> {
+        let mut bytes = vec![0u8; layout.struct_len];
         bytes[..8].copy_from_slice(COOKIE);
-        let s = LAYOUT_3_14.slots;
-        for (position, value) in [
-            (8, 0x030E0AF0u64),
-            (16, 0),
-            (s.runtime_size, 316616),
-            (s.runtime_interpreters_head, 808),
-            (s.interp_size, 225864),
-            (s.interp_id, 7280),
-            (s.interp_next, 7272),
-            (s.interp_threads_head, 7344),
-            (s.interp_threads_main, 7360),
-            (s.tstate_size, 832),
-            (s.tstate_next, 8),
-            (s.tstate_native_thread_id, 160),
-            (s.eval_breaker, 24),
-            (s.remote_debugger_support, 304),
-            (s.remote_debugging_enabled, 8076),
-            (s.debugger_pending_call, 0),
-            (s.debugger_script_path, 4),
-            (s.debugger_script_path_size, 512),
-        ] {
+        put(&mut bytes, 8, version);
+        let s = layout.slots;
+        let positions = [
+            s.runtime_size,
+            s.runtime_interpreters_head,
+            s.interp_size,
+            s.interp_id,
+            s.interp_next,
+            s.interp_threads_head,
+            s.interp_threads_main,
+            s.tstate_size,
+            s.tstate_next,
+            s.tstate_native_thread_id,
+            s.eval_breaker,
+            s.remote_debugger_support,
+            s.remote_debugging_enabled,
+            s.debugger_pending_call,
+            s.debugger_script_path,
+            s.debugger_script_path_size,
+        ];
+        for (position, value) in positions.into_iter().zip(values) {
             put(&mut bytes, position, value);
         }
         bytes
+    }
+
+    /// The slots of 3.14.10 x86_64, as read from its `.PyRuntime` section.
+    fn real_3_14_10() -> Vec<u8> {
+        let values = [
+            316616, 808, 225864, 7280, 7272, 7344, 7360, 832, 8, 160, 24, 304, 8076, 0, 4, 512,
+        ];
+        table(&LAYOUT_3_14, 0x030E0AF0, values)
+    }
+
+    /// The slots of 3.15.2 x86_64 (Debian's release build), as read from its `.PyRuntime`.
+    fn real_3_15_2() -> Vec<u8> {
+        let values = [
+            346568, 936, 226240, 7272, 7264, 7336, 7352, 888, 8, 184, 24, 344, 8028, 0, 4, 512,
+        ];
+        table(&LAYOUT_3_15, 0x030F02F0, values)
     }
 
     fn put(bytes: &mut [u8], position: usize, value: u64) {
@@ -549,6 +602,112 @@ mod tests {
         assert_eq!(offsets.max_script_path_len(), 511);
         assert_eq!(offsets.eval_please_stop_bit, 32);
         assert_eq!(offsets.thread_probe(), (8, 160));
+    }
+
+    #[test]
+    fn real_3_15_offsets_use_the_3_15_positions() {
+        let bytes = real_3_15_2();
+        let header = parse_header(&bytes).unwrap();
+        assert_eq!(layout_for(&header).unwrap(), &LAYOUT_3_15);
+        let offsets = parse(&bytes).unwrap();
+        assert_eq!(offsets.version.to_string(), "3.15.2");
+        let runtime = 0xc408a0;
+        assert_eq!(offsets.interpreters_head_addr(runtime), Some(runtime + 936));
+        let interp = 0x7f00_0000_8000;
+        assert_eq!(
+            offsets.interp_threads_main_addr(interp),
+            Some(interp + 7352)
+        );
+        assert_eq!(
+            offsets.remote_debugging_enabled_addr(interp),
+            Some(interp + 8028)
+        );
+        let tstate = 0x7f00_0000_1000;
+        assert_eq!(offsets.pending_call_addr(tstate), Some(tstate + 344));
+        assert_eq!(offsets.script_path_addr(tstate), Some(tstate + 348));
+        assert_eq!(offsets.eval_breaker_addr(tstate), Some(tstate + 24));
+        assert_eq!(offsets.thread_probe(), (8, 184));
+        assert_eq!(offsets.max_script_path_len(), 511);
+    }
+
+    /// `_Py_DebugOffsets` exactly as Debian's builds carry it in `.PyRuntime` (x86_64),
+    /// copied from the binaries by `readelf`-located offset; see tests/fixtures/debug_offsets.
+    const RECORDED: [(&str, &[u8]); 4] = [
+        (
+            "3.14.10",
+            include_bytes!("../../tests/fixtures/debug_offsets/3.14.10-x86_64.bin"),
+        ),
+        (
+            "3.14.10",
+            include_bytes!("../../tests/fixtures/debug_offsets/3.14.10-dbg-x86_64.bin"),
+        ),
+        (
+            "3.15.2",
+            include_bytes!("../../tests/fixtures/debug_offsets/3.15.2-x86_64.bin"),
+        ),
+        (
+            "3.15.2",
+            include_bytes!("../../tests/fixtures/debug_offsets/3.15.2-dbg-x86_64.bin"),
+        ),
+    ];
+
+    #[test]
+    fn recorded_tables_of_release_and_debug_builds_parse_with_their_layout() {
+        for (version, bytes) in RECORDED {
+            let offsets = parse(bytes).unwrap_or_else(|e| panic!("{version}: {e:?}"));
+            assert_eq!(offsets.version.to_string(), version);
+            // Facts every build shares: `next` right after `prev`, a 512-byte path buffer,
+            // the pending flag first in the support block.
+            assert_eq!(offsets.tstate_next, 8, "{version}");
+            assert_eq!(offsets.debugger_script_path_size, 512, "{version}");
+            assert_eq!(offsets.debugger_pending_call, 0, "{version}");
+        }
+    }
+
+    #[test]
+    fn a_recorded_table_with_a_faked_newer_version_is_refused_by_name() {
+        // The honest stand-in for a 3.16 target: 3.15.2's real table claiming 3.16.0.
+        let mut bytes = RECORDED[2].1.to_vec();
+        put(&mut bytes, 8, 0x031000F0);
+        match parse(&bytes) {
+            Err(OffsetsError::Version(VersionProblem::UnknownMinor { found })) => {
+                assert_eq!(found.to_string(), "3.16.0")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_layout_is_consistent() {
+        for (i, layout) in LAYOUTS.iter().enumerate() {
+            let s = layout.slots;
+            let all = [
+                s.runtime_size,
+                s.runtime_interpreters_head,
+                s.interp_size,
+                s.interp_id,
+                s.interp_next,
+                s.interp_threads_head,
+                s.interp_threads_main,
+                s.tstate_size,
+                s.tstate_next,
+                s.tstate_native_thread_id,
+                s.eval_breaker,
+                s.remote_debugger_support,
+                s.remote_debugging_enabled,
+                s.debugger_pending_call,
+                s.debugger_script_path,
+                s.debugger_script_path_size,
+            ];
+            for position in all {
+                assert!(position >= HEADER_LEN && position % 8 == 0, "{layout:?}");
+                assert!(position + 8 <= layout.struct_len, "{layout:?}");
+            }
+            // Oldest first, one entry per minor: `layout_for` relies on it.
+            if let Some(next) = LAYOUTS.get(i + 1) {
+                assert!((layout.major, layout.minor) < (next.major, next.minor));
+            }
+        }
     }
 
     #[test]
@@ -593,7 +752,37 @@ mod tests {
             parse(&bytes),
             Err(OffsetsError::FreeThreaded { .. })
         ));
-        assert_eq!(supported_versions(), "3.14");
+        // 3.16 is not known to this build.
+        put(&mut bytes, 8, 0x031000F0);
+        put(&mut bytes, 16, 0);
+        assert!(matches!(
+            parse(&bytes),
+            Err(OffsetsError::Version(VersionProblem::UnknownMinor { found }))
+                if found.to_string() == "3.16.0"
+        ));
+        assert_eq!(supported_versions(), "3.14, 3.15");
+    }
+
+    #[test]
+    fn a_3_15_prerelease_is_served_only_from_the_frozen_rc1() {
+        let mut bytes = real_3_15_2();
+        for rc in [0x030F00C1, 0x030F00C3] {
+            put(&mut bytes, 8, rc);
+            assert!(parse(&bytes).is_ok(), "{rc:#x}");
+        }
+        // 3.15.0b4 added a thread-state field: a beta's table is not this one.
+        for early in [0x030F00B4, 0x030F00B3, 0x030F00A7] {
+            put(&mut bytes, 8, early);
+            assert!(
+                matches!(
+                    parse(&bytes),
+                    Err(OffsetsError::Version(
+                        VersionProblem::UnverifiedPrerelease { .. }
+                    ))
+                ),
+                "{early:#x}"
+            );
+        }
     }
 
     #[test]

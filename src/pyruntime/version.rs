@@ -55,24 +55,26 @@ impl fmt::Display for PyVersion {
 pub enum VersionProblem {
     /// No layout for this major.minor.
     UnknownMinor { found: PyVersion },
-    /// A pre-release of a known minor that is not one of the exact versions the layout was
-    /// checked against: layouts still move during alphas and betas.
+    /// A pre-release of a known minor from before its layout was frozen: layouts still move
+    /// during alphas and betas (3.15 gained a thread-state field in 3.15.0b4).
     UnverifiedPrerelease { found: PyVersion },
 }
 
 /// CPython's rule, applied to a table entry instead of the caller's own build: same
-/// major.minor; any patch level of a final release; a pre-release only when it is exactly
-/// one of `exact_prereleases`.
+/// major.minor; any patch level of a final release; a pre-release only from `frozen_since`
+/// on (the `PY_VERSION_HEX` of the pre-release from which `_Py_DebugOffsets` no longer
+/// changed; `None`: final releases only).
 pub fn is_served_by(
     found: &PyVersion,
     major: u8,
     minor: u8,
-    exact_prereleases: &[u64],
+    frozen_since: Option<u64>,
 ) -> Result<(), VersionProblem> {
     if found.major != major || found.minor != minor {
         return Err(VersionProblem::UnknownMinor { found: *found });
     }
-    if !found.is_final() && !exact_prereleases.contains(&found.hex) {
+    let frozen = |since: u64| found.hex >= since;
+    if !found.is_final() && !frozen_since.is_some_and(frozen) {
         return Err(VersionProblem::UnverifiedPrerelease { found: *found });
     }
     Ok(())
@@ -99,7 +101,7 @@ mod tests {
     #[test]
     fn any_patch_level_of_the_same_minor_is_served() {
         for hex in [0x030E00F0, 0x030E0AF0, 0x030E63F0] {
-            assert_eq!(is_served_by(&PyVersion::from_hex(hex), 3, 14, &[]), Ok(()));
+            assert_eq!(is_served_by(&PyVersion::from_hex(hex), 3, 14, None), Ok(()));
         }
     }
 
@@ -108,23 +110,29 @@ mod tests {
         for hex in [0x030D05F0, 0x030F00F0, 0x020E00F0] {
             let v = PyVersion::from_hex(hex);
             assert_eq!(
-                is_served_by(&v, 3, 14, &[]),
+                is_served_by(&v, 3, 14, None),
                 Err(VersionProblem::UnknownMinor { found: v })
             );
         }
     }
 
     #[test]
-    fn prereleases_only_by_exact_match() {
+    fn prereleases_only_once_the_layout_is_frozen() {
         let rc2 = PyVersion::from_hex(0x030E00C2);
         assert_eq!(
-            is_served_by(&rc2, 3, 14, &[]),
+            is_served_by(&rc2, 3, 14, None),
             Err(VersionProblem::UnverifiedPrerelease { found: rc2 })
         );
-        assert_eq!(
-            is_served_by(&rc2, 3, 14, &[0x030E00C3]),
-            Err(VersionProblem::UnverifiedPrerelease { found: rc2 })
-        );
-        assert_eq!(is_served_by(&rc2, 3, 14, &[0x030E00C2]), Ok(()));
+        // Frozen at rc2: rc2, rc3 and finals are served; rc1 and every beta are not.
+        assert_eq!(is_served_by(&rc2, 3, 14, Some(0x030E00C2)), Ok(()));
+        let rc3 = PyVersion::from_hex(0x030E00C3);
+        assert_eq!(is_served_by(&rc3, 3, 14, Some(0x030E00C2)), Ok(()));
+        for early in [0x030E00C1, 0x030E00B4, 0x030E00A1] {
+            let v = PyVersion::from_hex(early);
+            assert_eq!(
+                is_served_by(&v, 3, 14, Some(0x030E00C2)),
+                Err(VersionProblem::UnverifiedPrerelease { found: v })
+            );
+        }
     }
 }

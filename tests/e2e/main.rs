@@ -1,7 +1,9 @@
-//! All end-to-end tests in one binary: real FIFOs, real processes, real Python 3.14.
+//! All end-to-end tests in one binary: real FIFOs, real processes, real Python (the minor
+//! version under test: see `support`).
 #![allow(clippy::disallowed_methods)]
 
 mod attach;
+mod builds;
 mod cli_durations;
 mod client_pty;
 mod client_session;
@@ -15,5 +17,6 @@ mod pipe_dir_security;
 mod protocol;
 mod replies;
 mod sessions;
+mod socket;
 mod support;
 mod tree_stop;

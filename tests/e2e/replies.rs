@@ -1,6 +1,7 @@
 //! Every line gets its reply: a reader late to read still gets them all (issue 9, defect
 //! 8), and a 0.x client, which opens `response` only after sending, is answered (defect 11).
 use crate::support::*;
+use helicopter_parent::core::client::ClientExit;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -81,4 +82,59 @@ fn a_client_in_the_0x_order_is_answered_every_time() {
     for _ in 0..20 {
         assert_eq!(legacy_exchange(&controller, "get_target_pid"), expected);
     }
+}
+
+/// A 0.x controller closes `control` after each client and opens it again: the client
+/// must wait for the reader within its timeout instead of calling the pipes stale (issue
+/// 9, defect 11, the other direction).
+#[test]
+fn a_legacy_client_waits_through_a_0x_controllers_reopen_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pipes");
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&dir)
+        .unwrap();
+    for name in ["control", "response"] {
+        nix::unistd::mkfifo(
+            &dir.join(name),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+    }
+    // The fake 0.x controller: between two clients (the window is the scenario, not a
+    // synchronisation) nobody reads `control`; then it reads one line and answers it.
+    let served = dir.clone();
+    let controller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        // Non-blocking, with a deadline: a client that gave up must fail the test, not
+        // leave this thread waiting for a writer forever.
+        let mut control =
+            helicopter_parent::io::pipes::open_reader(&served.join("control")).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while std::time::Instant::now() < deadline {
+            let mut fds = [PollFd::new(control.as_fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut fds, PollTimeout::from(100u16));
+            match control.read(&mut byte) {
+                Ok(1) if byte[0] == b'\n' => break,
+                Ok(1) => line.push(byte[0]),
+                _ => {}
+            }
+        }
+        if let Ok(mut response) =
+            helicopter_parent::io::pipes::open_writer(&served.join("response"))
+        {
+            let _ = response.write_all(b"target_pid 4321\n");
+        }
+        String::from_utf8(line).unwrap()
+    });
+    let (code, out) = run_client(&dir, "quit\n", &["--dialect", "legacy"]);
+    let asked = controller.join().unwrap();
+    assert_eq!(
+        asked, "get_target_pid",
+        "the client did not wait for the reader:\n{out}"
+    );
+    assert_eq!(code, ClientExit::Ok.code(), "{out}");
+    assert!(out.contains("Type 'help'"), "{out}");
 }

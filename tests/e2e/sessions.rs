@@ -2,6 +2,8 @@
 //! core with every effect matching the recording, and its transcript is snapshot-tested.
 //! `just record-sessions` records them again by running the real controller.
 use crate::support::*;
+use helicopter_parent::cli::exit::ToolExit;
+use helicopter_parent::core::client::ClientExit;
 use helicopter_parent::core::journal::replay;
 use std::path::PathBuf;
 
@@ -52,7 +54,7 @@ fn heli_replay_check_reports_a_divergence_with_both_sides() {
             .arg(&path),
         TIMEOUT,
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(i32::from(ToolExit::Failed.code())));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("replay diverged")
@@ -74,8 +76,12 @@ fn heli_replay_check_reports_a_divergence_with_both_sides() {
 }
 
 /// Records one session: starts the controller with a journal, runs `drive`, waits for
-/// the controller to end, and copies the journal into the fixtures.
+/// the controller to end, and copies the journal into the fixtures. With
+/// `HELI_RECORD_ONLY=NAME` only that session is recorded (the others stay as they are).
 fn record(name: &str, script: &str, extra: &[&str], drive: impl FnOnce(&mut Controller)) {
+    if std::env::var("HELI_RECORD_ONLY").is_ok_and(|only| only != name) {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let journal = tmp.path().join("journal.jsonl");
     let journal_arg = journal.to_str().unwrap().to_string();
@@ -93,7 +99,7 @@ fn record_sessions() {
     std::fs::create_dir_all(sessions_dir()).unwrap();
     record("seed_two_cycles", "counter.py", &[], |c| {
         let (code, out) = c.client("attach\np counter\nq\nattach\np counter\nq\nterminate\n");
-        assert_eq!(code, 0, "{out}");
+        assert_eq!(code, ClientExit::Ok.code(), "{out}");
     });
     record("bad_inputs", "counter.py", &[], |c| {
         let dead = reaped_pid();
@@ -145,6 +151,25 @@ fn record_sessions() {
             "READY"
         );
         c.signal(libc::SIGTERM);
+    });
+    record("socket_requests", "counter.py", &[], |c| {
+        use helicopter_parent::io::socket_exchange::exchange_socket_raw;
+        c.stdout.wait_for("counter ready");
+        let ask = |line: &str| {
+            exchange_socket_raw(&c.dir, line, std::time::Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("{line:?}: {e}"))
+        };
+        assert!(ask("GET_TARGET_PID").starts_with("TARGET_PID "));
+        assert_eq!(
+            ask(&format!("GRANT_ACCESS {}", std::process::id())),
+            "READY"
+        );
+        // Our parent (cargo, a shell) is not our descendant: refused.
+        let parent = unsafe { libc::getppid() };
+        let reply = ask(&format!("GRANT_ACCESS {parent}"));
+        assert!(reply.contains("is neither the asker"), "{reply}");
+        assert!(c.send("GET_TARGET_PID").starts_with("TARGET_PID "));
+        assert_eq!(ask("TERMINATE"), "READY");
     });
 }
 

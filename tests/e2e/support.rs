@@ -1,6 +1,14 @@
-//! Shared helpers for the end-to-end tests: real binaries, real FIFOs, real Python 3.14.
+//! Shared helpers for the end-to-end tests: real binaries, real FIFOs, real Python.
 //! Every process started here is killed when its guard drops, pass or fail.
+//!
+//! The Python under test is chosen by `HELI_TEST_PYTHON`: a flavour that
+//! `scripts/provision-python.sh` knows (`3.14`, `3.15`, `3.15-dbg`, ...) or an absolute
+//! path; unset, the script's default (`$HELI_PYTHON`, else 3.14). `just test` runs the
+//! suite once per supported minor version.
 #![allow(dead_code)]
+
+use helicopter_parent::core::client::ClientExit;
+use helicopter_parent::core::supervisor::ControllerExit;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -14,22 +22,66 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 /// Provisioning may download and unpack a Python build on a fresh machine.
 const PROVISION_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
-/// The Python 3.14 the project provisions (or the one on PATH).
+/// The environment variable that picks the Python under test.
+pub const TEST_PYTHON_ENV: &str = "HELI_TEST_PYTHON";
+
+/// The Python under test (see the module doc).
 pub fn python() -> &'static Path {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = output_within(
-            &mut Command::new(root.join("scripts/provision-python.sh")),
-            PROVISION_TIMEOUT,
-        );
-        assert!(
-            out.status.success(),
-            "provision-python.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    PYTHON.get_or_init(|| match std::env::var(TEST_PYTHON_ENV) {
+        Ok(path) if path.starts_with('/') => PathBuf::from(path),
+        Ok(flavour) if !flavour.is_empty() => provision(Some(&flavour)),
+        _ => provision(None),
     })
+}
+
+/// `(major, minor)` of [`python()`], asked from the interpreter itself.
+pub fn python_minor() -> (u32, u32) {
+    static MINOR: OnceLock<(u32, u32)> = OnceLock::new();
+    *MINOR.get_or_init(|| {
+        let out = output_within(
+            Command::new(python()).args(["-c", "import sys; print(*sys.version_info[:2])"]),
+            TIMEOUT,
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut parts = text.split_whitespace().map(|p| p.parse().unwrap());
+        (parts.next().unwrap(), parts.next().unwrap())
+    })
+}
+
+/// Another build of the minor version under test: `"dbg"` or `"shared"` (see
+/// `scripts/provision-python.sh`). Provisioned once per test run.
+pub fn python_build(build: &str) -> PathBuf {
+    let (major, minor) = python_minor();
+    python_flavour(&format!("{major}.{minor}-{build}"))
+}
+
+/// The interpreter of a `scripts/provision-python.sh` flavour, provisioned once per run.
+pub fn python_flavour(flavour: &str) -> PathBuf {
+    static FLAVOURS: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    // Held while provisioning: the script locks too, but one call per flavour is enough.
+    let mut known = FLAVOURS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = known.iter().find(|(f, _)| f == flavour) {
+        return path.clone();
+    }
+    let path = provision(Some(flavour));
+    known.push((flavour.to_owned(), path.clone()));
+    path
+}
+
+fn provision(flavour: Option<&str>) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = output_within(
+        Command::new(root.join("scripts/provision-python.sh")).args(flavour),
+        PROVISION_TIMEOUT,
+    );
+    assert!(
+        out.status.success(),
+        "provision-python.sh {}failed: {}",
+        flavour.map(|f| format!("{f} ")).unwrap_or_default(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -256,6 +308,13 @@ impl Controller {
         Controller::start_args(extra, script, &[])
     }
 
+    /// A controller running `target`, with `extra` controller options.
+    pub fn start_target(target: &TargetSpec, extra: &[&str]) -> Controller {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pipes");
+        Controller::start_spec(tmp, dir, target, extra)
+    }
+
     /// `heli-controller EXTRA... fixture(SCRIPT) SCRIPT_ARGS...`
     pub fn start_args(extra: &[&str], script: &str, script_args: &[&str]) -> Controller {
         let tmp = tempfile::tempdir().unwrap();
@@ -281,14 +340,27 @@ impl Controller {
         extra: &[&str],
         script_args: &[&str],
     ) -> Controller {
+        let mut target = TargetSpec::new(python(), script);
+        target.args = script_args.iter().map(|a| a.to_string()).collect();
+        Controller::start_spec(tmp, dir, &target, extra)
+    }
+
+    fn start_spec(
+        tmp: tempfile::TempDir,
+        dir: PathBuf,
+        target: &TargetSpec,
+        extra: &[&str],
+    ) -> Controller {
         let mut child = Command::new(bin("heli-controller"))
             .arg("--pipe-dir")
             .arg(&dir)
             .arg("--python")
-            .arg(python())
+            .arg(&target.python)
             .args(extra)
-            .arg(fixture(script))
-            .args(script_args)
+            .arg(fixture(&target.script))
+            .args(&target.args)
+            // The target inherits the controller's environment.
+            .envs(target.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -346,6 +418,58 @@ impl Drop for Controller {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// What a controller runs: an interpreter, a fixture script, its arguments and any
+/// environment the target needs.
+#[derive(Debug, Clone)]
+pub struct TargetSpec {
+    pub python: PathBuf,
+    pub script: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, PathBuf)>,
+}
+
+impl TargetSpec {
+    pub fn new(python: &Path, script: &str) -> TargetSpec {
+        TargetSpec {
+            python: python.to_owned(),
+            script: script.to_owned(),
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> TargetSpec {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl Into<PathBuf>) -> TargetSpec {
+        self.env.push((key.to_owned(), value.into()));
+        self
+    }
+}
+
+/// The seed's session against `controller`'s target (a fixture that prints "counter
+/// ready"): two attach cycles reading a growing `counter`, then `terminate`; checks all of
+/// it and that everything is gone afterwards. It starts once the target is up: these
+/// sessions are about the build under test, not about attaching during start-up.
+pub fn assert_seed_session(mut controller: Controller) {
+    controller.stdout.wait_for("counter ready");
+    let (code, out) = controller.client("attach\np counter\nq\nattach\np counter\nq\nterminate\n");
+    assert_eq!(code, ClientExit::Ok.code(), "{out}");
+    let counters = pdb_numbers(&out);
+    assert_eq!(counters.len(), 2, "{out}");
+    assert!(
+        counters[1] > counters[0],
+        "counter did not grow: {counters:?}\n{out}"
+    );
+    assert_eq!(out.matches("Debugger detached").count(), 2, "{out}");
+    assert_eq!(out.matches("✅ Permission granted").count(), 2, "{out}");
+    assert_eq!(controller.wait(), ControllerExit::Terminated.code());
+    assert!(!is_alive(controller.target_pid));
+    assert!(!controller.pipe("control").exists());
 }
 
 pub fn run_client(dir: &Path, input: &str, extra: &[&str]) -> (i32, String) {

@@ -93,7 +93,7 @@ impl fmt::Display for InjectError {
             } => write!(
                 f,
                 "process {pid} runs Python {found}, which is not supported; supported: \
-                 {supported} (final releases of any patch level)"
+                 {supported} (any patch level)"
             ),
             InjectError::RemoteDebugDisabled { pid } => write!(
                 f,

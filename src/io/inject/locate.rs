@@ -8,6 +8,13 @@
 //! CAP_CHECKPOINT_RESTORE). When neither gives a confirmed address, the file's private
 //! writable mappings are scanned for the cookie at 32-byte boundaries: the initialised
 //! runtime lives in `.data`, while the cookie's other copies are in read-only text.
+//!
+//! A confirmed cookie is not yet *the* runtime: a process can map libpython a second time
+//! (gh-144563: a library loaded after `_ctypes` dlopens it under another name), and that
+//! copy's `.PyRuntime` holds the cookie from the file's initial data but never gets an
+//! interpreter. Such a copy is mapped later, at a lower address, so maps order lists it
+//! first. The caller therefore judges each candidate, and the search goes on past the
+//! ones it rejects.
 
 use std::fs::File;
 use std::io;
@@ -53,11 +60,14 @@ pub(crate) struct FoundRuntime {
     pub found_by: RuntimeFoundBy,
 }
 
-/// Reads `/proc/PID/maps` and locates the runtime.
+/// Reads `/proc/PID/maps` and locates the runtime: the first candidate, in maps order,
+/// that `is_live` accepts; when it accepts none, the first one found, so that the caller
+/// reports what is wrong with it (typically: no interpreter yet, during start-up).
 pub(crate) fn locate_runtime(
     pid: i32,
     memory: &RemoteMemory,
     search: RuntimeSearch,
+    mut is_live: impl FnMut(&FoundRuntime) -> Result<bool, InjectError>,
 ) -> Result<FoundRuntime, InjectError> {
     let maps = read_maps(pid)?;
     let regions = parse_maps(&maps);
@@ -80,11 +90,21 @@ pub(crate) fn locate_runtime(
         });
     }
     let mut notes = Notes::default();
+    let mut first = None;
     for file in &files {
-        match locate_in_file(pid, memory, file, search, &mut notes)? {
-            Some(found) => return Ok(found),
-            None => continue,
+        let mut judge = |found: FoundRuntime| -> Result<Option<FoundRuntime>, InjectError> {
+            if is_live(&found)? {
+                return Ok(Some(found));
+            }
+            first.get_or_insert(found);
+            Ok(None)
+        };
+        if let Some(found) = locate_in_file(pid, memory, file, search, &mut notes, &mut judge)? {
+            return Ok(found);
         }
+    }
+    if let Some(found) = first {
+        return Ok(found);
     }
     Err(InjectError::NotPython {
         pid,
@@ -160,12 +180,16 @@ fn elf_sources(pid: i32, file: &MappedFile<'_>) -> Vec<String> {
     sources
 }
 
+/// What the caller thinks of a confirmed candidate: `Some` to take it, `None` to go on.
+type Judge<'a> = dyn FnMut(FoundRuntime) -> Result<Option<FoundRuntime>, InjectError> + 'a;
+
 fn locate_in_file(
     pid: i32,
     memory: &RemoteMemory,
     file: &MappedFile<'_>,
     search: RuntimeSearch,
     notes: &mut Notes,
+    judge: &mut Judge<'_>,
 ) -> Result<Option<FoundRuntime>, InjectError> {
     let Some(base) = file.offset_zero_region().map(|r| r.start) else {
         notes.push(format!("{}: no mapping at file offset 0", file.path));
@@ -196,11 +220,14 @@ fn locate_in_file(
             continue;
         };
         if let Some(header) = header_at(pid, memory, address)? {
-            return Ok(Some(FoundRuntime {
+            let found = FoundRuntime {
                 address,
                 header,
                 found_by: RuntimeFoundBy::Section { elf: source },
-            }));
+            };
+            // The section is where this file's runtime is: a rejected one is not
+            // somewhere else in the file, so no scan.
+            return judge(found);
         }
         notes.push(format!(
             "{source}: no cookie at the .PyRuntime address {address:#x}"
@@ -212,12 +239,15 @@ fn locate_in_file(
         notes.without_section += 1;
         return Ok(None);
     }
+    let mut any_hit = false;
     for region in file.writable_private_regions() {
-        if let Some(found) = scan_region(pid, memory, region, file.path)? {
+        if let Some(found) = scan_region(pid, memory, region, file.path, &mut any_hit, judge)? {
             return Ok(Some(found));
         }
     }
-    notes.push(format!("{}: no cookie in its writable mappings", file.path));
+    if !any_hit {
+        notes.push(format!("{}: no cookie in its writable mappings", file.path));
+    }
     Ok(None)
 }
 
@@ -232,12 +262,15 @@ fn header_at(pid: i32, memory: &RemoteMemory, address: u64) -> Result<Option<Hea
     }
 }
 
-/// Reads a writable mapping in chunks and checks each aligned cookie hit.
+/// Reads a writable mapping in chunks and hands each aligned cookie hit to `judge`;
+/// `any_hit` records that there was at least one.
 fn scan_region(
     pid: i32,
     memory: &RemoteMemory,
     region: &MapRegion,
     path: &str,
+    any_hit: &mut bool,
+    judge: &mut Judge<'_>,
 ) -> Result<Option<FoundRuntime>, InjectError> {
     // Chunks start at page-aligned offsets of the region, so an aligned 8-byte cookie never
     // straddles two chunks.
@@ -265,13 +298,17 @@ fn scan_region(
             // A plausible runtime starts with a Python 3 version; any other hit is data
             // that happens to hold the cookie.
             if let Some(header) = header.filter(|h| h.version.major == 3) {
-                return Ok(Some(FoundRuntime {
+                *any_hit = true;
+                let found = FoundRuntime {
                     address: hit,
                     header,
                     found_by: RuntimeFoundBy::CookieScan {
                         file: path.to_owned(),
                     },
-                }));
+                };
+                if let Some(found) = judge(found)? {
+                    return Ok(Some(found));
+                }
             }
         }
         addr += len as u64;

@@ -1,4 +1,4 @@
-//! Native PEP 768 remote execution: make a CPython 3.14 process run a script file, done by
+//! Native PEP 768 remote execution: make a CPython 3.14+ process run a script file, done by
 //! *this* process (at `ptrace_scope=1` only an ancestor or a declared tracer may write into
 //! the target, so a helper interpreter would be refused).
 //!
@@ -17,8 +17,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crate::pyruntime::{
-    is_plausible_pointer, layout_for, supported_versions, DebugOffsets, OffsetsError, PathProblem,
-    VersionProblem,
+    is_plausible_pointer, layout_for, supported_versions, DebugOffsets, Layout, OffsetsError,
+    PathProblem, VersionProblem,
 };
 
 mod deliver;
@@ -31,7 +31,7 @@ pub use deliver::{carry_out, deliver, failure_of, survey_threads, DeliverOptions
 pub use error::InjectError;
 pub use locate::{RuntimeFoundBy, RuntimeSearch};
 
-use locate::{locate_runtime, memory_error};
+use locate::{locate_runtime, memory_error, FoundRuntime};
 use memory::{MemoryError, RemoteMemory};
 
 /// Which thread state receives the request.
@@ -53,8 +53,8 @@ pub struct PyThread {
 /// More interpreters or threads than this means the list is corrupt or cyclic.
 const MAX_WALK: usize = 100_000;
 
-/// Upper bound for the span read per thread (`next` .. `native_thread_id`, 160 bytes in
-/// 3.14): a stack buffer, and a guard against a corrupt layout asking for gigabytes.
+/// Upper bound for the span read per thread (`next` .. `native_thread_id`: 160 bytes in
+/// 3.14, 184 in 3.15): a stack buffer, and a guard against a corrupt layout asking for gigabytes.
 const MAX_THREAD_PROBE: usize = 4096;
 
 /// An attached-to (not stopped) CPython process whose runtime was located and validated.
@@ -77,13 +77,12 @@ impl PythonProcess {
     /// [`PythonProcess::open`] with a chosen way of finding `_PyRuntime`.
     pub fn open_with(pid: i32, search: RuntimeSearch) -> Result<PythonProcess, InjectError> {
         let memory = RemoteMemory::new(pid);
-        let runtime = locate_runtime(pid, &memory, search)?;
+        let runtime = locate_runtime(pid, &memory, search, |found| {
+            has_interpreter(pid, &memory, found)
+        })?;
+        // The one place the version is decided: everything below reads through `offsets`.
         let layout = layout_for(&runtime.header).map_err(|e| offsets_error(pid, e))?;
-        let mut raw = vec![0u8; layout.struct_len];
-        memory
-            .read(runtime.address, &mut raw)
-            .map_err(|e| memory_error(pid, e, "reading _Py_DebugOffsets"))?;
-        let offsets = DebugOffsets::parse(layout, &raw).map_err(|e| offsets_error(pid, e))?;
+        let offsets = read_offsets(pid, &memory, runtime.address, layout)?;
 
         let mut process = PythonProcess {
             pid,
@@ -338,6 +337,48 @@ impl PythonProcess {
         self.memory
             .write(addr, data)
             .map_err(|e: MemoryError| memory_error(self.pid, e, action))
+    }
+}
+
+/// Reads and validates the `_Py_DebugOffsets` at `runtime`.
+fn read_offsets(
+    pid: i32,
+    memory: &RemoteMemory,
+    runtime: u64,
+    layout: &Layout,
+) -> Result<DebugOffsets, InjectError> {
+    let mut raw = vec![0u8; layout.struct_len];
+    memory
+        .read(runtime, &mut raw)
+        .map_err(|e| memory_error(pid, e, "reading _Py_DebugOffsets"))?;
+    DebugOffsets::parse(layout, &raw).map_err(|e| offsets_error(pid, e))
+}
+
+/// Whether a runtime candidate has an interpreter: false for a second, never-initialised
+/// libpython mapping (gh-144563), and for anything this build cannot read. A process that
+/// vanished or denies access is an error either way.
+fn has_interpreter(
+    pid: i32,
+    memory: &RemoteMemory,
+    found: &FoundRuntime,
+) -> Result<bool, InjectError> {
+    let Ok(layout) = layout_for(&found.header) else {
+        return Ok(false);
+    };
+    let offsets = match read_offsets(pid, memory, found.address, layout) {
+        Ok(offsets) => offsets,
+        Err(e @ (InjectError::NoSuchProcess { .. } | InjectError::PermissionDenied { .. })) => {
+            return Err(e)
+        }
+        Err(_) => return Ok(false),
+    };
+    let Some(head_addr) = offsets.interpreters_head_addr(found.address) else {
+        return Ok(false);
+    };
+    match memory.read_u64(head_addr) {
+        Ok(head) => Ok(head != 0),
+        Err(MemoryError::Fault { .. }) => Ok(false),
+        Err(e) => Err(memory_error(pid, e, "reading interpreters.head")),
     }
 }
 
