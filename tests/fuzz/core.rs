@@ -41,8 +41,8 @@ use helicopter_parent::core::delivery::{
 use helicopter_parent::core::journal::Transcribed;
 use helicopter_parent::core::ptrace_policy::{attach_rule, AttachRule, TracerPrivilege};
 use helicopter_parent::core::supervisor::{
-    ClientFacts, Config, Effect, ExitStatus, GrantId, GrantInjection, Input, Millis, Phase,
-    StopSignal, Supervisor, Yama,
+    ClientFacts, Config, Effect, ExitStatus, GrantId, GrantInjection, Input, Kinship, Millis,
+    Origin, Phase, StopSignal, Supervisor, Yama,
 };
 use helicopter_parent::core::wire::{
     parse_command, Command, Dialect, Frame, LineFramer, Reply, MAX_LINE, PID_MAX_LIMIT,
@@ -73,6 +73,9 @@ pub struct Stats {
     /// Revocations that failed: the holder kept its grant.
     pub revocations_failed: u64,
     pub revoke_readies: u64,
+    pub socket_lines: u64,
+    /// READY to a GRANT_ACCESS that came over the socket (the asker's kin).
+    pub socket_readies: u64,
     pub revoke_errors: u64,
     pub expiries: u64,
     pub holder_exits: u64,
@@ -102,6 +105,8 @@ impl Stats {
         self.revocations_done += other.revocations_done;
         self.revocations_failed += other.revocations_failed;
         self.revoke_readies += other.revoke_readies;
+        self.socket_lines += other.socket_lines;
+        self.socket_readies += other.socket_readies;
         self.revoke_errors += other.revoke_errors;
         self.expiries += other.expiries;
         self.holder_exits += other.holder_exits;
@@ -146,16 +151,24 @@ struct Driver {
     /// Every input fed, for the replay check and for the transcript of a failure.
     record: Vec<(Millis, Input)>,
     effects: Vec<Vec<Effect>>,
-    /// Non-blank lines in arrival order, not yet answered.
-    waiting: VecDeque<Expect>,
+    /// Lines in arrival order, not yet answered (FIFO blank ones only while queued), and
+    /// where each came from: every reply goes back where its line came from.
+    waiting: VecDeque<(Expect, Origin)>,
+    /// Socket connections numbered as the edge numbers them.
+    next_conn: u64,
     /// Grants and revocations begun so far; the core numbers both 1, 2, ... from one
     /// counter, so this is the id of the one in flight (or of the last one).
     grants: GrantId,
     flight: Option<Flight>,
     grant_asked_at: Millis,
-    pending_inspect: Option<u32>,
+    /// The pid to inspect and, for a socket request, the asker it must be related to.
+    pending_inspect: Option<(u32, Option<u32>)>,
     /// The pid the current grant's inspection found running as our uid.
     inspected_ok: Option<u32>,
+    /// The asker of the grant in flight (socket requests only).
+    flight_asker: Option<u32>,
+    /// The current grant's inspection found the pid to be the asker or its descendant.
+    kin_ok: bool,
     pending_deliver: Option<(GrantId, DeliveryAction)>,
     /// Who may be attached: set only by what justifies it.
     holder: Option<u32>,
@@ -379,11 +392,14 @@ impl Driver {
             record: Vec::new(),
             effects: Vec::new(),
             waiting: VecDeque::new(),
+            next_conn: 1,
             grants: 0,
             flight: None,
             grant_asked_at: 0,
             pending_inspect: None,
             inspected_ok: None,
+            flight_asker: None,
+            kin_ok: false,
             pending_deliver: None,
             holder: None,
             expiry: None,
@@ -424,12 +440,13 @@ impl Driver {
         // What this input justifies, decided from the facts alone (not from the core).
         if let Input::ClientInspected {
             pid,
-            facts: ClientFacts::Running { uid, .. },
+            facts: ClientFacts::Running { uid, kinship, .. },
         } = &input
         {
             if *uid == self.config.uid {
                 self.inspected_ok = Some(*pid);
             }
+            self.kin_ok = matches!(kinship, Some(Kinship::Asker | Kinship::Descendant));
         }
         match (&input, &before) {
             (Input::GrantRan { grant, errno }, Phase::Granting { client, step })
@@ -465,6 +482,7 @@ impl Driver {
                 Phase::Granting { .. },
             ) if self.config.grant_injection == GrantInjection::SkippedForDiagnostics
                 && self.inspected_ok == Some(*pid)
+                && (self.flight_asker.is_none() || self.kin_ok)
                 && attach_rule(self.config.yama, *privilege) == AttachRule::Grant =>
             {
                 self.acknowledged(*pid);
@@ -507,19 +525,26 @@ impl Driver {
             batch.spurious_due = matches!(batch.flight_before, Some(Flight::Revoke(_)));
             self.end_session();
         }
-        if let Input::LineReceived { frame } = &input {
+        if let Input::LineReceived { frame, origin } = &input {
             self.stats.lines += 1;
-            let expect = match frame {
-                Frame::Text { text, .. } if text.is_empty() || text == "\r" => {
+            let expect = match (frame, origin) {
+                // The socket serves our uid only, and tells a blank line it carried nothing.
+                (_, Origin::Socket { uid, .. }) if *uid != self.config.uid => Some(Expect::Bad),
+                (Frame::Text { text, .. }, Origin::Socket { .. })
+                    if text.is_empty() || text == "\r" =>
+                {
+                    Some(Expect::Bad)
+                }
+                (Frame::Text { text, .. }, Origin::Fifo) if text.is_empty() || text == "\r" => {
                     matches!(before, Phase::Granting { .. }).then_some(Expect::QueuedBlank)
                 }
-                Frame::Text { text, .. } => Some(match parse_command(text) {
+                (Frame::Text { text, .. }, _) => Some(match parse_command(text) {
                     Ok(command) => Expect::Command(command),
                     Err(_) => Expect::Bad,
                 }),
-                Frame::NotUtf8 { .. } | Frame::Oversized { .. } => Some(Expect::Bad),
+                (Frame::NotUtf8 { .. } | Frame::Oversized { .. }, _) => Some(Expect::Bad),
             };
-            self.waiting.extend(expect);
+            self.waiting.extend(expect.map(|e| (e, *origin)));
         }
         self.record.push((self.now, input.clone()));
         self.stats.inputs += 1;
@@ -564,12 +589,12 @@ impl Driver {
         let (mut target_signals, mut terminate_logs, mut tree_kills) = (0, 0, 0);
         for effect in effects {
             match effect {
-                Effect::Reply { reply } => {
+                Effect::Reply { reply, to } => {
                     self.stats.replies += 1;
                     if in_grant && !matches!(after, Phase::Granting { .. }) {
                         self.stats.queued_answers += 1;
                     }
-                    if batch.spurious_due && matches!(reply, Reply::Error(_)) {
+                    if batch.spurious_due && matches!(reply, Reply::Error(_)) && to.is_fifo() {
                         batch.spurious_due = false;
                         if self.strict {
                             return Err(format!(
@@ -579,16 +604,21 @@ impl Driver {
                         self.stats.spurious_revoke_replies += 1;
                         continue;
                     }
-                    let expect = loop {
+                    let (expect, origin) = loop {
                         match self.waiting.pop_front() {
                             None => {
                                 return Err(format!("reply {reply:?} with no line waiting for one"))
                             }
                             // Worked off without a reply: the reply is for a later line.
-                            Some(Expect::QueuedBlank) => continue,
-                            Some(expect) => break expect,
+                            Some((Expect::QueuedBlank, _)) => continue,
+                            Some(line) => break line,
                         }
                     };
+                    if *to != origin.reply_to() {
+                        return Err(format!(
+                            "reply {reply:?} goes to {to:?}; its line {expect:?} came from {origin:?}"
+                        ));
+                    }
                     if matches!(reply, Reply::Error(m) if m.starts_with("timed out")) {
                         self.stats.grant_timeouts += 1;
                     }
@@ -606,15 +636,23 @@ impl Driver {
                         (Reply::TargetPid(pid), Expect::Command(Command::GetTargetPid)) => {
                             *pid == target
                         }
+                        // The legacy dialect answers TERMINATE only on the socket, where a
+                        // connection waits for its one reply.
                         (Reply::Ready, Expect::Command(Command::Terminate)) => {
-                            self.config.dialect == Dialect::Seed
+                            self.config.dialect == Dialect::Seed || !origin.is_fifo()
                         }
                         (Reply::Ready, Expect::Command(Command::GrantAccess { pid })) => {
                             self.stats.readies_for_grants += 1;
-                            if pid <= 1 || pid == target || self.inspected_ok != Some(pid) {
+                            let stranger = origin.asker().is_some() && !self.kin_ok;
+                            self.stats.socket_readies += u64::from(origin.asker().is_some());
+                            if pid <= 1
+                                || pid == target
+                                || self.inspected_ok != Some(pid)
+                                || stranger
+                            {
                                 return Err(format!(
-                                    "READY for GRANT_ACCESS {pid}, but the inspection found {:?} running as uid {}",
-                                    self.inspected_ok, self.config.uid
+                                    "READY for GRANT_ACCESS {pid} from {origin:?}, but the inspection found {:?} running as uid {} (asker's kin: {})",
+                                    self.inspected_ok, self.config.uid, self.kin_ok
                                 ));
                             }
                             true
@@ -648,10 +686,11 @@ impl Driver {
                 Effect::Log { message } if message.starts_with("TERMINATE requested") => {
                     terminate_logs += 1;
                     self.end_session();
-                    if self.config.dialect == Dialect::Legacy {
+                    // A socket's TERMINATE was answered (and the log names its asker).
+                    if self.config.dialect == Dialect::Legacy && !message.contains("asked by") {
                         self.drop_queued_blanks();
                         match self.waiting.pop_front() {
-                            Some(Expect::Command(Command::Terminate)) => {}
+                            Some((Expect::Command(Command::Terminate), Origin::Fifo)) => {}
                             other => {
                                 return Err(format!(
                                     "TERMINATE handled, but the line waiting is {other:?}"
@@ -668,16 +707,18 @@ impl Driver {
                     }
                 }
                 Effect::Log { .. } => {}
-                Effect::InspectClient { pid } => {
+                Effect::InspectClient { pid, asker } => {
                     self.grants += 1;
                     self.flight = Some(Flight::Declare(*pid));
                     self.stats.grants += 1;
                     self.grant_asked_at = self.now;
                     self.inspected_ok = None;
-                    self.pending_inspect = Some(*pid);
+                    self.kin_ok = false;
+                    self.flight_asker = *asker;
+                    self.pending_inspect = Some((*pid, *asker));
                     self.drop_queued_blanks();
-                    if self.waiting.front()
-                        != Some(&Expect::Command(Command::GrantAccess { pid: *pid }))
+                    let asked = self.waiting.front().map(|(e, o)| (*e, o.asker()));
+                    if asked != Some((Expect::Command(Command::GrantAccess { pid: *pid }), *asker))
                     {
                         return Err(format!(
                             "inspect {pid}, but the line waiting is {:?}",
@@ -795,7 +836,7 @@ impl Driver {
         // Outside a grant the core's queue is empty: every line so far has its reply
         // (blank ones queued behind the grant were dropped without one).
         if !matches!(after, Phase::Granting { .. }) {
-            self.waiting.retain(|e| *e != Expect::QueuedBlank);
+            self.waiting.retain(|(e, _)| *e != Expect::QueuedBlank);
             if !self.waiting.is_empty() {
                 return Err(format!(
                     "{after}, yet lines wait for replies: {:?}",
@@ -870,13 +911,15 @@ impl Driver {
                         "grant {grant} for pid {c} delivered to pid {client}"
                     ));
                 }
+                let stranger = self.flight_asker.is_some() && !self.kin_ok;
                 if client <= 1
                     || client == self.config.target_pid
                     || self.inspected_ok != Some(client)
+                    || stranger
                 {
                     return Err(format!(
-                        "delivering a grant to pid {client}, but the inspection found {:?} running as uid {}",
-                        self.inspected_ok, self.config.uid
+                        "delivering a grant to pid {client}, but the inspection found {:?} running as uid {} (asker {:?}, kin {})",
+                        self.inspected_ok, self.config.uid, self.flight_asker, self.kin_ok
                     ));
                 }
                 if self.config.grant_injection == GrantInjection::SkippedForDiagnostics {
@@ -899,16 +942,49 @@ impl Driver {
 
     /// Blank lines ahead of the line being handled were worked off without a reply.
     fn drop_queued_blanks(&mut self) {
-        while self.waiting.front() == Some(&Expect::QueuedBlank) {
+        while matches!(self.waiting.front(), Some((Expect::QueuedBlank, _))) {
             self.waiting.pop_front();
         }
     }
 
-    fn lines(&mut self, u: &mut Bytes) -> Result<(), String> {
-        let holder = self
-            .holder
+    /// Who holds the grant (or some client): the pid REVOKE_ACCESS lines name.
+    fn some_holder(&self) -> u32 {
+        self.holder
             .or_else(|| self.watched.first().copied())
-            .unwrap_or(1231);
+            .unwrap_or(1231)
+    }
+
+    /// One request over the control socket: one connection, one line, and the kernel's
+    /// word on who sent it (sometimes a process of another uid).
+    fn socket_request(&mut self, u: &mut Bytes) -> Result<(), String> {
+        let holder = self.some_holder();
+        let mut bytes = line_bytes(u, &self.config, holder);
+        if let Some(end) = bytes.iter().position(|&b| b == b'\n') {
+            bytes.truncate(end);
+        }
+        bytes.push(b'\n');
+        let Some(frame) = LineFramer::default().push(&bytes).into_iter().next() else {
+            return Err(format!("no frame from {bytes:?}"));
+        };
+        let origin = Origin::Socket {
+            conn: self.next_conn,
+            pid: u.pick(&[holder, holder, 1231, 1240, 31_337]),
+            uid: if u.below(8) == 0 {
+                self.config.uid + 1
+            } else {
+                self.config.uid
+            },
+        };
+        self.next_conn += 1;
+        self.stats.socket_lines += 1;
+        self.feed(Input::LineReceived { frame, origin })
+    }
+
+    fn lines(&mut self, u: &mut Bytes) -> Result<(), String> {
+        if u.below(4) == 0 {
+            return self.socket_request(u);
+        }
+        let holder = self.some_holder();
         // One `read` may carry several lines, or part of one.
         let mut chunk = Vec::new();
         for _ in 0..1 + u.below(3) {
@@ -917,7 +993,10 @@ impl Driver {
         let cut = u.below(chunk.len() + 1);
         for part in [&chunk[..cut], &chunk[cut..]] {
             for frame in self.framer.push(part) {
-                self.feed(Input::LineReceived { frame })?;
+                self.feed(Input::LineReceived {
+                    frame,
+                    origin: Origin::Fifo,
+                })?;
             }
         }
         Ok(())
@@ -925,15 +1004,27 @@ impl Driver {
 
     fn eof(&mut self) -> Result<(), String> {
         match self.framer.finish() {
-            Some(frame) => self.feed(Input::LineReceived { frame }),
+            Some(frame) => self.feed(Input::LineReceived {
+                frame,
+                origin: Origin::Fifo,
+            }),
             None => Ok(()),
         }
     }
 
     fn inspect(&mut self, u: &mut Bytes) -> Result<(), String> {
-        let Some(pid) = self.pending_inspect.take() else {
+        let Some((pid, asker)) = self.pending_inspect.take() else {
             return Ok(());
         };
+        // The edge reports kinship exactly when the inspection named an asker.
+        let kinship = asker.map(|_| {
+            u.pick(&[
+                Kinship::Asker,
+                Kinship::Descendant,
+                Kinship::Descendant,
+                Kinship::Unrelated,
+            ])
+        });
         // An inspection outlived by its grant (deadline, exit, stop) is not fed.
         let current = matches!(self.sup.phase(), Phase::Granting { client, step } if client == pid && step == "inspecting");
         if !current {
@@ -945,6 +1036,7 @@ impl Driver {
                 uid: self.config.uid + 1,
                 exe: None,
                 privilege: TracerPrivilege::Ordinary,
+                kinship,
             },
             n => ClientFacts::Running {
                 uid: self.config.uid,
@@ -954,6 +1046,7 @@ impl Driver {
                 } else {
                     TracerPrivilege::Ordinary
                 },
+                kinship,
             },
         };
         self.feed(Input::ClientInspected { pid, facts })
@@ -1099,7 +1192,10 @@ impl Driver {
             2 => self.feed(Input::AdaptersGone)?,
             _ => {
                 for frame in self.framer.push(b"TERMINATE\n") {
-                    self.feed(Input::LineReceived { frame })?;
+                    self.feed(Input::LineReceived {
+                        frame,
+                        origin: Origin::Fifo,
+                    })?;
                 }
             }
         }
@@ -1122,7 +1218,7 @@ impl Driver {
                 self.sup.phase()
             ));
         }
-        self.waiting.retain(|e| *e != Expect::QueuedBlank);
+        self.waiting.retain(|(e, _)| *e != Expect::QueuedBlank);
         if !self.waiting.is_empty() {
             return Err(format!(
                 "terminated with lines never answered: {:?}",
@@ -1131,7 +1227,10 @@ impl Driver {
         }
         // A line after the end still gets exactly its one reply.
         for frame in self.framer.push(b"GET_TARGET_PID\n") {
-            self.feed(Input::LineReceived { frame })?;
+            self.feed(Input::LineReceived {
+                frame,
+                origin: Origin::Fifo,
+            })?;
         }
         if !self.waiting.is_empty() {
             return Err("a line after termination got no reply".into());

@@ -5,7 +5,7 @@
 use helicopter_parent::core::delivery::{DeliveryAction, DeliveryFact};
 use helicopter_parent::core::ptrace_policy::TracerPrivilege;
 use helicopter_parent::core::supervisor::{
-    ClientFacts, Config, Effect, ExitStatus, GrantId, Input, StopSignal, Supervisor, Yama,
+    ClientFacts, Config, Effect, ExitStatus, GrantId, Input, Origin, StopSignal, Supervisor, Yama,
 };
 use helicopter_parent::core::wire::{Frame, Reply};
 
@@ -19,6 +19,7 @@ fn line(text: &str) -> Input {
             text: text.into(),
             terminated: true,
         },
+        origin: Origin::Fifo,
     }
 }
 
@@ -26,7 +27,7 @@ fn replies(effects: &[Effect]) -> Vec<String> {
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Reply { reply } => Some(reply.to_string()),
+            Effect::Reply { reply, .. } => Some(reply.to_string()),
             _ => None,
         })
         .collect()
@@ -40,7 +41,10 @@ fn finding_1_blank_line_queued_behind_a_grant_gets_no_reply_at_the_end() {
     let mut sup = Supervisor::new(Config::new(TARGET, UID, Yama::Scope(1)));
     assert!(matches!(
         &sup.handle(0, line("GRANT_ACCESS 1234"))[..],
-        [Effect::InspectClient { pid: 1234 }]
+        [Effect::InspectClient {
+            pid: 1234,
+            asker: None
+        }]
     ));
     assert!(
         sup.handle(0, line("")).is_empty(),
@@ -82,6 +86,7 @@ fn attached() -> Supervisor {
                 uid: UID,
                 exe: None,
                 privilege: TracerPrivilege::Ordinary,
+                kinship: None,
             },
         },
     );

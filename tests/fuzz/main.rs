@@ -87,7 +87,10 @@ fn core_short() {
     // The cases must reach the interesting states, or a pass means little.
     assert!(stats.attached_entries > cases / 2, "{stats:?}");
     assert!(stats.readies_for_grants > cases / 2, "{stats:?}");
-    assert!(stats.delivers > 2 * cases, "{stats:?}");
+    // Delivery steps: most grants get one or two before their report (or the failure
+    // that ends them) comes; more means the policy's surveys and moves ran too.
+    assert!(stats.delivers > 3 * cases / 2, "{stats:?}");
+    assert!(stats.socket_readies > cases / 20, "{stats:?}");
     // Grants end every way they can: given back, on the holder's exit, at expiry.
     assert!(stats.revocations_done > cases / 4, "{stats:?}");
     assert!(stats.revocations_failed > cases / 20, "{stats:?}");
@@ -135,6 +138,7 @@ fn long() {
          core inputs fed {}, lines {}, replies {}, grants {}, delivery steps {}, \
          READY to grants {}, entries into attached {}, grant timeouts {}, \
          revocations {} (done {}, failed {}; by REVOKE_ACCESS {}, exit {}, expiry {}), \
+         socket lines {} (READY to socket grants {}), \
          REVOKE_ACCESS refused {}, exits ignored {}, terminal signals {}; \
          tolerated findings: revocation steps naming the holder {}, unasked replies {}",
         stats.cases,
@@ -153,6 +157,8 @@ fn long() {
         stats.revoke_readies,
         stats.holder_exits,
         stats.expiries,
+        stats.socket_lines,
+        stats.socket_readies,
         stats.revoke_errors,
         stats.ignored_exits,
         stats.kernel_signals,
