@@ -188,6 +188,9 @@ struct Driver {
     revoke_due: Option<u32>,
     /// Within one `handle`: the replacement the core must log, `(new, old)`.
     replace_due: Option<(u32, u32)>,
+    /// Within one `handle`: the new holder, whose exit the edge must be asked to report
+    /// (else its grant would outlive it until expiry).
+    watch_due: Option<u32>,
     stats: Stats,
 }
 
@@ -411,6 +414,7 @@ impl Driver {
             exits: 0,
             revoke_due: None,
             replace_due: None,
+            watch_due: None,
             stats: Stats::default(),
         }
     }
@@ -420,6 +424,7 @@ impl Driver {
         self.replace_due = self.holder.filter(|h| *h != client).map(|h| (client, h));
         self.holder = Some(client);
         self.expiry = Some(self.now + self.config.grant_expiry_ms);
+        self.watch_due = Some(client);
     }
 
     fn feed(&mut self, input: Input) -> Result<(), String> {
@@ -433,6 +438,7 @@ impl Driver {
         };
         self.revoke_due = None;
         self.replace_due = None;
+        self.watch_due = None;
         let live = matches!(
             before,
             Phase::Idle | Phase::Attached { .. } | Phase::Granting { .. }
@@ -742,6 +748,9 @@ impl Driver {
                             self.holder
                         ));
                     }
+                    if self.watch_due.take() != Some(*pid) {
+                        return Err(format!("watching pid {pid}, which was not just granted"));
+                    }
                     self.watched.insert(*pid);
                     self.ever_watched.insert(*pid);
                     self.gone.remove(pid);
@@ -786,6 +795,11 @@ impl Driver {
         if let Some(holder) = self.revoke_due.take() {
             return Err(format!(
                 "the revocation of pid {holder}'s grant did not begin"
+            ));
+        }
+        if let Some(pid) = self.watch_due.take() {
+            return Err(format!(
+                "pid {pid} was granted, but its exit is not watched"
             ));
         }
         if let Some(due) = self.replace_due.take() {
