@@ -6,7 +6,7 @@ use super::find_python::resolve_python;
 use super::grant::GrantInjector;
 use super::journal_writer::{Appended, JournalWriter, DEFAULT_LIMIT_BYTES};
 use super::keeper::{Keeper, KeeperEvent, KeeperEvents};
-use super::pipes::{PipeDir, PipeHandle};
+use super::pipes::{self, PipeDir, PipeHandle};
 use super::procfs;
 use super::socket_server::SocketServer;
 use crate::core::journal::{Header, Record, JOURNAL_FORMAT};
@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -580,15 +580,7 @@ fn deliver_reply(
             })?
     };
     // Non-blocking from here: a reader that never reads must not hold the writer forever.
-    let fd = file.as_raw_fd();
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe {
-        libc::fcntl(
-            fd,
-            libc::F_SETFL,
-            libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
-        )
-    };
+    pipes::set_nonblocking(&file).map_err(|e| e.to_string())?;
     let bytes = format!("{line}\n");
     let mut written = 0;
     while written < bytes.len() {
