@@ -1,7 +1,6 @@
-//! What the fuzzer found, as plain regression tests named after the finding. A finding
-//! the core has not fixed yet fails here, so its test is ignored (and the fuzzer
-//! tolerates and counts it, or fails on it with `FUZZ_STRICT=1`); once fixed, drop the
-//! `ignore` and the matching tolerance in `core.rs`.
+//! What the fuzzer found, as plain regression tests named after the finding. All four
+//! are fixed in the core, and the fuzzer tolerates none of them. A new finding the core
+//! has not fixed yet goes here as an ignored test until it is.
 use helicopter_parent::core::delivery::{DeliveryAction, DeliveryFact};
 use helicopter_parent::core::ptrace_policy::TracerPrivilege;
 use helicopter_parent::core::supervisor::{
@@ -117,16 +116,15 @@ fn revoking(sup: &mut Supervisor) -> GrantId {
     }
 }
 
-/// Finding 3: a revocation's first delivery step names pid 0 (the target declares
-/// nobody), but every later step (survey, move, retry, withdraw) names the holder: the
-/// core builds them from `grant.client` (`on_delivery_fact`, `on_grant_deadline`,
-/// `abandon_grant`) instead of `Grant::declared()`. Today's edge writes a grant's script
-/// once, at its first step, so the target still runs prctl(PR_SET_PTRACER, 0); but the
-/// effect says "prctl(PR_SET_PTRACER, holder)", the journal records that, and an edge
-/// that (re)writes the script from a later step (the first one failed before the script
-/// was made) would declare the holder again instead of taking its grant back.
+/// Finding 3: a revocation's first delivery step named pid 0 (the target declares
+/// nobody), but every later step (survey, move, retry, withdraw) named the holder: the
+/// core built them from `grant.client` (`on_delivery_fact`, `on_grant_deadline`,
+/// `abandon_grant`) instead of `Grant::declared()`. The edge writes a grant's script once,
+/// at its first step, so the target still ran prctl(PR_SET_PTRACER, 0); but the effect
+/// said "prctl(PR_SET_PTRACER, holder)", the journal recorded that, and an edge that
+/// (re)wrote the script at a later step (the first one failed before the script was made)
+/// would have declared the holder again instead of taking its grant back.
 #[test]
-#[ignore = "finding 3: not fixed in the core yet"]
 fn finding_3_every_step_of_a_revocation_names_pid_0() {
     let mut sup = attached();
     let revoke = revoking(&mut sup);
@@ -155,16 +153,13 @@ fn finding_3_every_step_of_a_revocation_names_pid_0() {
     assert_eq!(steps[0].0, 0, "the survey of a revocation: {effects:?}");
 }
 
-/// Finding 4: when the controller stops (a signal, its adapters gone) or the target
-/// exits while a revocation is in flight, the core answers the revocation with `ERROR:`
-/// as if a line waited for it. None does: REVOKE_ACCESS was answered READY when the
-/// revocation began, and an exit or an expiry has no line at all. The extra reply on the
-/// shared response pipe is read by the next client as the answer to its own line, and
-/// that client's real answer is left for the one after it. (`begin_stop` and the
-/// `TargetExited` arm reply for any grant in flight; `finish_grant` already knows to stay
-/// silent for a revocation.)
+/// Finding 4: when the controller stopped (a signal, its adapters gone) or the target
+/// exited while a revocation was in flight, the core answered the revocation with
+/// `ERROR:` as if a line waited for it. None does: REVOKE_ACCESS is answered READY when
+/// the revocation begins, and an exit or an expiry has no line at all. The extra reply on
+/// the shared response pipe would be read by the next client as the answer to its own
+/// line, and that client's real answer left for the one after it.
 #[test]
-#[ignore = "finding 4: not fixed in the core yet"]
 fn finding_4_a_revocation_cut_short_gets_no_reply() {
     for end in [
         Input::SignalReceived {

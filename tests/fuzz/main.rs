@@ -140,7 +140,7 @@ fn long() {
          revocations {} (done {}, failed {}; by REVOKE_ACCESS {}, exit {}, expiry {}), \
          socket lines {} (READY to socket grants {}), \
          REVOKE_ACCESS refused {}, exits ignored {}, terminal signals {}; \
-         tolerated findings: revocation steps naming the holder {}, unasked replies {}",
+         later revocation steps {}, revocations cut short {}",
         stats.cases,
         index as f64 / elapsed,
         stats.inputs,
@@ -162,8 +162,8 @@ fn long() {
         stats.revoke_errors,
         stats.ignored_exits,
         stats.kernel_signals,
-        stats.revoke_steps_naming_holder,
-        stats.spurious_revoke_replies
+        stats.later_revocation_steps,
+        stats.revocations_cut_short
     );
 }
 
