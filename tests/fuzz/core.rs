@@ -1,6 +1,8 @@
 //! Fuzz target: the supervisor, driven as the controller drives it, with every choice the
 //! driver contract leaves open taken from the fuzz input: the configuration, the bytes on
-//! the control pipe and how `read` splits them, what an inspection finds, what each
+//! the control pipe and how `read` splits them, requests over the control socket (one
+//! line per connection, from a peer of our uid or another), what an inspection finds
+//! (with the asker's kinship for a socket request), what each
 //! delivery step finds, which grant reports back with which errno, when signals (from
 //! `kill` or from the terminal), target exits, client exits and adapter loss happen, and
 //! how late the clock is.
@@ -22,9 +24,11 @@
 //!   EINVAL with Yama absent), or from the diagnostic no-injection mode, or as the
 //!   previous holder kept (a failed grant, one that needed none, a failed revocation);
 //!   an acknowledged revocation leaves nobody attached; a replaced holder is logged;
-//! - replies answer lines one for one in arrival order (queued lines included), each of
-//!   a kind its line allows: READY to REVOKE_ACCESS exactly when its pid holds the grant;
-//!   legacy TERMINATE is the one line without a reply;
+//! - replies answer lines one for one in arrival order (queued lines included), each
+//!   addressed where its line came from and of a kind its line allows: READY to a socket
+//!   GRANT_ACCESS only for the asker or its descendant, READY to REVOKE_ACCESS exactly
+//!   when its pid holds the grant; blank FIFO lines and legacy TERMINATE on the FIFO are
+//!   the lines without a reply; a new holder's exit is watched;
 //! - a deadline is pending exactly in granting, attached (the grant's expiry, known to
 //!   the millisecond) and stopping; a grant's never lies beyond its timeout;
 //! - the stop sends the configured signal to the target once, and not at all when the
