@@ -52,6 +52,9 @@ fn issue9_pdb_does_not_outlive_a_killed_client_and_the_target_runs_again() {
 /// Issue 13: at the `>>>` prompt on a terminal, lines are edited, history is searched
 /// with Ctrl-R and kept across sessions in the user's state directory, `q` quits, and a
 /// typo no longer fails the session.
+/// What the line editor writes as it enters raw mode (bracketed paste on).
+const EDITOR_READY: &str = "\x1b[?2004h";
+
 #[test]
 fn issue13_the_prompt_edits_lines_and_keeps_history_across_sessions() {
     let controller = Controller::start("counter.py");
@@ -64,12 +67,14 @@ fn issue13_the_prompt_edits_lines_and_keeps_history_across_sessions() {
     term.type_text("\x03"); // Ctrl-C at the prompt: not the end of the client
     term.wait_for("Interrupted (type 'quit' to exit)");
     term.type_text("hlep\r");
-    term.wait_for("Unknown command: hlep");
-    term.mark();
+    term.mark_after("Unknown command: hlep");
+    // Keys wait for the editor's raw mode (it turns bracketed paste on as it enters it):
+    // an escape sequence typed while the terminal is still cooked would be echoed as text.
+    term.mark_after(EDITOR_READY);
     // Up brings the typo back; three backspaces and "elp" make it `help`.
     term.type_text("\x1b[A\x7f\x7f\x7felp\r");
-    term.wait_for("Available commands:");
-    term.mark();
+    term.mark_after("Available commands:");
+    term.mark_after(EDITOR_READY);
     term.type_text("\x04"); // Ctrl-D on an empty line: the end of input
     term.wait_for("Goodbye!");
     assert_eq!(term.wait(), Some(0), "a typo must not fail the session");
@@ -82,13 +87,13 @@ fn issue13_the_prompt_edits_lines_and_keeps_history_across_sessions() {
 
     // A new session finds the old one's lines with Ctrl-R.
     let mut term = PtyClient::start(&controller.dir, &envs);
-    term.wait_for(">>> ");
-    term.mark();
+    term.mark_after(EDITOR_READY);
     term.type_text("\x12hel");
     term.wait_for("help");
     term.mark();
     term.type_text("\r");
-    term.wait_for("Available commands:");
+    term.mark_after("Available commands:");
+    term.mark_after(EDITOR_READY);
     term.type_text("q\r");
     term.wait_for("Goodbye!");
     assert_eq!(term.wait(), Some(0));

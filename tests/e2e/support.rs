@@ -826,6 +826,14 @@ impl PtyClient {
         }
     }
 
+    /// Forgets what was shown up to the end of the first `needle` on the screen (and
+    /// what came with it stays), so the next wait looks only at what followed it.
+    pub fn mark_after(&mut self, needle: &str) {
+        self.wait_for(needle);
+        let end = self.screen.find(needle).map_or(0, |at| at + needle.len());
+        self.screen.drain(..end);
+    }
+
     /// Forgets what was shown so far.
     pub fn mark(&mut self) {
         self.screen.clear();
