@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
+    name = "heli-replay",
     version,
     about = "Replay a heli-controller journal and print its transcript"
 )]
@@ -29,6 +30,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = helicopter_parent::cli::extras::generate_if_asked::<Args>() {
+        return code;
+    }
     let args = Args::parse();
     let text = match std::fs::read(&args.journal) {
         Ok(bytes) => match String::from_utf8(bytes) {

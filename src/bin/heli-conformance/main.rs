@@ -33,6 +33,7 @@ const EXIT_UNUSABLE: u8 = ToolExit::Usage.code();
 
 #[derive(Parser)]
 #[command(
+    name = "heli-conformance",
     version,
     about = "Check a helicopter-parent controller against the pipe protocol, from the outside"
 )]
@@ -91,6 +92,9 @@ impl Cases {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = helicopter_parent::cli::extras::generate_if_asked::<Args>() {
+        return code;
+    }
     let args = Args::parse();
     let unusable = |message: String| {
         eprintln!("heli-conformance: {message}");
