@@ -477,6 +477,50 @@ def heli_scope_high(scope, live):
     kill_user_processes()
 
 
+def heli_scope2_root():
+    """At scope 2 root (CAP_SYS_PTRACE) may attach and needs no grant: one policy says so
+    to the controller, the core and the client alike (it used to let root start, then
+    refuse every grant)."""
+    d = "/run/tmp/heli-s2-root"
+    log = open(os.path.join(LOGS, "controller-s2-root.log"), "w", buffering=1)
+    env = dict(USER_ENV)
+    ctl = subprocess.Popen([CONTROLLER, "--pipe-dir", d, "--python", PY, FIXTURE],
+                           stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                           cwd="/run/tmp", env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and ctl.poll() is None:
+            with open(log.name) as f:
+                if "listening on" in f.read():
+                    break
+            time.sleep(0.05)
+        with open(log.name) as f:
+            started = "listening on" in f.read()
+        record("scope 2 heli as root: the controller starts (root may attach at scope 2)",
+               started and ctl.poll() is None, f"status {ctl.poll()}")
+        if not started:
+            return
+        p = subprocess.run([CLIENT, "--pipe-dir", d, "--python", PY],
+                           input="attach\np counter\nq\nterminate\n", capture_output=True,
+                           text=True, timeout=120, cwd="/run/tmp", env=env)
+        out = p.stdout + p.stderr
+        record("scope 2 heli as root: attach, p counter, terminate exits 0 with a value",
+               p.returncode == 0 and len(pdb_values(out)) == 1, f"status {p.returncode}", out)
+        try:
+            ctl.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        with open(log.name) as f:
+            said = f.read()
+        record("scope 2 heli as root: the controller answered READY without a grant",
+               "needs no grant" in said, "", said)
+    finally:
+        if ctl.poll() is None:
+            os.killpg(ctl.pid, signal.SIGKILL)
+            ctl.wait()
+        log.close()
+
+
 def main():
     say(f"rig job: scopes {CFG['scopes']}, checks {CFG['only']}, break grant {CFG['break_grant']}")
     if not setup_checks():
@@ -493,6 +537,8 @@ def main():
         if heli_on:
             heli = {1: lambda: heli_scope1(CFG["break_grant"]), 0: heli_scope0}
             phases.append(("heli", heli.get(scope, lambda: heli_scope_high(scope, live))))
+            if scope == 2:
+                phases.append(("heli as root", heli_scope2_root))
             if scope == 1:
                 for py in MORE_PYTHONS:
                     phases.append((f"heli {py}", lambda py=py: heli_scope1_seed(py, CFG["break_grant"])))

@@ -140,6 +140,8 @@ pub enum ControllerExit {
 
 impl ControllerExit {
     pub const FAILED_CODE: i32 = 125;
+    /// A bad command line (clap's own exit, before the controller runs).
+    pub const USAGE_CODE: i32 = 2;
 
     pub fn code(self) -> i32 {
         match self {
@@ -464,6 +466,15 @@ impl fmt::Display for RevokeReason {
 }
 
 impl Grant {
+    /// Whether a line waits for this grant's outcome: a revocation's line (if any) was
+    /// answered when it began.
+    fn reply_owed(&self) -> bool {
+        match self.purpose {
+            Purpose::Declare => true,
+            Purpose::Revoke { .. } => false,
+        }
+    }
+
     /// The pid the target's prctl names: the client, or 0 (nobody) for a revocation.
     fn declared(&self) -> u32 {
         match self.purpose {
@@ -764,13 +775,18 @@ impl Supervisor {
             ) => {
                 self.log_target_exit(status, out);
                 if let State::Granting(grant) = state {
-                    let to = grant.origin.reply_to();
+                    let (to, owed) = (grant.origin.reply_to(), grant.reply_owed());
                     self.abandon_grant(grant, "target exited", out);
-                    reply(
-                        out,
-                        to,
-                        Reply::Error(format!("target process {} exited", self.config.target_pid)),
-                    );
+                    if owed {
+                        reply(
+                            out,
+                            to,
+                            Reply::Error(format!(
+                                "target process {} exited",
+                                self.config.target_pid
+                            )),
+                        );
+                    }
                 }
                 out.push(Effect::StopTree { signal: SIGKILL });
                 self.terminate(ControllerExit::Target { status }, out)
@@ -1217,6 +1233,7 @@ impl Supervisor {
         fact: DeliveryFact,
         out: &mut Vec<Effect>,
     ) -> State {
+        let declared = grant.declared();
         let GrantStep::Delivering(delivery) = &mut grant.step else {
             debug_assert!(false, "delivery fact {fact:?} while inspecting");
             return State::Granting(grant);
@@ -1224,7 +1241,7 @@ impl Supervisor {
         if let Some(action) = delivery.handle(now, fact) {
             out.push(Effect::Deliver {
                 grant: grant.id,
-                client: grant.client,
+                client: declared,
                 action,
             });
         }
@@ -1254,7 +1271,7 @@ impl Supervisor {
                 if let Some(action) = delivery.on_deadline(now) {
                     out.push(Effect::Deliver {
                         grant: grant.id,
-                        client: grant.client,
+                        client: grant.declared(),
                         action,
                     });
                 }
@@ -1289,7 +1306,7 @@ impl Supervisor {
             match delivery.give_up() {
                 Some(action) => out.push(Effect::Deliver {
                     grant: grant.id,
-                    client: grant.client,
+                    client: grant.declared(),
                     action,
                 }),
                 None => out.push(Effect::ForgetGrant { grant: grant.id }),
@@ -1398,13 +1415,15 @@ impl Supervisor {
         out: &mut Vec<Effect>,
     ) -> State {
         if let State::Granting(grant) = state {
-            let to = grant.origin.reply_to();
+            let (to, owed) = (grant.origin.reply_to(), grant.reply_owed());
             self.abandon_grant(grant, "shutting down", out);
-            reply(
-                out,
-                to,
-                Reply::Error("the controller is shutting down".into()),
-            );
+            if owed {
+                reply(
+                    out,
+                    to,
+                    Reply::Error("the controller is shutting down".into()),
+                );
+            }
         }
         if signal_target {
             out.push(Effect::SignalTarget {

@@ -595,6 +595,8 @@ impl Server {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::FileTypeExt;
 
     #[test]
     fn a_long_path_is_reached_through_the_directory() {

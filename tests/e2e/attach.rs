@@ -1,5 +1,7 @@
 //! The user journey: grant, real `pdb -p`, detach, attach again, on pipes and on a pty.
 use crate::support::*;
+use helicopter_parent::core::client::ClientExit;
+use helicopter_parent::core::supervisor::ControllerExit;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
@@ -10,7 +12,7 @@ use std::time::Instant;
 fn seed_session_through_pipes_attaches_twice_and_terminates() {
     let mut controller = Controller::start("counter.py");
     let (code, out) = controller.client("attach\np counter\nq\nattach\np counter\nq\nterminate\n");
-    assert_eq!(code, 0, "{out}");
+    assert_eq!(code, ClientExit::Ok.code(), "{out}");
     let counters = pdb_numbers(&out);
     assert_eq!(counters.len(), 2, "{out}");
     assert!(
@@ -19,7 +21,7 @@ fn seed_session_through_pipes_attaches_twice_and_terminates() {
     );
     assert_eq!(out.matches("Debugger detached").count(), 2, "{out}");
     assert_eq!(out.matches("✅ Permission granted").count(), 2, "{out}");
-    assert_eq!(controller.wait(), 0);
+    assert_eq!(controller.wait(), ControllerExit::Terminated.code());
     assert!(!is_alive(controller.target_pid));
     // Only the journal stays (README, "What the pipe directory holds").
     assert_eq!(
@@ -33,7 +35,7 @@ fn twenty_attach_cycles_in_one_client_session() {
     let controller = Controller::start("counter.py");
     let input = "attach\np counter\nq\n".repeat(20) + "quit\n";
     let (code, out) = controller.client(&input);
-    assert_eq!(code, 0, "{out}");
+    assert_eq!(code, ClientExit::Ok.code(), "{out}");
     let counters = pdb_numbers(&out);
     assert_eq!(counters.len(), 20, "{out}");
     assert!(counters.windows(2).all(|w| w[1] > w[0]), "{counters:?}");
@@ -88,7 +90,11 @@ fn lines_after_a_failed_attach_are_not_run_as_client_commands() {
         "help did not run:\n{out}"
     );
     assert!(out.contains("Goodbye!"), "{out}");
-    assert_eq!(code, 1, "the failed attach is the one failure:\n{out}");
+    assert_eq!(
+        code,
+        ClientExit::CommandFailed.code(),
+        "the failed attach is the one failure:\n{out}"
+    );
     // `terminate` was not run: the target and its controller still serve.
     assert!(is_alive(controller.target_pid));
     assert_eq!(
@@ -234,7 +240,7 @@ fn on_a_terminal_ctrl_c_interrupts_the_target_not_the_client() {
     term.type_text("quit\n");
     let status = wait_with_deadline(guard.0.as_mut().unwrap(), TIMEOUT);
     guard.0 = None;
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(status.code(), Some(ClientExit::Ok.code()));
 }
 
 #[test]

@@ -11,6 +11,8 @@ use helicopter_parent::pyruntime::supported_versions;
 use object::{Object, ObjectSection};
 
 use crate::support::*;
+use helicopter_parent::core::client::ClientExit;
+use helicopter_parent::core::supervisor::ControllerExit;
 
 #[test]
 fn debug_build_seed_session() {
@@ -143,8 +145,12 @@ fn refusal_for(target: &TargetSpec) -> String {
     let mut controller = Controller::start_target(target, &[]);
     controller.stdout.wait_for("counter ready");
     let (code, out) = controller.client("attach\np counter\nq\nterminate\n");
-    assert_eq!(code, 1, "{out}");
-    assert_eq!(controller.wait(), 0, "{out}");
+    assert_eq!(code, ClientExit::CommandFailed.code(), "{out}");
+    assert_eq!(
+        controller.wait(),
+        ControllerExit::Terminated.code(),
+        "{out}"
+    );
     out
 }
 
@@ -218,10 +224,10 @@ fn the_controller_finds_the_minor_under_test_on_path() {
     );
     stdout.wait_for("counter ready");
     let (code, out) = run_client(&dir, "attach\np counter\nq\nterminate\n", &[]);
-    assert_eq!(code, 0, "{out}");
+    assert_eq!(code, ClientExit::Ok.code(), "{out}");
     assert_eq!(pdb_numbers(&out).len(), 1, "{out}");
     let status = wait_with_deadline(controller, TIMEOUT);
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(status.code(), Some(ControllerExit::Terminated.code()));
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Durations on the command line: one style, old spellings kept, ranges checked at parse
 //! time (issue 9, defect 10: huge values used to wrap into deadlines in the past).
 use crate::support::*;
+use helicopter_parent::core::supervisor::ControllerExit;
 use std::process::{Command, Stdio};
 
 /// Runs the controller with `args` (it must stop at parsing) and returns its exit code and
@@ -28,12 +29,12 @@ fn controller_refusal(args: &[&str]) -> (i32, String) {
 fn durations_beyond_their_range_are_refused_at_parse_time() {
     for option in ["--grant-timeout", "--stop-grace"] {
         let (code, stderr) = controller_refusal(&[option, "18446744073709551615", "--no-journal"]);
-        assert_eq!(code, 2, "{option}: {stderr}");
+        assert_eq!(code, ControllerExit::USAGE_CODE, "{option}: {stderr}");
         assert!(stderr.contains("out of range"), "{option}: {stderr}");
         assert!(stderr.contains(option), "{option}: {stderr}");
     }
     let (code, stderr) = controller_refusal(&["--grant-timeout", "5 parsecs", "--no-journal"]);
-    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(code, ControllerExit::USAGE_CODE, "{stderr}");
     assert!(stderr.contains("unknown unit"), "{stderr}");
 }
 

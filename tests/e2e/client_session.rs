@@ -1,6 +1,7 @@
 //! Piped client sessions: the exit status rule, and what the client says when its
 //! controller is gone.
 use crate::support::*;
+use helicopter_parent::core::client::ClientExit;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -61,7 +62,7 @@ fn issue13_a_controller_gone_with_its_target_is_explained() {
     );
     let status = wait_with_deadline(guard.0.as_mut().unwrap(), TIMEOUT);
     guard.0 = None;
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(status.code(), Some(ClientExit::CommandFailed.code()));
 }
 
 #[test]
@@ -69,7 +70,7 @@ fn issue13_no_controller_names_the_directory_and_the_option() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("nowhere");
     let (code, out) = run_client(&dir, "attach\n", &[]);
-    assert_eq!(code, 3, "{out}");
+    assert_eq!(code, ClientExit::NoController.code(), "{out}");
     assert!(
         out.contains(&format!(
             "Controller not running (pipes not found) in {}. Start heli-controller first, or point to its pipes with --pipe-dir DIR",

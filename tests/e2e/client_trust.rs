@@ -3,6 +3,7 @@
 //! pipes must be the caller's, the target must be the caller's, and the interpreter must
 //! be a file that is still the one the target runs and nobody else can have written.
 use crate::support::*;
+use helicopter_parent::core::client::ClientExit;
 
 fn me() -> u32 {
     nix::unistd::getuid().as_raw()
@@ -30,7 +31,7 @@ fn issue9_pipes_of_another_user_are_refused_before_any_exchange() {
         "the client ran the other user's script: {:?}\n{out}",
         planted.markers()
     );
-    assert_eq!(code, 3, "{out}");
+    assert_eq!(code, ClientExit::NoController.code(), "{out}");
     assert!(
         out.contains(&format!(
             "❌ refusing to use {}: it belongs to uid {OTHER_UID}, not to you (uid {})",
@@ -55,7 +56,7 @@ fn issue9_a_fifo_of_another_user_is_refused() {
     let fake = FakeController::serve(std::process::id(), me());
     std::os::unix::fs::lchown(fake.dir.join("response"), Some(OTHER_UID), None).unwrap();
     let (code, out) = run_client(&fake.dir, "quit\n", &[]);
-    assert_eq!(code, 3, "{out}");
+    assert_eq!(code, ClientExit::NoController.code(), "{out}");
     assert!(
         out.contains(&format!(
             "refusing to use {}: it belongs to uid {OTHER_UID}",
@@ -76,7 +77,7 @@ fn issue9_pipes_open_to_others_or_behind_a_symlink_are_refused() {
     )
     .unwrap();
     let (code, out) = run_client(&fake.dir, "quit\n", &[]);
-    assert_eq!(code, 3, "{out}");
+    assert_eq!(code, ClientExit::NoController.code(), "{out}");
     assert!(
         out.contains("its mode 0622 gives group or others access"),
         "{out}"
@@ -86,7 +87,7 @@ fn issue9_pipes_open_to_others_or_behind_a_symlink_are_refused() {
     let link = fake.dir.with_file_name("link");
     std::os::unix::fs::symlink(&fake.dir, &link).unwrap();
     let (code, out) = run_client(&link, "quit\n", &[]);
-    assert_eq!(code, 3, "{out}");
+    assert_eq!(code, ClientExit::NoController.code(), "{out}");
     assert!(
         out.contains(&format!(
             "refusing to use {}: it is a symbolic link, not a directory",
@@ -111,7 +112,7 @@ fn issue9_a_target_of_another_user_is_refused() {
         "{:?}\n{out}",
         planted.markers()
     );
-    assert_eq!(code, 1, "{out}");
+    assert_eq!(code, ClientExit::CommandFailed.code(), "{out}");
     assert!(
         out.contains(&format!(
             "❌ refusing to attach: target process {} belongs to uid {OTHER_UID}, not to you (uid {})",
@@ -143,7 +144,7 @@ fn issue9_a_deleted_interpreter_is_never_run() {
         "the replaced executable ran: {:?}\n{out}",
         planted.markers()
     );
-    assert_eq!(code, 1, "{out}");
+    assert_eq!(code, ClientExit::CommandFailed.code(), "{out}");
     assert!(
         out.contains(&format!(
             "❌ refusing to run the target's interpreter {}/python3.14: the kernel reports it deleted",
@@ -172,7 +173,7 @@ fn issue9_an_interpreter_owned_by_another_user_is_not_run() {
     let pid = target.0.as_ref().unwrap().id();
     let fake = FakeController::serve(pid, me());
     let (code, out) = run_client(&fake.dir, "attach\nq\nquit\n", &[]);
-    assert_eq!(code, 1, "{out}");
+    assert_eq!(code, ClientExit::CommandFailed.code(), "{out}");
     assert!(
         out.contains(&format!(
             "refusing to run the target's interpreter {}: {} belongs to uid {OTHER_UID}, neither root nor you",

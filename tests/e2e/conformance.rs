@@ -2,6 +2,7 @@
 //! with the built-in cases, run from a directory that holds no fixtures) and a
 //! deliberately broken one (the suite fails and names the case).
 use crate::support::*;
+use helicopter_parent::cli::exit::ToolExit;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -85,7 +86,7 @@ fn check_all_pass(dialect: &str, seed_only: usize) {
         Some(format!("{run} passed, 0 failed").as_str()),
         "{lines:#?}\n{stderr}"
     );
-    assert_eq!(code, 0, "{lines:#?}\n{stderr}");
+    assert_eq!(code, i32::from(ToolExit::Ok.code()), "{lines:#?}\n{stderr}");
 }
 
 #[test]
@@ -129,7 +130,7 @@ fn a_wrong_reply_fails_the_case_by_name(#[case] case: &str, #[case] failure: &st
     assert_eq!(lines.len(), 2, "{lines:?}\n{stderr}");
     assert!(lines[0].starts_with(failure), "{lines:?}\n{stderr}");
     assert_eq!(lines[1], "0 passed, 1 failed");
-    assert_eq!(code, 1);
+    assert_eq!(code, i32::from(ToolExit::Failed.code()));
 }
 
 #[test]
@@ -145,7 +146,7 @@ fn a_controller_that_never_serves_fails_every_case_without_hanging() {
         "--startup-timeout",
         "300",
     ]);
-    assert_eq!(code, 1);
+    assert_eq!(code, i32::from(ToolExit::Failed.code()));
     assert!(
         lines[0].starts_with("FAIL get_target_pid: expected the controller to serve ")
             && lines[0].contains("within 300 ms, got no reader on its control pipe"),
@@ -168,7 +169,7 @@ fn a_bad_case_file_is_refused_with_its_name_and_the_problem() {
         "--cases",
         dir.path().to_str().unwrap(),
     ]);
-    assert_eq!(code, 2);
+    assert_eq!(code, i32::from(ToolExit::Usage.code()));
     assert!(lines.is_empty(), "{lines:?}");
     let expected = format!(
         "heli-conformance: case file error: {}: case 'x': step 1: expect: unknown placeholder {{pid}}",

@@ -1,5 +1,7 @@
 //! How sessions end: by themselves, by crash, by signal; and what is refused at start.
 use crate::support::*;
+use helicopter_parent::core::client::ClientExit;
+use helicopter_parent::core::supervisor::{ControllerExit, ExitStatus, StopSignal};
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
@@ -18,7 +20,7 @@ fn target_that_exits_by_itself_ends_the_controller_with_its_status() {
         format!("TARGET_PID {}", controller.target_pid)
     );
     let code = controller.wait();
-    assert_eq!(code, 3);
+    assert_eq!(code, ClientExit::NoController.code());
     controller.stderr.wait_for(&format!(
         "target {} exited with status 3",
         controller.target_pid
@@ -30,7 +32,13 @@ fn target_that_exits_by_itself_ends_the_controller_with_its_status() {
 fn target_that_crashes_is_reported_with_its_signal() {
     let mut controller = Controller::start("exit_on_request.py");
     std::fs::write(controller.dir.join("../exit-now"), "abort").unwrap();
-    assert_eq!(controller.wait(), 128 + 6);
+    assert_eq!(
+        controller.wait(),
+        ControllerExit::Target {
+            status: ExitStatus::Signal(6)
+        }
+        .code()
+    );
     controller
         .stderr
         .wait_for("was killed by signal 6 (SIGABRT)");
@@ -38,13 +46,16 @@ fn target_that_crashes_is_reported_with_its_signal() {
 }
 
 #[rstest::rstest]
-#[case::sigterm(libc::SIGTERM, 143)]
-#[case::sigint(libc::SIGINT, 130)]
-#[case::sighup(libc::SIGHUP, 129)]
-fn controller_signal_stops_the_target_and_cleans_up(#[case] signal: i32, #[case] code: i32) {
+#[case::sigterm(libc::SIGTERM, StopSignal::Terminate)]
+#[case::sigint(libc::SIGINT, StopSignal::Interrupt)]
+#[case::sighup(libc::SIGHUP, StopSignal::Hangup)]
+fn controller_signal_stops_the_target_and_cleans_up(#[case] signal: i32, #[case] stop: StopSignal) {
     let mut controller = Controller::start("counter.py");
     controller.signal(signal);
-    assert_eq!(controller.wait(), code);
+    assert_eq!(
+        controller.wait(),
+        ControllerExit::Signalled { signal: stop }.code()
+    );
     assert!(!is_alive(controller.target_pid), "target orphaned");
     assert!(pipes_gone(&controller));
 }
@@ -58,7 +69,13 @@ fn a_target_ignoring_sigterm_is_killed_after_the_grace_period() {
     );
     controller.stdout.wait_for("ignoring SIGTERM");
     controller.signal(libc::SIGTERM);
-    assert_eq!(controller.wait(), 143);
+    assert_eq!(
+        controller.wait(),
+        ControllerExit::Signalled {
+            signal: StopSignal::Terminate
+        }
+        .code()
+    );
     controller.stderr.wait_for("sending SIGKILL");
     assert!(!is_alive(controller.target_pid));
 }
@@ -76,7 +93,7 @@ fn a_missing_script_is_refused_before_anything_is_created() {
             .arg(tmp.path().join("nope.py")),
         TIMEOUT,
     );
-    assert_eq!(out.status.code(), Some(125));
+    assert_eq!(out.status.code(), Some(ControllerExit::Failed.code()));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nope.py: No such file or directory"), "{err}");
     assert!(!dir.exists());
@@ -94,7 +111,7 @@ fn a_missing_python_is_named() {
             .env_remove("HELI_PYTHON"),
         TIMEOUT,
     );
-    assert_eq!(out.status.code(), Some(125));
+    assert_eq!(out.status.code(), Some(ControllerExit::Failed.code()));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("Python 3.14 or 3.15 not found")
@@ -122,7 +139,7 @@ fn a_symlinked_or_foreign_pipe_dir_is_refused() {
         )
     };
     let out = run(&link);
-    assert_eq!(out.status.code(), Some(125));
+    assert_eq!(out.status.code(), Some(ControllerExit::Failed.code()));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is a symbolic link"));
     // Only root can make a directory that belongs to another uid.
     if root_or_skip(
@@ -133,7 +150,7 @@ fn a_symlinked_or_foreign_pipe_dir_is_refused() {
         std::fs::create_dir(&foreign).unwrap();
         std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
         let out = run(&foreign);
-        assert_eq!(out.status.code(), Some(125));
+        assert_eq!(out.status.code(), Some(ControllerExit::Failed.code()));
         assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to uid 65534"));
     }
 }
@@ -150,7 +167,7 @@ fn a_second_controller_on_the_same_pipes_is_refused() {
             .arg(fixture("counter.py")),
         TIMEOUT,
     );
-    assert_eq!(out.status.code(), Some(125));
+    assert_eq!(out.status.code(), Some(ControllerExit::Failed.code()));
     assert!(String::from_utf8_lossy(&out.stderr).contains("another controller is already serving"));
     assert_eq!(
         controller.send("GET_TARGET_PID"),
@@ -186,7 +203,7 @@ fn stale_pipes_are_replaced_and_reported_to_clients_meanwhile() {
     let inode = |path: std::path::PathBuf| std::fs::metadata(path).unwrap().ino();
     // Nobody serves these pipes: the client says so at once instead of hanging.
     let (code, out) = run_client(&dir, "attach\n", &[]);
-    assert_eq!(code, 3, "{out}");
+    assert_eq!(code, ClientExit::NoController.code(), "{out}");
     assert!(out.contains("Controller not responding"), "{out}");
 
     // A new controller takes the directory over: every FIFO is a new one (a stale FIFO
@@ -200,7 +217,7 @@ fn stale_pipes_are_replaced_and_reported_to_clients_meanwhile() {
         );
     }
     let (code, out) = controller.client("attach\np counter\nq\nquit\n");
-    assert_eq!(code, 0, "{out}");
+    assert_eq!(code, ClientExit::Ok.code(), "{out}");
     assert_eq!(pdb_numbers(&out).len(), 1, "{out}");
     assert!(is_alive(controller.target_pid));
 }
@@ -209,7 +226,7 @@ fn stale_pipes_are_replaced_and_reported_to_clients_meanwhile() {
 fn client_without_controller_says_so() {
     let tmp = tempfile::tempdir().unwrap();
     let (code, out) = run_client(tmp.path(), "attach\n", &[]);
-    assert_eq!(code, 3, "{out}");
+    assert_eq!(code, ClientExit::NoController.code(), "{out}");
     assert!(
         out.contains("Controller not running (pipes not found)"),
         "{out}"

@@ -3,6 +3,7 @@
 //! a lossy path; each was reported as "the target ran no Python code"). The grant no
 //! longer goes through the directory at all.
 use crate::support::*;
+use helicopter_parent::core::client::ClientExit;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
@@ -16,7 +17,7 @@ fn a_grant_works_whatever_the_pipe_directory_is_called(#[case] name: &[u8]) {
     let dir = tmp.path().join(OsStr::from_bytes(name));
     let controller = Controller::start_in(tmp, dir, "counter.py", &[]);
     let (code, out) = controller.client("attach\np counter\nq\nquit\n");
-    assert_eq!(code, 0, "{out}");
+    assert_eq!(code, ClientExit::Ok.code(), "{out}");
     assert!(out.contains("✅ Permission granted"), "{out}");
     assert_eq!(pdb_numbers(&out).len(), 1, "{out}");
 }

@@ -1,6 +1,7 @@
 //! Issue 9 (security) of the pipe directory: a start-up race in a parent another user can
 //! write, and a refused start or an exit that destroyed the user's own files.
 use crate::support::*;
+use helicopter_parent::core::supervisor::ControllerExit;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -32,7 +33,11 @@ fn refused_start(dir: &Path) -> String {
     let status = wait_with_deadline(child.0.as_mut().unwrap(), TIMEOUT);
     child.0 = None;
     let err = err.drain().join("\n");
-    assert_eq!(status.code(), Some(125), "expected a refused start: {err}");
+    assert_eq!(
+        status.code(),
+        Some(ControllerExit::Failed.code()),
+        "expected a refused start: {err}"
+    );
     err
 }
 
@@ -118,7 +123,7 @@ fn issue9_terminate_removes_only_what_the_controller_created() {
     assert_eq!(reply, "READY");
     let status = wait_with_deadline(child.0.as_mut().unwrap(), TIMEOUT);
     child.0 = None;
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(status.code(), Some(ControllerExit::Terminated.code()));
     assert!(!dir.join("control").exists() && !dir.join("response").exists());
     assert_eq!(
         fs::read_to_string(dir.join("grant-utils.py")).unwrap(),
@@ -310,7 +315,7 @@ fn issue9_a_pipe_dir_swapped_for_a_symlink_right_after_mkdir_changes_nothing_out
         "a file outside the pipe directory changed mode through the symlink; controller said: {err}"
     );
     // strace exits with its tracee's status.
-    assert_eq!(status.code(), Some(125), "{err}");
+    assert_eq!(status.code(), Some(ControllerExit::Failed.code()), "{err}");
     assert!(err.contains("is a symbolic link"), "{err}");
 }
 
@@ -424,7 +429,7 @@ fn issue9_stale_pipes_of_a_dead_controller_are_replaced_and_the_directory_kept()
     assert_eq!(reply, "READY");
     let status = wait_with_deadline(child.0.as_mut().unwrap(), TIMEOUT);
     child.0 = None;
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(status.code(), Some(ControllerExit::Terminated.code()));
     // The replacements were the controller's own: removed; the user's directory stays.
     assert!(!dir.join("control").exists() && !dir.join("response").exists());
     assert!(dir.is_dir());

@@ -1,5 +1,6 @@
 //! The pipe protocol at the FIFO level, against the real controller.
 use crate::support::*;
+use helicopter_parent::core::supervisor::ControllerExit;
 use helicopter_parent::io::pipes;
 use rstest::rstest;
 use std::time::Instant;
@@ -176,7 +177,7 @@ fn the_control_pipe_always_has_a_reader() {
 fn terminate_is_answered_then_the_target_stops_and_pipes_go() {
     let mut controller = Controller::start("counter.py");
     assert_eq!(controller.send("TERMINATE"), "READY");
-    assert_eq!(controller.wait(), 0);
+    assert_eq!(controller.wait(), ControllerExit::Terminated.code());
     assert!(!is_alive(controller.target_pid));
     assert!(!controller.pipe("control").exists() && !controller.pipe("response").exists());
 }

@@ -1,6 +1,7 @@
 //! Every line gets its reply: a reader late to read still gets them all (issue 9, defect
 //! 8), and a 0.x client, which opens `response` only after sending, is answered (defect 11).
 use crate::support::*;
+use helicopter_parent::core::client::ClientExit;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -134,6 +135,6 @@ fn a_legacy_client_waits_through_a_0x_controllers_reopen_window() {
         asked, "get_target_pid",
         "the client did not wait for the reader:\n{out}"
     );
-    assert_eq!(code, 0, "{out}");
+    assert_eq!(code, ClientExit::Ok.code(), "{out}");
     assert!(out.contains("Type 'help'"), "{out}");
 }

@@ -2,6 +2,8 @@
 //! core with every effect matching the recording, and its transcript is snapshot-tested.
 //! `just record-sessions` records them again by running the real controller.
 use crate::support::*;
+use helicopter_parent::cli::exit::ToolExit;
+use helicopter_parent::core::client::ClientExit;
 use helicopter_parent::core::journal::replay;
 use std::path::PathBuf;
 
@@ -52,7 +54,7 @@ fn heli_replay_check_reports_a_divergence_with_both_sides() {
             .arg(&path),
         TIMEOUT,
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(i32::from(ToolExit::Failed.code())));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("replay diverged")
@@ -97,7 +99,7 @@ fn record_sessions() {
     std::fs::create_dir_all(sessions_dir()).unwrap();
     record("seed_two_cycles", "counter.py", &[], |c| {
         let (code, out) = c.client("attach\np counter\nq\nattach\np counter\nq\nterminate\n");
-        assert_eq!(code, 0, "{out}");
+        assert_eq!(code, ClientExit::Ok.code(), "{out}");
     });
     record("bad_inputs", "counter.py", &[], |c| {
         let dead = reaped_pid();

@@ -5,6 +5,7 @@
 //! the grant policy and the journal use.
 use crate::support::*;
 use helicopter_parent::core::journal::replay;
+use helicopter_parent::core::supervisor::ControllerExit;
 use helicopter_parent::io::exchange::{
     exchange_raw, write_control, ExchangeError, NextLine, ResponseReader,
 };
@@ -291,7 +292,7 @@ fn the_journal_records_the_real_requester_and_replays() {
         exchange_socket_raw(&controller.dir, "TERMINATE", timeout).unwrap(),
         "READY"
     );
-    assert_eq!(controller.wait(), 0);
+    assert_eq!(controller.wait(), ControllerExit::Terminated.code());
     assert!(
         !controller.pipe("control.sock").exists() && !controller.dir.exists(),
         "the socket goes with the pipes, and the directory with them"
@@ -541,5 +542,5 @@ fn a_socket_left_by_a_killed_controller_refuses_and_the_next_controller_replaces
     );
     let status = wait_with_deadline(second.0.as_mut().unwrap(), TIMEOUT);
     second.0 = None;
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(status.code(), Some(ControllerExit::Terminated.code()));
 }

@@ -7,6 +7,9 @@
 //! suite once per supported minor version.
 #![allow(dead_code)]
 
+use helicopter_parent::core::client::ClientExit;
+use helicopter_parent::core::supervisor::ControllerExit;
+
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -455,7 +458,7 @@ impl TargetSpec {
 pub fn assert_seed_session(mut controller: Controller) {
     controller.stdout.wait_for("counter ready");
     let (code, out) = controller.client("attach\np counter\nq\nattach\np counter\nq\nterminate\n");
-    assert_eq!(code, 0, "{out}");
+    assert_eq!(code, ClientExit::Ok.code(), "{out}");
     let counters = pdb_numbers(&out);
     assert_eq!(counters.len(), 2, "{out}");
     assert!(
@@ -464,7 +467,7 @@ pub fn assert_seed_session(mut controller: Controller) {
     );
     assert_eq!(out.matches("Debugger detached").count(), 2, "{out}");
     assert_eq!(out.matches("✅ Permission granted").count(), 2, "{out}");
-    assert_eq!(controller.wait(), 0);
+    assert_eq!(controller.wait(), ControllerExit::Terminated.code());
     assert!(!is_alive(controller.target_pid));
     assert!(!controller.pipe("control").exists());
 }

@@ -1,6 +1,7 @@
 //! Nothing of the supervised tree outlives the controller, whichever way it ends
 //! (issue 9 defect 6, issue 11 "Stopping the tree").
 use crate::support::*;
+use helicopter_parent::core::supervisor::{ControllerExit, ExitStatus, StopSignal};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -147,7 +148,7 @@ fn start_tree(script_args: &[&str], controller_args: &[&str]) -> (Controller, Tr
 fn terminate_stops_every_process_of_the_tree() {
     let (mut controller, tree) = start_tree(&[], &[]);
     assert_eq!(controller.send("TERMINATE"), "READY");
-    assert_eq!(controller.wait(), 0);
+    assert_eq!(controller.wait(), ControllerExit::Terminated.code());
     tree.wait_gone(TREE_GONE_WITHIN);
 }
 
@@ -155,7 +156,13 @@ fn terminate_stops_every_process_of_the_tree() {
 fn sigterm_of_the_controller_stops_every_process_of_the_tree() {
     let (mut controller, tree) = start_tree(&[], &[]);
     controller.signal(libc::SIGTERM);
-    assert_eq!(controller.wait(), 143);
+    assert_eq!(
+        controller.wait(),
+        ControllerExit::Signalled {
+            signal: StopSignal::Terminate
+        }
+        .code()
+    );
     tree.wait_gone(TREE_GONE_WITHIN);
 }
 
@@ -177,7 +184,7 @@ fn terminate_lets_the_target_run_finally_and_atexit() {
     let marker = marker_dir.path().join("ran");
     let (mut controller, tree) = start_tree(&["--marker", marker.to_str().unwrap()], &[]);
     assert_eq!(controller.send("TERMINATE"), "READY");
-    assert_eq!(controller.wait(), 0);
+    assert_eq!(controller.wait(), ControllerExit::Terminated.code());
     // The target has exited before the controller does: whatever it wrote is there.
     let ran = std::fs::read_to_string(&marker).unwrap_or_default();
     assert!(
@@ -253,7 +260,16 @@ fn ctrl_c_on_the_terminal_interrupts_the_target_once() {
     while let Ok(bytes) = rx.recv_deadline(Instant::now() + Duration::from_secs(5)) {
         seen.push_str(&String::from_utf8_lossy(&bytes));
     }
-    assert_eq!(status.code(), Some(130), "terminal: {seen}");
+    assert_eq!(
+        status.code(),
+        Some(
+            ControllerExit::Signalled {
+                signal: StopSignal::Interrupt
+            }
+            .code()
+        ),
+        "terminal: {seen}"
+    );
     let ran = std::fs::read_to_string(&marker).unwrap_or_default();
     assert!(
         ran.contains("finally completed"),
@@ -280,6 +296,12 @@ fn a_killed_keeper_takes_the_target_with_it_and_the_controller_stops_the_rest() 
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no keeper pid in {line:?}"));
     unsafe { libc::kill(keeper, libc::SIGKILL) };
-    assert_eq!(controller.wait(), 128 + libc::SIGKILL);
+    assert_eq!(
+        controller.wait(),
+        ControllerExit::Target {
+            status: ExitStatus::Signal(libc::SIGKILL)
+        }
+        .code()
+    );
     tree.wait_gone(TREE_GONE_WITHIN);
 }
