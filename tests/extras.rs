@@ -116,12 +116,22 @@ fn man_pages_have_every_option_and_render() {
             .timeout(DEADLINE)
             .output()
             .unwrap();
-        assert!(out.status.success(), "man -l {bin}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "man -l {bin}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("NAME") && text.contains("SYNOPSIS"), "{bin}: {text}");
+        assert!(
+            text.contains("NAME") && text.contains("SYNOPSIS"),
+            "{bin}: {text}"
+        );
         assert!(text.contains("SEE ALSO"), "{bin}: {text}");
         for option in &options {
-            assert!(text.contains(option.as_str()), "{bin} rendered page lacks {option}: {text}");
+            assert!(
+                text.contains(option.as_str()),
+                "{bin} rendered page lacks {option}: {text}"
+            );
         }
     }
 }
@@ -136,5 +146,8 @@ fn misuse_is_a_usage_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.starts_with("heli-client: error: --generate-completions: unknown shell"), "{stderr}");
+    assert!(
+        stderr.starts_with("heli-client: error: --generate-completions: unknown shell"),
+        "{stderr}"
+    );
 }
