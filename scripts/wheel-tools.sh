@@ -5,9 +5,11 @@
 # PyPI), then reused.
 #
 # Why not `python -m venv` with pip: the provisioned interpreter is Debian's, and Debian
-# ships ensurepip separately, so the venv is made --without-pip and any pip >= 22.3 on the
-# machine (`python3 -m pip`, else Debian's python3-pip) installs a pip into it through
-# `pip --python`. From then on the venv's own pip does the work.
+# ships ensurepip separately, so the venv is made --without-pip and any pip on the machine
+# (`python3 -m pip`, else Debian's python3-pip) unpacks a current pip into the venv's
+# site-packages with --target. Not `pip --python VENV/bin/python`: that runs the outer pip
+# under 3.14, and Debian 12's pip 23.0 no longer runs there (pkgutil.ImpImporter is gone).
+# From then on the venv's own pip does the work.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 log() { echo "wheel-tools: $*" >&2; }
@@ -21,31 +23,30 @@ if [[ -x $tools/bin/maturin && -f $stamp && $(cat "$stamp") == "$maturin_spec" ]
 fi
 
 py=$("$root/scripts/provision-python.sh" 3.14)
-# An old pip under 3.14 warns about its own sources (SyntaxWarning); the warnings are noise.
+# pip warnings that are noise here: an older pip's SyntaxWarnings, the version check.
 export PYTHONWARNINGS=ignore::SyntaxWarning PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# A pip that can install into another interpreter's environment (--python: pip 22.3+).
+# A Python with pip; any pip will do: it only unpacks pip's own pure-Python wheel.
 outer_pip() {
   local python
   for python in python3 /usr/bin/python3; do
-    if "$python" -m pip --version >/dev/null 2>&1 &&
-      "$python" -c 'import sys, pip; v = tuple(int(p) for p in pip.__version__.split(".")[:2]); sys.exit(v < (22, 3))' 2>/dev/null; then
-      echo "$python"; return
-    fi
+    if "$python" -m pip --version >/dev/null 2>&1; then echo "$python"; return; fi
   done
   if command -v apt-get >/dev/null 2>&1; then
-    log "no pip >= 22.3 found: installing Debian's python3-pip"
+    log "no pip found: installing Debian's python3-pip"
     { apt-get install -y -qq python3-pip || { apt-get update -qq && apt-get install -y -qq python3-pip; }; } >&2
     /usr/bin/python3 -m pip --version >/dev/null 2>&1 && { echo /usr/bin/python3; return; }
   fi
-  die "no pip >= 22.3 to bootstrap the tools venv (install python3-pip)"
+  die "no pip to bootstrap the tools venv (install python3-pip)"
 }
 
 rm -rf "$tools"
 "$py" -m venv --without-pip "$tools"
 log "installing pip and $maturin_spec into $tools"
-"$(outer_pip)" -m pip --python "$tools/bin/python" install -q pip >&2
-"$tools/bin/python" -m pip install -q "$maturin_spec" >&2
+site=$("$tools/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+PIP_ROOT_USER_ACTION=ignore timeout 300 "$(outer_pip)" -m pip install -q --target "$site" \
+  --python-version "$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" --only-binary=:all: pip >&2
+timeout 300 "$tools/bin/python" -m pip install -q "$maturin_spec" >&2
 [[ -x $tools/bin/maturin ]] || die "maturin did not install into $tools"
 echo "$maturin_spec" >"$stamp"
 echo "$tools"
