@@ -572,7 +572,7 @@ pub fn replay(text: &str, check: bool) -> Result<Replay, ReplayError> {
                         found: found as u32,
                     }
                 }
-                _ => e,
+                Some(_) | None => e,
             });
         }
         Ok(_) => return Err(ReplayError::MissingHeader { line: 1 }),

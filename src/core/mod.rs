@@ -29,6 +29,7 @@ pub mod client;
 pub mod delivery;
 pub mod journal;
 pub mod ptrace_policy;
+pub mod signals;
 pub mod supervisor;
 pub mod wire;
 

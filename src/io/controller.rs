@@ -6,7 +6,7 @@ use super::find_python::resolve_python;
 use super::grant::GrantInjector;
 use super::journal_writer::{Appended, JournalWriter, DEFAULT_LIMIT_BYTES};
 use super::keeper::{Keeper, KeeperEvent, KeeperEvents};
-use super::pipes::{PipeDir, PipeHandle};
+use super::pipes::{self, PipeDir, PipeHandle};
 use super::procfs;
 use super::socket_server::SocketServer;
 use crate::core::journal::{Header, Record, JOURNAL_FORMAT};
@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -232,7 +232,11 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     // Bounded: a flood of lines waits in the control pipe (the writer blocks), not in
     // the controller's memory.
     let (tx, rx) = crossbeam_channel::bounded::<Input>(1024);
-    let watcher = ClientWatcher::new(tx.clone());
+    // Client exits come on a channel of their own: the watcher must be able to start a
+    // thread for any later grant, so it keeps a sender for good, which on the adapters'
+    // channel would hide that every adapter had stopped.
+    let (watch_tx, watch_rx) = crossbeam_channel::unbounded::<Input>();
+    let watcher = ClientWatcher::new(watch_tx);
     let adapters = || -> io::Result<(GrantInjector, ResponseWriter, SocketServer)> {
         let injector = GrantInjector::start(target_pid, tx.clone())?;
         let responses = ResponseWriter::start(pipes.handle()?, opts.dialect)?;
@@ -287,7 +291,13 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     loop {
         let input = match immediate.pop_front() {
             Some(input) => input,
-            None => next_input(&rx, supervisor.poll_timeout(), started, &mut adapters_gone),
+            None => next_input(
+                &rx,
+                &watch_rx,
+                supervisor.poll_timeout(),
+                started,
+                &mut adapters_gone,
+            ),
         };
         let at = started.elapsed().as_millis() as u64;
         record(&mut journal, &mut |w| w.step(at, &input, None));
@@ -343,6 +353,7 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
 /// the only sound move left is to stop, said once; after that only deadlines can come.
 fn next_input(
     rx: &Receiver<Input>,
+    client_exits: &Receiver<Input>,
     timeout: Option<u64>,
     started: Instant,
     adapters_gone: &mut bool,
@@ -353,12 +364,15 @@ fn next_input(
         let _ = crossbeam_channel::at(deadline).recv();
         return Input::DeadlineReached;
     }
-    let input = match deadline {
-        Some(deadline) => select! {
-            recv(rx) -> input => input.ok(),
-            recv(crossbeam_channel::at(deadline)) -> _ => return Input::DeadlineReached,
+    let never = crossbeam_channel::never();
+    let at = deadline.map_or(never, crossbeam_channel::at);
+    let input = select! {
+        recv(rx) -> input => input.ok(),
+        recv(client_exits) -> exit => match exit {
+            Ok(exit) => return exit,
+            Err(_) => None,
         },
-        None => rx.recv().ok(),
+        recv(at) -> _ => return Input::DeadlineReached,
     };
     input.unwrap_or_else(|| {
         *adapters_gone = true;
@@ -580,15 +594,7 @@ fn deliver_reply(
             })?
     };
     // Non-blocking from here: a reader that never reads must not hold the writer forever.
-    let fd = file.as_raw_fd();
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe {
-        libc::fcntl(
-            fd,
-            libc::F_SETFL,
-            libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
-        )
-    };
+    pipes::set_nonblocking(&file).map_err(|e| e.to_string())?;
     let bytes = format!("{line}\n");
     let mut written = 0;
     while written < bytes.len() {

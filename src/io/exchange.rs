@@ -413,15 +413,7 @@ impl TrustedPipeDir {
         )
         .map_err(ExchangeError::Untrusted)?;
         // Writes go on without blocking, bounded by the deadline (`write_all_until`).
-        let fd = control.as_raw_fd();
-        // SAFETY: fcntl on a descriptor we own.
-        unsafe {
-            libc::fcntl(
-                fd,
-                libc::F_SETFL,
-                libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
-            )
-        };
+        pipes::set_nonblocking(&control).map_err(io_err("the control pipe"))?;
         Ok(control)
     }
 
@@ -496,30 +488,21 @@ fn stat_at(dir: &File, name: &str) -> io::Result<EntryFacts> {
 /// Opens `name` in `dir` without blocking and without following a symlink.
 /// `name` opened for writing relative to `dir`, blocking until a reader opens it.
 fn open_blocking_writer(dir: &File, name: &str) -> io::Result<File> {
-    let name = CString::new(Path::new(name).as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: valid descriptor and NUL-terminated name; the result is checked.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    Ok(unsafe { File::from_raw_fd(fd) })
+    open_at_with(dir, name, libc::O_WRONLY)
 }
 
 fn open_at(dir: &File, name: &str, access: libc::c_int) -> io::Result<File> {
+    open_at_with(dir, name, access | libc::O_NONBLOCK)
+}
+
+fn open_at_with(dir: &File, name: &str, flags: libc::c_int) -> io::Result<File> {
     let name = CString::new(Path::new(name).as_os_str().as_bytes()).map_err(io::Error::other)?;
     // SAFETY: valid descriptor and NUL-terminated name; the result is checked.
     let fd = unsafe {
         libc::openat(
             dir.as_raw_fd(),
             name.as_ptr(),
-            access | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
         )
     };
     if fd < 0 {

@@ -499,6 +499,19 @@ pub fn open_reader(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Makes reads and writes on `file` non-blocking: past an open that had to wait for its
+/// peer, a slow or vanished peer must not hold the caller.
+pub fn set_nonblocking(file: &File) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor the caller owns through `file`.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

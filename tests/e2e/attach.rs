@@ -1,7 +1,6 @@
 //! The user journey: grant, real `pdb -p`, detach, attach again, on pipes and on a pty.
 use crate::support::*;
 use helicopter_parent::core::client::ClientExit;
-use helicopter_parent::core::supervisor::ControllerExit;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
@@ -11,18 +10,7 @@ use std::time::Instant;
 #[test]
 fn seed_session_through_pipes_attaches_twice_and_terminates() {
     let mut controller = Controller::start("counter.py");
-    let (code, out) = controller.client("attach\np counter\nq\nattach\np counter\nq\nterminate\n");
-    assert_eq!(code, ClientExit::Ok.code(), "{out}");
-    let counters = pdb_numbers(&out);
-    assert_eq!(counters.len(), 2, "{out}");
-    assert!(
-        counters[1] > counters[0],
-        "counter did not grow: {counters:?}\n{out}"
-    );
-    assert_eq!(out.matches("Debugger detached").count(), 2, "{out}");
-    assert_eq!(out.matches("✅ Permission granted").count(), 2, "{out}");
-    assert_eq!(controller.wait(), ControllerExit::Terminated.code());
-    assert!(!is_alive(controller.target_pid));
+    assert_seed_session(&mut controller);
     // Only the journal stays (README, "What the pipe directory holds").
     assert_eq!(
         dir_entries(&controller.dir),

@@ -17,28 +17,29 @@ use helicopter_parent::core::supervisor::ControllerExit;
 #[test]
 fn debug_build_seed_session() {
     let python = python_build("dbg");
-    let controller = Controller::start_target(&TargetSpec::new(&python, "counter.py"), &[]);
-    assert_seed_session(controller);
+    let mut controller = Controller::start_target(&TargetSpec::new(&python, "counter.py"), &[]);
+    assert_seed_session(&mut controller);
 }
 
 #[test]
 fn shared_libpython_seed_session() {
     let python = python_build("shared");
-    let controller = Controller::start_target(&TargetSpec::new(&python, "counter.py"), &[]);
-    assert_seed_session(controller);
+    let mut controller = Controller::start_target(&TargetSpec::new(&python, "counter.py"), &[]);
+    assert_seed_session(&mut controller);
 }
 
 #[test]
 fn ctypes_target_seed_session() {
-    let controller = Controller::start_target(&TargetSpec::new(python(), "counter_ctypes.py"), &[]);
-    assert_seed_session(controller);
+    let mut controller =
+        Controller::start_target(&TargetSpec::new(python(), "counter_ctypes.py"), &[]);
+    assert_seed_session(&mut controller);
 }
 
 #[test]
 fn ctypes_target_on_shared_libpython_seed_session() {
     let python = python_build("shared");
     let target = TargetSpec::new(&python, "counter_ctypes.py");
-    assert_seed_session(Controller::start_target(&target, &[]));
+    assert_seed_session(&mut Controller::start_target(&target, &[]));
 }
 
 /// libpython of the minor under test, as the shared build ships it.
@@ -61,7 +62,7 @@ fn a_libpython_loaded_through_ctypes_into_a_static_interpreter_is_ignored() {
     controller.stdout.wait_for("counter ready");
     let maps = fs::read_to_string(format!("/proc/{}/maps", controller.target_pid)).unwrap();
     assert!(maps.contains("libpython"), "the second runtime is mapped");
-    assert_seed_session(controller);
+    assert_seed_session(&mut controller);
 }
 
 #[test]

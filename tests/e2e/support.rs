@@ -455,7 +455,7 @@ impl TargetSpec {
 /// ready"): two attach cycles reading a growing `counter`, then `terminate`; checks all of
 /// it and that everything is gone afterwards. It starts once the target is up: these
 /// sessions are about the build under test, not about attaching during start-up.
-pub fn assert_seed_session(mut controller: Controller) {
+pub fn assert_seed_session(controller: &mut Controller) {
     controller.stdout.wait_for("counter ready");
     let (code, out) = controller.client("attach\np counter\nq\nattach\np counter\nq\nterminate\n");
     assert_eq!(code, ClientExit::Ok.code(), "{out}");

@@ -23,6 +23,8 @@ fn stream(u: &mut Bytes) -> Vec<u8> {
                 u.pick(&[
                     "GET_TARGET_PID",
                     "grant_access",
+                    "REVOKE_ACCESS",
+                    "revoke_access",
                     "TERMINATE",
                     "READY",
                     "TARGET_PID",
@@ -98,7 +100,7 @@ pub fn run(data: &[u8]) -> Result<(), String> {
 fn check_line(text: &str) -> Result<(), String> {
     match parse_command(text) {
         Ok(command) => {
-            if let Command::GrantAccess { pid } = command {
+            if let Command::GrantAccess { pid } | Command::RevokeAccess { pid } = command {
                 if pid == 0 || pid > PID_MAX_LIMIT {
                     return Err(format!("{text:?} parsed to an impossible pid {pid}"));
                 }

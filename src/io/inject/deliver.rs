@@ -10,7 +10,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{procfs, InjectError, PythonProcess, ThreadChoice as InjectorThread};
+use super::{InjectError, PythonProcess, ThreadChoice as InjectorThread};
 use crate::core::delivery::{
     Delivery as PolicyDelivery, DeliveryAction, DeliveryFact, DeliveryStatus, DeliveryTiming,
     InjectFailure, RequestSeen, ThreadChoice, ThreadFact,
@@ -110,7 +110,7 @@ pub fn survey_threads(process: &PythonProcess) -> Vec<ThreadFact> {
         .map(|threads| threads.iter().map(|t| t.native_tid).collect())
         .unwrap_or_default();
     let main = process.main_thread_tid().ok().flatten();
-    procfs::thread_states(process.pid())
+    crate::io::procfs::thread_states(process.pid())
         .into_iter()
         .map(|(tid, state, wchan)| ThreadFact {
             tid,

@@ -2,8 +2,6 @@
 
 use std::fmt;
 
-use super::procfs;
-
 /// Why an injection could not be done; every message says what the user can do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InjectError {
@@ -159,8 +157,8 @@ impl std::error::Error for InjectError {}
 /// uids and dumpability.
 pub(crate) fn permission_denied(pid: i32, action: &str) -> InjectError {
     let mut facts = vec![format!("{action} was refused")];
-    let descendant = procfs::is_descendant_of_self(pid);
-    match procfs::yama_scope() {
+    let descendant = crate::io::procfs::is_descendant_of_self(pid);
+    match crate::io::procfs::yama_scope() {
         None => facts.push("Yama is not active (classic ptrace rules: same uid and a dumpable target, or CAP_SYS_PTRACE)".into()),
         Some(0) => facts.push("Yama ptrace_scope=0 (classic ptrace rules)".into()),
         Some(1) => facts.push(format!(
@@ -175,21 +173,21 @@ pub(crate) fn permission_denied(pid: i32, action: &str) -> InjectError {
             "Yama ptrace_scope={scope}: no process may access it until reboot"
         )),
     }
-    if procfs::yama_scope() != Some(1) {
+    if crate::io::procfs::yama_scope() != Some(1) {
         facts.push(format!(
             "target is {}a descendant of this process",
             if descendant { "" } else { "not " }
         ));
     }
     let my_uid = nix::unistd::geteuid().as_raw();
-    match procfs::effective_uid(pid) {
+    match crate::io::procfs::effective_uid(pid) {
         Some(uid) if uid != my_uid => facts.push(format!(
             "target runs as uid {uid}, this process as uid {my_uid}"
         )),
         Some(_) => facts.push(format!("same uid {my_uid}")),
         None => {}
     }
-    match procfs::is_dumpable(pid) {
+    match crate::io::procfs::is_dumpable(pid) {
         Some(true) => facts.push("target is dumpable".into()),
         Some(false) => facts.push(
             "target is NOT dumpable (PR_SET_DUMPABLE 0 or a setuid program): refused even to its parent".into(),

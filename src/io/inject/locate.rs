@@ -30,7 +30,6 @@ use crate::pyruntime::{
 
 use super::error::{permission_denied, InjectError};
 use super::memory::{MemoryError, RemoteMemory};
-use super::procfs;
 
 /// How `_PyRuntime` is searched for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -72,7 +71,7 @@ pub(crate) fn locate_runtime(
     let maps = read_maps(pid)?;
     let regions = parse_maps(&maps);
     if regions.is_empty() {
-        let zombie = procfs::process_stat(pid).is_some_and(|s| s.state == 'Z');
+        let zombie = crate::io::procfs::process_stat(pid).is_some_and(|s| s.state == 'Z');
         return Err(InjectError::NotPython {
             pid,
             detail: if zombie {

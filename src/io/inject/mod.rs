@@ -25,7 +25,6 @@ mod deliver;
 mod error;
 mod locate;
 mod memory;
-mod procfs;
 
 pub use deliver::{carry_out, deliver, failure_of, survey_threads, DeliverOptions, Delivery};
 pub use error::InjectError;
@@ -385,12 +384,12 @@ fn has_interpreter(
 /// Native thread ids of `pid`'s threads that are running or runnable right now (`R` in
 /// `/proc/PID/task/TID/stat`): candidates that will reach an eval-breaker check soon.
 pub fn running_threads(pid: i32) -> Vec<i32> {
-    procfs::running_threads(pid)
+    crate::io::procfs::running_threads(pid)
 }
 
 /// Every thread of `pid`: native id, run state letter (`R`, `S`, `D`...) and wait channel.
 pub fn thread_states(pid: i32) -> Vec<(i32, char, Option<String>)> {
-    procfs::thread_states(pid)
+    crate::io::procfs::thread_states(pid)
 }
 
 /// "1234 (main) S in do_sys_poll, 1235 R": what each thread of `pid` is doing.
@@ -398,7 +397,7 @@ pub fn describe_threads(pid: i32) -> String {
     let main = PythonProcess::open(pid)
         .ok()
         .and_then(|p| p.main_thread_tid().ok().flatten());
-    procfs::describe_threads(pid, main)
+    crate::io::procfs::describe_threads(pid, main)
 }
 
 fn tid_from_raw(pid: i32, raw: u64) -> Result<i32, InjectError> {
