@@ -22,12 +22,49 @@ demo: build
 # The end-to-end runs (real Python, real pdb) cover each minor version's release, debug and
 # shared-libpython builds; the second minor runs only the e2e binary (unit tests are
 # version-free).
-# All tests: unit, end-to-end and acceptance against 3.14 and 3.15, conformance in both dialects
+# All tests: unit, end-to-end and acceptance against 3.14 and 3.15, conformance in both dialects, both ways of installing
 test: build
     HELI_TEST_PYTHON=3.14 cargo test
     HELI_TEST_PYTHON=3.15 cargo test --test e2e
     just conformance
     just acceptance
+    just test-wheel
+    just test-cargo-install
+
+# maturin lives in a private venv (scripts/wheel-tools.sh), installed from PyPI once.
+# Build the wheel that carries the binaries (maturin, `bindings = "bin"`) into target/wheels
+wheel:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    tools=$(scripts/wheel-tools.sh)
+    rm -f target/wheels/helicopter_parent-*.whl
+    "$tools/bin/maturin" build --release --locked --quiet -o target/wheels
+    "$tools/bin/python" -m zipfile -l target/wheels/helicopter_parent-*.whl
+
+# The acceptance check runs against the installed binaries too, when it is present.
+# The wheel installed alone into a fresh Python 3.14 venv, then the seed session with its binaries
+test-wheel: wheel
+    scripts/test-install.sh wheel
+
+# `cargo install --path .` into a fresh root, then the seed session with its binaries
+test-cargo-install: build
+    scripts/test-install.sh cargo
+
+# Each binary generates its own, from its command-line definition (src/cli/extras.rs).
+# Shell completions (bash, zsh, fish) for every binary into DIR
+completions DIR="target/completions": build
+    scripts/install-extras.sh completions {{DIR}}
+
+# Man pages (section 1) for every binary into DIR
+man DIR="target/man": build
+    scripts/install-extras.sh man {{DIR}}
+
+# Where shells and man look under PREFIX: share/bash-completion/completions,
+# share/zsh/site-functions, share/fish/vendor_completions.d, share/man/man1. BIN: which
+# binaries generate them (e.g. ~/.cargo/bin or a venv's bin for installed ones).
+# Completions and man pages under PREFIX
+install-extras PREFIX BIN="target/release": build
+    scripts/install-extras.sh prefix {{PREFIX}} {{BIN}}
 
 # The seed's example session, checked from outside (needs ../shared/acceptance)
 acceptance: build

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
+    // What --version prints (clap's default is the package name, the same for all four).
+    name = "heli-client",
     version,
     about = "Attach pdb to a program started by heli-controller; commands: attach, quit, terminate, help"
 )]
@@ -30,6 +32,10 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // The hidden --generate-completions SHELL / --generate-man (src/cli/extras.rs).
+    if let Some(code) = helicopter_parent::cli::extras::generate_if_asked::<Args>() {
+        return code;
+    }
     let args = Args::parse();
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
         eprintln!("heli-client: error: --timeout must be a positive number of seconds");

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
+    // What --version prints (clap's default is the package name, the same for all four).
+    name = "heli-controller",
     version,
     about = "Run a Python 3.14+ program under supervision; heli-client attaches pdb to it later"
 )]
@@ -71,6 +73,10 @@ fn stop_grace(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    // The hidden --generate-completions SHELL / --generate-man (src/cli/extras.rs).
+    if let Some(code) = helicopter_parent::cli::extras::generate_if_asked::<Args>() {
+        return code;
+    }
     let args = Args::parse();
     let journal = match (args.no_journal, args.journal) {
         (true, _) => Some(None),

@@ -10,6 +10,8 @@ use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
+    // What --version prints (clap's default is the package name, the same for all four).
+    name = "heli-replay",
     version,
     about = "Replay a heli-controller journal and print its transcript"
 )]
@@ -29,6 +31,10 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // The hidden --generate-completions SHELL / --generate-man (src/cli/extras.rs).
+    if let Some(code) = helicopter_parent::cli::extras::generate_if_asked::<Args>() {
+        return code;
+    }
     let args = Args::parse();
     let text = match std::fs::read(&args.journal) {
         Ok(bytes) => match String::from_utf8(bytes) {

@@ -33,6 +33,8 @@ const EXIT_UNUSABLE: u8 = ToolExit::Usage.code();
 
 #[derive(Parser)]
 #[command(
+    // What --version prints (clap's default is the package name, the same for all four).
+    name = "heli-conformance",
     version,
     about = "Check a helicopter-parent controller against the pipe protocol, from the outside"
 )]
@@ -91,6 +93,10 @@ impl Cases {
 }
 
 fn main() -> ExitCode {
+    // The hidden --generate-completions SHELL / --generate-man (src/cli/extras.rs).
+    if let Some(code) = helicopter_parent::cli::extras::generate_if_asked::<Args>() {
+        return code;
+    }
     let args = Args::parse();
     let unusable = |message: String| {
         eprintln!("heli-conformance: {message}");
