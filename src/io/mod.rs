@@ -12,3 +12,4 @@ pub mod journal_writer;
 pub mod keeper;
 pub mod pipes;
 pub mod procfs;
+pub mod wake;

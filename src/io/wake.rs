@@ -1,0 +1,246 @@
+//! Waking a target that waits. A thread blocked in a system call (epoll_wait, a lock, a
+//! long sleep) runs no Python code and so never picks up a pending remote-exec request.
+//! A signal with a Python-level handler wakes it: the call returns EINTR, CPython runs the
+//! handler on the main thread and retries the call (PEP 475), and on the way through the
+//! eval breaker the pending request runs. The blocked call then resumes as before.
+//!
+//! The signal is SIGURG ([`WAKE_SIGNAL`]): its default action is to ignore it, so sending
+//! it to a process without a handler changes nothing. The handler is installed in the
+//! target by a tiny script ([`waker_script`]) delivered right after start-up, while the
+//! interpreter is busy importing, and again at the head of every grant script; it installs
+//! a no-op handler only while SIGURG's disposition is still the default, so a target that
+//! handles SIGURG itself keeps its own handler (which is then what a wake calls).
+//!
+//! When to wake is the core's decision ([`crate::core::delivery`]); this module only sends
+//! the signal and installs the handler. `--no-wake` (or `HELI_NO_WAKE=1`) turns both off.
+use crate::core::delivery::WAKE_SIGNAL;
+use std::fs;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::inject::{InjectError, PythonProcess, ThreadChoice};
+
+/// Whether waking was turned off from the environment (`HELI_NO_WAKE=1`), for the
+/// client, which has no `--no-wake` of its own to be told.
+pub fn disabled_by_env() -> bool {
+    std::env::var_os("HELI_NO_WAKE").is_some_and(|v| v == "1")
+}
+
+/// Python source that installs the no-op SIGURG handler in the thread that runs it.
+/// Only the main thread may install a handler: elsewhere `signal` raises ValueError,
+/// which is swallowed, like every other failure: nothing of this may ever show in the
+/// target (a remote script's exception would be printed on the target's stderr).
+pub fn waker_snippet() -> &'static str {
+    r#"def _helicopter_parent_waker():
+    try:
+        import _signal
+        if _signal.getsignal(_signal.SIGURG) == _signal.SIG_DFL:
+            def _helicopter_parent_wake(signum, frame):
+                # Being called is the point: the interrupted call is retried and the
+                # pending remote request runs on the way.
+                pass
+            _signal.signal(_signal.SIGURG, _helicopter_parent_wake)
+    except Exception:
+        pass
+_helicopter_parent_waker()
+del _helicopter_parent_waker
+"#
+}
+
+/// The whole start-up script: the snippet alone.
+pub fn waker_script() -> String {
+    waker_snippet().to_string()
+}
+
+/// Whether `pid` catches `signal` (its bit in `SigCgt` of `/proc/PID/status`).
+pub fn catches(pid: i32, signal: i32) -> Option<bool> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+    let mask = u64::from_str_radix(mask.trim(), 16).ok()?;
+    Some(mask & (1u64 << (signal - 1)) != 0)
+}
+
+/// Sends [`WAKE_SIGNAL`] to thread `tid` of `pid`. `None` when sent, else why not. A
+/// target that does not catch the signal is not sent it: it would do nothing there, and
+/// the reason is worth saying.
+pub fn wake_thread(pid: i32, tid: i32) -> Option<String> {
+    match catches(pid, WAKE_SIGNAL) {
+        Some(true) => {}
+        Some(false) => {
+            return Some(
+                "the target does not catch SIGURG (no waker installed yet, or it ignores SIGURG)"
+                    .into(),
+            )
+        }
+        None => return Some("the target's signal dispositions are unreadable".into()),
+    }
+    // SAFETY: tgkill takes plain integers; it signals exactly that thread of that process,
+    // so a recycled tid in another process cannot be hit.
+    let rc = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, WAKE_SIGNAL) };
+    if rc == 0 {
+        None
+    } else {
+        Some(format!("tgkill: {}", std::io::Error::last_os_error()))
+    }
+}
+
+/// Shared by the start-up installer and the grant injector: the installer writes its
+/// request only while no grant has touched the target, so it never overwrites a grant's
+/// request (the grant script installs the waker too, so the reverse is harmless).
+#[derive(Clone, Default)]
+pub struct InjectionGate {
+    grants_started: Arc<Mutex<bool>>,
+}
+
+impl InjectionGate {
+    /// Runs `work` as a grant's injection step: from now on the installer stays away.
+    pub fn grant<T>(&self, work: impl FnOnce() -> T) -> T {
+        let mut started = self.lock();
+        *started = true;
+        work()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, bool> {
+        // A panic elsewhere while holding the gate leaves a valid bool behind.
+        self.grants_started
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What became of the start-up installation, for the controller's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstallOutcome {
+    /// The target ran the script this long after the installer started.
+    Installed { after: Duration },
+    /// Written, but the main thread ran no Python code in time (it blocked at once), so
+    /// it was taken back; a grant installs the waker too.
+    StillPending {
+        tid: i32,
+        /// When it was written.
+        after: Duration,
+        /// The last failure before it could be written.
+        why: String,
+    },
+    /// A grant came first; its script installs the waker.
+    LeftToGrant,
+    /// Never written: why.
+    NotWritten { why: String },
+}
+
+/// Writes the waker script (at `script`, which must stay readable for the controller's
+/// life) into the target's main thread as soon as the interpreter accepts it, retrying
+/// while it starts, and watches for a while whether it ran. Never withdraws: the script
+/// is harmless whenever it runs.
+pub fn install_at_start(
+    pid: i32,
+    script: &Path,
+    gate: &InjectionGate,
+    start_within: Duration,
+    watch_for: Duration,
+) -> InstallOutcome {
+    let begun = Instant::now();
+    let mut process: Option<PythonProcess> = None;
+    let mut last_error = String::from("not tried");
+    let (tid, written_after) = loop {
+        if begun.elapsed() > start_within {
+            return InstallOutcome::NotWritten { why: last_error };
+        }
+        {
+            let started = gate.lock();
+            if *started {
+                return InstallOutcome::LeftToGrant;
+            }
+            // Right after the fork the process may not even be Python yet, and then its
+            // runtime is not initialised: every failure here may pass until the deadline.
+            if process.is_none() {
+                match PythonProcess::open(pid) {
+                    Ok(opened) => process = Some(opened),
+                    Err(e) => last_error = e.to_string(),
+                }
+            }
+            if let Some(opened) = &process {
+                // As "the main thread": CPython names it only once the interpreter is
+                // fully initialised, right before __main__ runs. Earlier, a request would
+                // run while the import system is half built (measured: "Can't open
+                // debugger script", even a crash). Between that moment and a script that
+                // blocks at once (`time.sleep(300)` as its first statement) there are
+                // only the script's compilation and first statements, so the name is
+                // polled without sleeping while it is missing.
+                match opened.schedule(ThreadChoice::Main, script) {
+                    Ok(tid) => break (tid, begun.elapsed()),
+                    Err(InjectError::NoMainThread { .. }) => {
+                        last_error = "the interpreter did not finish starting".into();
+                        drop(started);
+                        std::thread::yield_now();
+                        continue;
+                    }
+                    Err(e) => {
+                        last_error = e.to_string();
+                        // Offsets read before the runtime was complete may be stale.
+                        process = None;
+                    }
+                }
+            }
+        }
+        // Not yet Python (right after the fork), or its runtime not readable yet: a poll,
+        // since no event says "the interpreter exists".
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let process = process.expect("scheduled through it");
+    let watching = Instant::now();
+    loop {
+        let started = gate.lock();
+        if *started {
+            return InstallOutcome::LeftToGrant;
+        }
+        match process.is_pending(tid) {
+            Ok(false) => {
+                return InstallOutcome::Installed {
+                    after: begun.elapsed(),
+                }
+            }
+            Ok(true) if watching.elapsed() < watch_for => {}
+            // Not left pending: a request waiting in a blocked main thread runs when a
+            // signal interrupts it, and CPython then loses the KeyboardInterrupt of that
+            // signal (measured: the first Ctrl-C or stop signal did nothing).
+            Ok(true) | Err(_) => {
+                let withdrawn = process.withdraw(tid).unwrap_or(false);
+                return if withdrawn {
+                    InstallOutcome::StillPending {
+                        tid,
+                        after: written_after,
+                        why: last_error,
+                    }
+                } else {
+                    InstallOutcome::Installed {
+                        after: begun.elapsed(),
+                    }
+                };
+            }
+        }
+        drop(started);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_catches_no_sigurg_and_a_missing_one_is_unreadable() {
+        assert_eq!(catches(std::process::id() as i32, WAKE_SIGNAL), Some(false));
+        assert_eq!(catches(i32::MAX, WAKE_SIGNAL), None);
+        assert!(wake_thread(i32::MAX, i32::MAX).is_some());
+    }
+
+    #[test]
+    fn the_waker_only_replaces_the_default_disposition_and_cleans_up_its_name() {
+        let script = waker_snippet();
+        assert!(script.contains("== _signal.SIG_DFL"), "{script}");
+        assert!(script.contains("except Exception:"), "{script}");
+        assert!(script.ends_with("del _helicopter_parent_waker\n"), "{script}");
+    }
+}
