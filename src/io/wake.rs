@@ -225,6 +225,67 @@ pub fn install_at_start(
     }
 }
 
+/// Wakes the target while pdb's own injection (`python -m pdb -p`, which writes its
+/// request with `sys.remote_exec` into the main thread) waits in it: SIGURG to the main
+/// thread as long as the request is seen pending, until it is taken, `done` is set (pdb
+/// exited) or `within` has passed. Returns whether it ever had to wake. Runs in the
+/// client, which may read the target's memory once the grant declared it.
+pub fn wake_for_pdb(
+    target: i32,
+    done: &std::sync::atomic::AtomicBool,
+    within: Duration,
+) -> bool {
+    use std::sync::atomic::Ordering;
+    let begun = Instant::now();
+    let process = PythonProcess::open(target);
+    let Ok(process) = process else {
+        // Nothing to watch the request with; waking blindly for the whole session could
+        // call a handler while pdb traces the main thread.
+        return false;
+    };
+    let mut woke = false;
+    let mut seen_pending = false;
+    while begun.elapsed() < within && !done.load(Ordering::Relaxed) {
+        let main = match process.main_thread_tid() {
+            Ok(Some(tid)) => tid,
+            Ok(None) | Err(_) => return woke,
+        };
+        let pending = process.is_pending(main);
+        match pending {
+            Ok(true) => {
+                seen_pending = true;
+                if wake_thread(target, main).is_none() {
+                    woke = true;
+                }
+                // The handler runs within microseconds of a wake; a few milliseconds
+                // apart keeps a target that cannot be woken from being flooded.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // Taken: pdb's script ran and armed the debugger, which stops at the next
+            // Python event of the main thread; a blocked thread produces none, so it is
+            // woken a little longer: the next handler call is that event (measured: the
+            // prompt comes at the second wake). At the prompt a wake is harmless: the
+            // handler runs inside pdb's own loop, where nothing is traced.
+            Ok(false) if seen_pending => {
+                if woke {
+                    let settle = Instant::now();
+                    while settle.elapsed() < Duration::from_millis(150)
+                        && !done.load(Ordering::Relaxed)
+                    {
+                        let _ = wake_thread(target, main);
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                return woke;
+            }
+            // pdb has not written its request yet (its interpreter starts).
+            Ok(false) => std::thread::sleep(Duration::from_millis(2)),
+            Err(_) => return woke,
+        }
+    }
+    woke
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
