@@ -9,9 +9,9 @@
 //! (ptrace read access to the controller), the script cannot be changed once sealed, and
 //! no file of the pipe directory is involved, whatever its name.
 use super::inject::{carry_out, failure_of, InjectError, PythonProcess};
+use super::wake::InjectionGate;
 use crate::core::delivery::{DeliveryAction, DeliveryFact};
 use crate::core::supervisor::{GrantId, Input};
-use super::wake::InjectionGate;
 use crossbeam_channel::Sender;
 use std::collections::HashMap;
 #[cfg(test)]

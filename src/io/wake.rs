@@ -32,15 +32,27 @@ pub fn disabled_by_env() -> bool {
 /// which is swallowed, like every other failure: nothing of this may ever show in the
 /// target (a remote script's exception would be printed on the target's stderr).
 pub fn waker_snippet() -> &'static str {
+    // The handler is where pdb stops in a target it had to wake (the handler's call is
+    // the first Python event of a blocked main thread), so it is made to look like what
+    // it is, and it sees `__main__`'s globals: `p counter` works there as in the script,
+    // and `up` shows the code that waited. Its name is bound nowhere in the target.
     r#"def _helicopter_parent_waker():
     try:
-        import _signal
-        if _signal.getsignal(_signal.SIGURG) == _signal.SIG_DFL:
-            def _helicopter_parent_wake(signum, frame):
-                # Being called is the point: the interrupted call is retried and the
-                # pending remote request runs on the way.
-                pass
-            _signal.signal(_signal.SIGURG, _helicopter_parent_wake)
+        import _signal, sys
+        if _signal.getsignal(_signal.SIGURG) != _signal.SIG_DFL:
+            return
+        main = sys.modules.get("__main__")
+        scope = {}
+        exec(compile(
+            "def helicopter_parent_woke_this_thread(signum, frame):\n"
+            "    # A no-op: being called is the point (the debugger attached here).\n"
+            "    pass\n",
+            "<helicopter-parent: SIGURG woke this thread for the debugger; 'up' shows your code>",
+            "exec"), scope)
+        handler = scope["helicopter_parent_woke_this_thread"]
+        if main is not None:
+            handler = type(handler)(handler.__code__, main.__dict__, handler.__name__)
+        _signal.signal(_signal.SIGURG, handler)
     except Exception:
         pass
 _helicopter_parent_waker()
@@ -230,11 +242,7 @@ pub fn install_at_start(
 /// thread as long as the request is seen pending, until it is taken, `done` is set (pdb
 /// exited) or `within` has passed. Returns whether it ever had to wake. Runs in the
 /// client, which may read the target's memory once the grant declared it.
-pub fn wake_for_pdb(
-    target: i32,
-    done: &std::sync::atomic::AtomicBool,
-    within: Duration,
-) -> bool {
+pub fn wake_for_pdb(target: i32, done: &std::sync::atomic::AtomicBool, within: Duration) -> bool {
     use std::sync::atomic::Ordering;
     let begun = Instant::now();
     let process = PythonProcess::open(target);
@@ -300,8 +308,14 @@ mod tests {
     #[test]
     fn the_waker_only_replaces_the_default_disposition_and_cleans_up_its_name() {
         let script = waker_snippet();
-        assert!(script.contains("== _signal.SIG_DFL"), "{script}");
+        assert!(
+            script.contains("!= _signal.SIG_DFL:\n            return"),
+            "{script}"
+        );
         assert!(script.contains("except Exception:"), "{script}");
-        assert!(script.ends_with("del _helicopter_parent_waker\n"), "{script}");
+        assert!(
+            script.ends_with("del _helicopter_parent_waker\n"),
+            "{script}"
+        );
     }
 }

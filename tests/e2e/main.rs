@@ -16,3 +16,4 @@ mod replies;
 mod sessions;
 mod support;
 mod tree_stop;
+mod wake;
