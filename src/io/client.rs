@@ -229,6 +229,7 @@ impl Driver {
                         crate::io::wake::wake_for_pdb(
                             target as i32,
                             &done,
+                            crate::io::wake::pdb_wake_after(),
                             Duration::from_secs(60),
                         );
                     });

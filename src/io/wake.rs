@@ -237,12 +237,32 @@ pub fn install_at_start(
     }
 }
 
+/// How long pdb's request may wait in the target before the client wakes it, unless
+/// `HELI_PDB_WAKE_AFTER_MS` says otherwise. A woken thread makes pdb stop in the waker's
+/// handler (the only Python code a blocked thread runs), where the script's module
+/// globals are visible but not the locals of the function that waits (`up` shows them).
+/// A loop that sleeps in steps of up to a second (the seed's demo) reaches its own code
+/// within this grace, so pdb stops there as it always did, and `p counter` works.
+pub const PDB_WAKE_AFTER: Duration = Duration::from_millis(1200);
+
+pub fn pdb_wake_after() -> Duration {
+    std::env::var("HELI_PDB_WAKE_AFTER_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(PDB_WAKE_AFTER, Duration::from_millis)
+}
+
 /// Wakes the target while pdb's own injection (`python -m pdb -p`, which writes its
 /// request with `sys.remote_exec` into the main thread) waits in it: SIGURG to the main
-/// thread as long as the request is seen pending, until it is taken, `done` is set (pdb
-/// exited) or `within` has passed. Returns whether it ever had to wake. Runs in the
+/// thread once the request has been pending for `grace`, as long as it is, until it is
+/// taken, `done` is set (pdb exited) or `within` has passed. Returns whether it ever had to wake. Runs in the
 /// client, which may read the target's memory once the grant declared it.
-pub fn wake_for_pdb(target: i32, done: &std::sync::atomic::AtomicBool, within: Duration) -> bool {
+pub fn wake_for_pdb(
+    target: i32,
+    done: &std::sync::atomic::AtomicBool,
+    grace: Duration,
+    within: Duration,
+) -> bool {
     use std::sync::atomic::Ordering;
     let begun = Instant::now();
     let process = PythonProcess::open(target);
@@ -252,7 +272,7 @@ pub fn wake_for_pdb(target: i32, done: &std::sync::atomic::AtomicBool, within: D
         return false;
     };
     let mut woke = false;
-    let mut seen_pending = false;
+    let mut pending_since: Option<Instant> = None;
     while begun.elapsed() < within && !done.load(Ordering::Relaxed) {
         let main = match process.main_thread_tid() {
             Ok(Some(tid)) => tid,
@@ -261,8 +281,8 @@ pub fn wake_for_pdb(target: i32, done: &std::sync::atomic::AtomicBool, within: D
         let pending = process.is_pending(main);
         match pending {
             Ok(true) => {
-                seen_pending = true;
-                if wake_thread(target, main).is_none() {
+                let since = *pending_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= grace && wake_thread(target, main).is_none() {
                     woke = true;
                 }
                 // The handler runs within microseconds of a wake; a few milliseconds
@@ -274,7 +294,7 @@ pub fn wake_for_pdb(target: i32, done: &std::sync::atomic::AtomicBool, within: D
             // woken a little longer: the next handler call is that event (measured: the
             // prompt comes at the second wake). At the prompt a wake is harmless: the
             // handler runs inside pdb's own loop, where nothing is traced.
-            Ok(false) if seen_pending => {
+            Ok(false) if pending_since.is_some() => {
                 if woke {
                     let settle = Instant::now();
                     while settle.elapsed() < Duration::from_millis(150)
