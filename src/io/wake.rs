@@ -53,6 +53,12 @@ pub fn waker_snippet() -> &'static str {
         if main is not None:
             handler = type(handler)(handler.__code__, main.__dict__, handler.__name__)
         _signal.signal(_signal.SIGURG, handler)
+    except KeyboardInterrupt:
+        # A Ctrl-C (or stop signal) that came while this ran was raised here, and CPython
+        # would report and drop it: it is given back to the main thread from another
+        # thread, which runs only once this script has let go of the interpreter.
+        import _thread
+        _thread.start_new_thread(_thread.interrupt_main, ())
     except Exception:
         pass
 _helicopter_parent_waker()
