@@ -69,7 +69,7 @@ fn lines_after_a_failed_attach_are_not_run_as_client_commands() {
     wait_until_asleep(target, target);
     let (code, out) = controller.client("attach\np counter\nterminate\nq\nhelp\nquit\n");
     assert!(
-        out.contains("❌ Permission denied: timed out after 300 ms"),
+        out.contains("❌ Not attached, the target did not run the grant: timed out after 300 ms"),
         "{out}"
     );
     for line in ["p counter", "terminate", "q"] {
