@@ -258,6 +258,90 @@ pub fn pdb_wake_after() -> Duration {
         .map_or(PDB_WAKE_AFTER, Duration::from_millis)
 }
 
+/// What a blocked thread waits in, read from `/proc/PID/task/TID/syscall` (x86_64).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockedIn {
+    /// A sleep that ends by itself after this long.
+    Sleep { left: Duration },
+    /// Any other system call: a wait with no end the client can tell (epoll, a lock, a read).
+    Other,
+    /// Not in a system call, or unreadable.
+    Unknown,
+}
+
+/// How long the client lets pdb's request wait before waking the thread: a sleep that
+/// ends within the grace ends by itself, and pdb then stops in the sleeper's own code;
+/// any other wait may never end, so it is woken at once.
+pub fn pdb_wake_delay(blocked: BlockedIn, grace: Duration) -> Duration {
+    match blocked {
+        BlockedIn::Sleep { left } if left <= grace => grace,
+        BlockedIn::Sleep { .. } | BlockedIn::Other => Duration::ZERO,
+        BlockedIn::Unknown => grace,
+    }
+}
+
+/// Reads what thread `tid` of `pid` is blocked in. The sleep's deadline lives in the
+/// target's memory (CPython's `time.sleep` passes an absolute CLOCK_MONOTONIC time), which
+/// the client may read once the grant declared it.
+pub fn blocked_in(pid: i32, tid: i32) -> BlockedIn {
+    const NANOSLEEP: u64 = 35;
+    const CLOCK_NANOSLEEP: u64 = 230;
+    const TIMER_ABSTIME: u64 = 1;
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")) else {
+        return BlockedIn::Unknown;
+    };
+    let words: Vec<u64> = text
+        .split_whitespace()
+        .map_while(|w| {
+            w.strip_prefix("0x")
+                .map_or_else(|| w.parse().ok(), |h| u64::from_str_radix(h, 16).ok())
+        })
+        .collect();
+    let Some(&nr) = words.first() else {
+        // "running", or "-1 ..." (not in a system call)
+        return BlockedIn::Unknown;
+    };
+    let read_timespec = |addr: u64| -> Option<Duration> {
+        let mut raw = [0i64; 2];
+        let local = libc::iovec {
+            iov_base: raw.as_mut_ptr().cast(),
+            iov_len: 16,
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: 16,
+        };
+        // SAFETY: reads 16 bytes of another process into our own 16-byte buffer.
+        let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+        (n == 16 && raw[0] >= 0 && (0..1_000_000_000).contains(&raw[1]))
+            .then(|| Duration::new(raw[0] as u64, raw[1] as u32))
+    };
+    match (nr, words.get(1..4)) {
+        (CLOCK_NANOSLEEP, Some(&[clock, flags, request])) => match read_timespec(request) {
+            Some(at) if flags & TIMER_ABSTIME != 0 => {
+                let mut now = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                // SAFETY: clock_gettime writes into the timespec we own.
+                if unsafe { libc::clock_gettime(clock as libc::clockid_t, &mut now) } != 0 {
+                    return BlockedIn::Unknown;
+                }
+                let now = Duration::new(now.tv_sec as u64, now.tv_nsec as u32);
+                BlockedIn::Sleep {
+                    left: at.saturating_sub(now),
+                }
+            }
+            Some(relative) => BlockedIn::Sleep { left: relative },
+            None => BlockedIn::Unknown,
+        },
+        (NANOSLEEP, Some(&[request, ..])) => {
+            read_timespec(request).map_or(BlockedIn::Unknown, |left| BlockedIn::Sleep { left })
+        }
+        _ => BlockedIn::Other,
+    }
+}
+
 /// Wakes the target while pdb's own injection (`python -m pdb -p`, which writes its
 /// request with `sys.remote_exec` into the main thread) waits in it: SIGURG to the main
 /// thread once the request has been pending for `grace`, as long as it is, until it is
@@ -288,7 +372,8 @@ pub fn wake_for_pdb(
         match pending {
             Ok(true) => {
                 let since = *pending_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= grace && wake_thread(target, main).is_none() {
+                let delay = pdb_wake_delay(blocked_in(target, main), grace);
+                if since.elapsed() >= delay && wake_thread(target, main).is_none() {
                     woke = true;
                 }
                 // The handler runs within microseconds of a wake; a few milliseconds
@@ -323,6 +408,46 @@ pub fn wake_for_pdb(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_sleep_that_ends_within_the_grace_is_left_to_end() {
+        let grace = Duration::from_millis(1200);
+        let sleep = |ms| BlockedIn::Sleep {
+            left: Duration::from_millis(ms),
+        };
+        assert_eq!(pdb_wake_delay(sleep(900), grace), grace);
+        assert_eq!(pdb_wake_delay(sleep(300_000), grace), Duration::ZERO);
+        assert_eq!(pdb_wake_delay(BlockedIn::Other, grace), Duration::ZERO);
+        assert_eq!(pdb_wake_delay(BlockedIn::Unknown, grace), grace);
+    }
+
+    #[test]
+    fn a_sleeping_thread_is_read_as_a_sleep_with_its_time_left() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sleeper = std::thread::spawn(move || {
+            let _ = tx.send(nix::unistd::gettid().as_raw());
+            std::thread::sleep(Duration::from_secs(3));
+        });
+        let tid = rx.recv().unwrap();
+        let me = std::process::id() as i32;
+        // Wait for the sleep to begin: the event is the kernel's, seen through /proc.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let seen = loop {
+            let seen = blocked_in(me, tid);
+            if matches!(seen, BlockedIn::Sleep { .. }) || Instant::now() > deadline {
+                break seen;
+            }
+            std::thread::yield_now();
+        };
+        match seen {
+            BlockedIn::Sleep { left } => assert!(
+                left > Duration::from_secs(1) && left <= Duration::from_secs(3),
+                "{left:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        drop(sleeper);
+    }
 
     #[test]
     fn this_process_catches_no_sigurg_and_a_missing_one_is_unreadable() {
