@@ -94,7 +94,9 @@ conformance: build
 
 # Benchmarks (medians and ratios, side by side in one run)
 bench:
+    cargo build --release --bins
     cargo bench --bench inject
+    cargo bench --bench attach
 
 # The end-to-end suite under a real Yama kernel (qemu), as uid 1000 at ptrace_scope 0-3
 test-yama: build

@@ -47,6 +47,11 @@ struct Args {
     /// 2s; a bare number is milliseconds; 0ms to 10m)
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = stop_grace)]
     stop_grace: Duration,
+    /// Do not wake a waiting target with SIGURG (no handler is installed in it; also
+    /// HELI_NO_WAKE=1). Attaching to a target blocked in a system call then waits until it
+    /// runs Python code by itself
+    #[arg(long)]
+    no_wake: bool,
     /// The Python script to run
     script: PathBuf,
     /// Arguments for the script
@@ -91,6 +96,7 @@ fn main() -> ExitCode {
         grant_timeout_ms: args.grant_timeout.as_millis() as u64,
         stop_grace_ms: args.stop_grace.as_millis() as u64,
         stop_signal: args.stop_signal,
+        wake: !args.no_wake && !helicopter_parent::io::wake::disabled_by_env(),
         script: args.script,
         args: args.args,
     };

@@ -578,9 +578,7 @@ impl Client {
                         quit_fed: false,
                     })
                 }
-                Ok(Reply::Error(msg)) => {
-                    self.attach_failed(out, format!("Permission denied: {msg}"), false)
-                }
+                Ok(Reply::Error(msg)) => self.attach_failed(out, refusal_heading(&msg), false),
                 Ok(other @ Reply::TargetPid(_)) => self.attach_failed(
                     out,
                     format!("unexpected reply to GRANT_ACCESS: {other}"),
@@ -924,5 +922,34 @@ impl Out {
     }
 }
 
+/// The line for an `ERROR:` reply to `GRANT_ACCESS`. A timeout is no refusal: the target
+/// ran no Python code in time, and saying "Permission denied" would send the user
+/// looking for a permission problem.
+pub fn refusal_heading(msg: &str) -> String {
+    if msg.starts_with("timed out") {
+        format!("Not attached, the target did not run the grant: {msg}")
+    } else {
+        format!("Permission denied: {msg}")
+    }
+}
+
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::refusal_heading;
+
+    #[test]
+    fn a_timeout_is_not_called_a_permission_problem() {
+        assert_eq!(
+            refusal_heading("timed out after 300 ms: the target ran no Python code"),
+            "Not attached, the target did not run the grant: timed out after 300 ms: \
+             the target ran no Python code"
+        );
+        assert_eq!(
+            refusal_heading("pid 5 belongs to uid 7, not to uid 0 of the target"),
+            "Permission denied: pid 5 belongs to uid 7, not to uid 0 of the target"
+        );
+    }
+}

@@ -20,11 +20,26 @@
 //!      │   │                                ▼                                            │
 //!      │   └── PickedUp ─────────────▶  PickedUp  ◀──────── PickedUp (taken before the move)
 //!      └──────────────────────────────────────────────────────────────────────────────────┘
-//!    give_up(): Waiting/Surveying ──Withdraw──▶ Withdrawing ──▶ Withdrawn | PickedUp
+//!    give_up(): Waiting/Waking/Surveying ──Withdraw──▶ Withdrawing ──▶ Withdrawn | PickedUp
+//!
+//!    With `timing.wake`: every Scheduled/Moved, and every survey that finds the request
+//!    still pending with no running thread to move it to, first passes through
+//!    Waking ──Wake{tid}──▶ (Woken) ──▶ Waiting
 //! ```
+//!
+//! Waking: a thread blocked in a system call (epoll_wait, a lock, a long sleep) runs no
+//! Python code, so it never looks at its pending request. A signal with a Python-level
+//! handler makes the call return EINTR; CPython then runs the handler on the main thread
+//! and retries the call (PEP 475), passing the eval breaker on the way, where the pending
+//! request runs. The edge sends [`WAKE_SIGNAL`] to exactly the request's thread.
 use super::supervisor::Millis;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+
+/// The signal a `Wake` sends: SIGURG, whose default action is to ignore it, so a process
+/// without a handler for it is not disturbed. The controller installs a no-op handler in
+/// the target at start (only if the disposition is still the default).
+pub const WAKE_SIGNAL: i32 = 23;
 
 /// Which thread state of the target receives a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +159,14 @@ pub enum DeliveryFact {
     PickedUp,
     /// The request was taken back before anyone took it: it will never run.
     Withdrawn,
+    /// The answer to `Wake`: the signal was sent to `tid`, or why not (`not_sent`: the
+    /// thread is gone, or the target does not catch the signal, so sending it would do
+    /// nothing).
+    Woken {
+        tid: i32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        not_sent: Option<String>,
+    },
 }
 
 /// The state of the request in its thread, as a survey read it.
@@ -171,6 +194,8 @@ pub enum DeliveryAction {
     /// Take the request back from `tid` so it can never run: answer `Withdrawn` or
     /// `PickedUp`.
     Withdraw { tid: i32 },
+    /// Send [`WAKE_SIGNAL`] to thread `tid`, which holds the request: answer `Woken`.
+    Wake { tid: i32 },
 }
 
 impl fmt::Display for DeliveryAction {
@@ -185,6 +210,7 @@ impl fmt::Display for DeliveryAction {
             DeliveryAction::Survey { tid } => write!(f, "survey (request in thread {tid})"),
             DeliveryAction::Move { from, to } => write!(f, "move from thread {from} to {to}"),
             DeliveryAction::Withdraw { tid } => write!(f, "withdraw from thread {tid}"),
+            DeliveryAction::Wake { tid } => write!(f, "wake thread {tid} (SIGURG)"),
         }
     }
 }
@@ -216,6 +242,14 @@ impl fmt::Display for DeliveryFact {
             DeliveryFact::Moved { tid } => write!(f, "moved to thread {tid}"),
             DeliveryFact::PickedUp => f.write_str("picked up"),
             DeliveryFact::Withdrawn => f.write_str("withdrawn"),
+            DeliveryFact::Woken {
+                tid,
+                not_sent: None,
+            } => write!(f, "woke thread {tid}"),
+            DeliveryFact::Woken {
+                tid,
+                not_sent: Some(why),
+            } => write!(f, "did not wake thread {tid}: {why}"),
         }
     }
 }
@@ -231,6 +265,11 @@ pub struct DeliveryTiming {
     pub max_survey_backoff_ms: Millis,
     /// Pause before trying again an injection that may pass by itself.
     pub retry_after_ms: Millis,
+    /// Wake the request's thread with [`WAKE_SIGNAL`] after each write and at each
+    /// survey that finds it still pending. Off in journals written before waking existed,
+    /// so they replay as recorded; the controller turns it on unless told not to.
+    #[serde(default)]
+    pub wake: bool,
 }
 
 impl Default for DeliveryTiming {
@@ -239,6 +278,7 @@ impl Default for DeliveryTiming {
             survey_after_ms: 20,
             max_survey_backoff_ms: 320,
             retry_after_ms: 10,
+            wake: false,
         }
     }
 }
@@ -253,6 +293,12 @@ enum Phase {
     },
     /// In thread `tid`; at `survey_at`, if not taken, look for a thread that runs.
     Waiting {
+        tid: i32,
+        survey_at: Millis,
+        backoff: Millis,
+    },
+    /// Waiting for the answer to `Wake`; then `Waiting` with these.
+    Waking {
         tid: i32,
         survey_at: Millis,
         backoff: Millis,
@@ -328,6 +374,7 @@ impl Delivery {
             Phase::Scheduling
             | Phase::Retrying { .. }
             | Phase::Waiting { .. }
+            | Phase::Waking { .. }
             | Phase::Surveying { .. }
             | Phase::Moving { .. }
             | Phase::Withdrawing { .. } => DeliveryStatus::InFlight,
@@ -354,6 +401,7 @@ impl Delivery {
             Phase::Retrying { retry_at } => Some(retry_at),
             Phase::Waiting { survey_at, .. } => Some(survey_at),
             Phase::Scheduling
+            | Phase::Waking { .. }
             | Phase::Surveying { .. }
             | Phase::Moving { .. }
             | Phase::PickedUp { .. }
@@ -383,6 +431,7 @@ impl Delivery {
             }
             Phase::Retrying { .. }
             | Phase::Waiting { .. }
+            | Phase::Waking { .. }
             | Phase::Scheduling
             | Phase::Surveying { .. }
             | Phase::Moving { .. }
@@ -398,7 +447,9 @@ impl Delivery {
     #[must_use]
     pub fn give_up(&mut self) -> Option<DeliveryAction> {
         match self.phase {
-            Phase::Waiting { tid, .. } | Phase::Surveying { tid, .. } => {
+            Phase::Waiting { tid, .. }
+            | Phase::Waking { tid, .. }
+            | Phase::Surveying { tid, .. } => {
                 self.phase = Phase::Withdrawing { tid };
                 Some(DeliveryAction::Withdraw { tid })
             }
@@ -420,13 +471,27 @@ impl Delivery {
         match (&self.phase, fact) {
             (Phase::Scheduling | Phase::Moving { .. }, DeliveryFact::Scheduled { tid })
             | (Phase::Moving { .. }, DeliveryFact::Moved { tid }) => {
-                self.phase = Phase::Waiting {
+                self.wait_in(tid, now + survey_after, survey_after)
+            }
+            (
+                Phase::Waking {
                     tid,
-                    survey_at: now + survey_after,
-                    backoff: survey_after,
+                    survey_at,
+                    backoff,
+                },
+                DeliveryFact::Woken { tid: woken, .. },
+            ) if *tid == woken => {
+                // Sent or not, the next survey looks again: a signal that could not be
+                // sent now (no handler yet) may be sendable then.
+                self.phase = Phase::Waiting {
+                    tid: *tid,
+                    survey_at: *survey_at,
+                    backoff: *backoff,
                 };
                 None
             }
+            // A Wake answered after the owner gave up: nothing to do, the withdrawal follows.
+            (Phase::Withdrawing { .. }, DeliveryFact::Woken { .. }) => None,
             (Phase::Moving { from }, DeliveryFact::NotScheduled { failure })
                 if matches!(failure, InjectFailure::ThreadGone { .. }) =>
             {
@@ -479,12 +544,7 @@ impl Delivery {
                         // nothing.
                         None => {
                             let backoff = (backoff * 2).min(self.timing.max_survey_backoff_ms);
-                            self.phase = Phase::Waiting {
-                                tid,
-                                survey_at: now + backoff,
-                                backoff,
-                            };
-                            None
+                            self.wait_in(tid, now + backoff, backoff)
                         }
                     },
                 };
@@ -493,6 +553,7 @@ impl Delivery {
             }
             (
                 Phase::Waiting { tid, .. }
+                | Phase::Waking { tid, .. }
                 | Phase::Surveying { tid, .. }
                 | Phase::Withdrawing { tid },
                 DeliveryFact::PickedUp,
@@ -517,9 +578,30 @@ impl Delivery {
         }
     }
 
+    /// The request sits in `tid`: wake that thread first when waking is on, then wait
+    /// until `survey_at`.
+    fn wait_in(&mut self, tid: i32, survey_at: Millis, backoff: Millis) -> Option<DeliveryAction> {
+        if self.timing.wake {
+            self.phase = Phase::Waking {
+                tid,
+                survey_at,
+                backoff,
+            };
+            Some(DeliveryAction::Wake { tid })
+        } else {
+            self.phase = Phase::Waiting {
+                tid,
+                survey_at,
+                backoff,
+            };
+            None
+        }
+    }
+
     /// The phase, for transcripts.
     pub fn phase_name(&self) -> String {
         match self.phase {
+            Phase::Waking { tid, .. } => format!("waking thread {tid}"),
             Phase::Scheduling => "scheduling".into(),
             Phase::Retrying { retry_at } => format!("retrying at {retry_at}"),
             Phase::Waiting { tid, .. } => format!("waiting in thread {tid}"),
@@ -745,5 +827,105 @@ mod tests {
         let _ = d.handle(20, DeliveryFact::PickedUp);
         assert_eq!(d.status(), DeliveryStatus::PickedUp { tid: 10 });
         assert_eq!(d.moves(), 0);
+    }
+
+    fn waking() -> Delivery {
+        let timing = DeliveryTiming {
+            wake: true,
+            ..DeliveryTiming::default()
+        };
+        Delivery::start(timing, 1500).0
+    }
+
+    #[test]
+    fn with_waking_on_each_write_is_followed_by_a_wake_of_that_thread() {
+        let mut d = waking();
+        assert_eq!(
+            d.handle(0, DeliveryFact::Scheduled { tid: 10 }),
+            Some(DeliveryAction::Wake { tid: 10 })
+        );
+        // Waiting for the answer: no deadline of its own.
+        assert_eq!(d.poll_timeout(), None);
+        assert_eq!(d.phase_name(), "waking thread 10");
+        assert_eq!(
+            d.handle(
+                1,
+                DeliveryFact::Woken {
+                    tid: 10,
+                    not_sent: None
+                }
+            ),
+            None
+        );
+        // The survey keeps the time it had from the write.
+        assert_eq!(d.poll_timeout(), Some(20));
+        assert_eq!(d.handle(2, DeliveryFact::PickedUp), None);
+        assert_eq!(d.status(), DeliveryStatus::PickedUp { tid: 10 });
+    }
+
+    #[test]
+    fn with_waking_on_a_survey_that_finds_nothing_to_move_to_wakes_again() {
+        let mut d = waking();
+        let _ = d.handle(0, DeliveryFact::Scheduled { tid: 10 });
+        let unsent = DeliveryFact::Woken {
+            tid: 10,
+            not_sent: Some("the target does not catch SIGURG".into()),
+        };
+        assert_eq!(d.handle(0, unsent.clone()), None);
+        assert_eq!(d.on_deadline(20), Some(DeliveryAction::Survey { tid: 10 }));
+        assert_eq!(
+            d.handle(
+                20,
+                DeliveryFact::Surveyed {
+                    request: RequestSeen::Pending,
+                    threads: vec![thread(10, true, 'S')],
+                }
+            ),
+            Some(DeliveryAction::Wake { tid: 10 })
+        );
+        assert_eq!(d.handle(20, unsent), None);
+        assert_eq!(d.poll_timeout(), Some(60));
+        // A running thread elsewhere is still preferred: a move, not a wake.
+        let _ = d.on_deadline(60);
+        assert_eq!(
+            d.handle(
+                60,
+                DeliveryFact::Surveyed {
+                    request: RequestSeen::Pending,
+                    threads: vec![thread(10, true, 'S'), thread(11, false, 'R')],
+                }
+            ),
+            Some(DeliveryAction::Move { from: 10, to: 11 })
+        );
+        assert_eq!(
+            d.handle(61, DeliveryFact::Moved { tid: 11 }),
+            Some(DeliveryAction::Wake { tid: 11 })
+        );
+    }
+
+    #[test]
+    fn giving_up_while_waking_withdraws_and_a_late_wake_answer_changes_nothing() {
+        let mut d = waking();
+        let _ = d.handle(0, DeliveryFact::Scheduled { tid: 10 });
+        assert_eq!(d.give_up(), Some(DeliveryAction::Withdraw { tid: 10 }));
+        assert_eq!(
+            d.handle(
+                1,
+                DeliveryFact::Woken {
+                    tid: 10,
+                    not_sent: None
+                }
+            ),
+            None
+        );
+        assert_eq!(d.handle(2, DeliveryFact::Withdrawn), None);
+        assert_eq!(d.status(), DeliveryStatus::Withdrawn);
+    }
+
+    #[test]
+    fn journals_from_before_waking_replay_with_waking_off() {
+        let old = r#"{"survey_after_ms":20,"max_survey_backoff_ms":320,"retry_after_ms":10}"#;
+        let timing: DeliveryTiming = serde_json::from_str(old).unwrap();
+        assert!(!timing.wake);
     }
 }

@@ -221,9 +221,25 @@ impl Driver {
         match command.spawn() {
             Ok(mut child) => {
                 self.pdb_stdin = child.stdin.take();
+                let pdb_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                if !crate::io::wake::disabled_by_env() {
+                    // pdb's injection waits in the target like the grant's did: a target
+                    // blocked in a system call is woken (see io::wake).
+                    let done = pdb_done.clone();
+                    spawn_quiet(move || {
+                        crate::io::wake::wake_for_pdb(
+                            target as i32,
+                            &done,
+                            crate::io::wake::pdb_wake_after(),
+                            Duration::from_secs(60),
+                        );
+                    });
+                }
                 let (tx, rx) = crossbeam_channel::bounded(1);
                 spawn_quiet(move || {
-                    let input = match child.wait() {
+                    let waited = child.wait();
+                    pdb_done.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let input = match waited {
                         Ok(status) => match (status.code(), status.signal()) {
                             (Some(code), _) => Input::PdbExited {
                                 status: PdbExit::Code(code),

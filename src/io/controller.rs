@@ -41,6 +41,8 @@ pub struct ControllerOptions {
     pub stop_grace_ms: u64,
     /// The first signal of a stop, for the target alone (see [`Config::stop_signal`]).
     pub stop_signal: i32,
+    /// Wake a waiting target for grants (see [`super::wake`]).
+    pub wake: bool,
     pub script: PathBuf,
     pub args: Vec<OsString>,
 }
@@ -185,6 +187,7 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     config.grant_timeout_ms = opts.grant_timeout_ms;
     config.stop_grace_ms = opts.stop_grace_ms;
     config.stop_signal = opts.stop_signal;
+    config.delivery.wake = opts.wake;
     if std::env::var_os("HELI_DISABLE_GRANT").is_some_and(|v| v == "1") {
         config.grant_injection = GrantInjection::SkippedForDiagnostics;
     }
@@ -238,7 +241,10 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     let (watch_tx, watch_rx) = crossbeam_channel::unbounded::<Input>();
     let watcher = ClientWatcher::new(watch_tx);
     let adapters = || -> io::Result<(GrantInjector, ResponseWriter, SocketServer)> {
-        let injector = GrantInjector::start(target_pid, tx.clone())?;
+        let injector = GrantInjector::start(target_pid, tx.clone())?.with_wake(opts.wake);
+        if opts.wake {
+            spawn_waker_installer(target_pid, injector.gate())?;
+        }
         let responses = ResponseWriter::start(pipes.handle()?, opts.dialect)?;
         spawn_signal_thread(stop_signals, tx.clone())?;
         spawn_target_waiter(keeper_events, tx.clone())?;
@@ -386,6 +392,48 @@ fn stop_signal_set() -> SigSet {
         set.add(signal);
     }
     set
+}
+
+/// Installs the SIGURG waker in the target while its interpreter starts (see
+/// [`super::wake`]), and logs what became of it. Not journaled: it is no input of the core
+/// and decides nothing; a grant's script installs the waker as well.
+fn spawn_waker_installer(target: u32, gate: super::wake::InjectionGate) -> io::Result<()> {
+    use super::wake::{install_at_start, waker_script, InstallOutcome};
+    let script = super::grant::sealed_memfd("heli-waker", waker_script().as_bytes())?;
+    std::thread::Builder::new()
+        .name("waker-install".into())
+        .spawn(move || {
+            let path = PathBuf::from(format!(
+                "/proc/{}/fd/{}",
+                std::process::id(),
+                std::os::fd::AsRawFd::as_raw_fd(&script)
+            ));
+            let outcome = install_at_start(
+                target as i32,
+                &path,
+                &gate,
+                Duration::from_secs(10),
+                Duration::from_secs(2),
+            );
+            match outcome {
+                InstallOutcome::Installed { after } => log(&format!(
+                    "SIGURG waker installed in the target after {} ms",
+                    after.as_millis()
+                )),
+                InstallOutcome::StillPending { tid, after, why } => log(&format!(
+                    "SIGURG waker written into thread {tid} after {} ms but not run within 2 s (the target blocked at once), so taken back; a grant installs it (before: {why})",
+                    after.as_millis()
+                )),
+                InstallOutcome::LeftToGrant => {}
+                InstallOutcome::NotWritten { why } => log(&format!(
+                    "SIGURG waker not installed ({why}): attaching to a target blocked in a system call waits until it runs Python code"
+                )),
+            }
+            // The target may read the script later (a request still pending): it stays
+            // open, like the controller's other scripts, for the controller's life.
+            std::mem::forget(script);
+        })?;
+    Ok(())
 }
 
 fn spawn_signal_thread(set: SigSet, tx: Sender<Input>) -> io::Result<()> {

@@ -9,6 +9,7 @@
 //! (ptrace read access to the controller), the script cannot be changed once sealed, and
 //! no file of the pipe directory is involved, whatever its name.
 use super::inject::{carry_out, failure_of, InjectError, PythonProcess};
+use super::wake::InjectionGate;
 use crate::core::delivery::{DeliveryAction, DeliveryFact};
 use crate::core::supervisor::{GrantId, Input};
 use crossbeam_channel::Sender;
@@ -38,6 +39,10 @@ pub struct GrantInjector {
     process: Option<PythonProcess>,
     /// Each grant's sealed script, open until the core forgets the grant.
     scripts: HashMap<GrantId, File>,
+    /// Grant scripts install the waker first (see [`crate::io::wake`]).
+    wake: bool,
+    /// Keeps the start-up waker installation from writing over a grant's request.
+    gate: InjectionGate,
 }
 
 impl GrantInjector {
@@ -54,7 +59,20 @@ impl GrantInjector {
             _report_writer: writer,
             process: None,
             scripts: HashMap::new(),
+            wake: false,
+            gate: InjectionGate::default(),
         })
+    }
+
+    /// Grant scripts install the waker too, and the start-up installer of the waker
+    /// coordinates with this injector through the returned gate.
+    pub fn with_wake(mut self, wake: bool) -> GrantInjector {
+        self.wake = wake;
+        self
+    }
+
+    pub fn gate(&self) -> InjectionGate {
+        self.gate.clone()
     }
 
     /// Carries out one action and says what it found.
@@ -79,7 +97,8 @@ impl GrantInjector {
         action: &DeliveryAction,
     ) -> Result<DeliveryFact, InjectError> {
         let script = self.script_path(grant, client)?;
-        carry_out(self.process()?, &script, action)
+        let gate = self.gate.clone();
+        gate.grant(|| carry_out(self.process()?, &script, action))
     }
 
     /// The grant is over: its script goes.
@@ -97,7 +116,12 @@ impl GrantInjector {
     /// The path the target reads the grant's script from, writing the script first.
     fn script_path(&mut self, grant: GrantId, client: u32) -> Result<PathBuf, InjectError> {
         if !self.scripts.contains_key(&grant) {
-            let content = grant_script(client, &self.report_path, &self.token, grant);
+            let mut content = grant_script(client, &self.report_path, &self.token, grant);
+            if self.wake {
+                // First, so that pdb's own injection, which comes right after, can be
+                // woken even if the start-up installation never ran.
+                content.insert_str(0, crate::io::wake::waker_snippet());
+            }
             let file =
                 sealed_memfd(&format!("heli-grant-{grant}"), content.as_bytes()).map_err(|e| {
                     InjectError::InvalidPath {
@@ -163,7 +187,7 @@ _helicopter_parent_grant()
 
 /// An anonymous in-memory file holding `content`, sealed so that nobody, this process
 /// included, can change it afterwards.
-fn sealed_memfd(name: &str, content: &[u8]) -> io::Result<File> {
+pub(crate) fn sealed_memfd(name: &str, content: &[u8]) -> io::Result<File> {
     let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
     // SAFETY: a valid NUL-terminated name; the returned fd is owned by the File below.
     let fd =

@@ -14,3 +14,4 @@ pub mod pipes;
 pub mod procfs;
 pub mod socket_exchange;
 pub mod socket_server;
+pub mod wake;

@@ -53,13 +53,14 @@ fn lines_after_a_failed_attach_are_not_run_as_client_commands() {
     // The grant fails while the controller keeps serving: the target runs no Python code,
     // so the grant times out. The lines meant for pdb, up to its `q`, must be dropped,
     // even `terminate`, which would stop everything if the client ran it as a command.
-    let mut controller = Controller::start_with("stuck_in_c.py", &["--grant-timeout", "300"]);
+    let mut controller =
+        Controller::start_with("stuck_in_c.py", &["--no-wake", "--grant-timeout", "300"]);
     controller.stdout.wait_for("sleeping in C");
     let target = controller.target_pid as i32;
     wait_until_asleep(target, target);
     let (code, out) = controller.client("attach\np counter\nterminate\nq\nhelp\nquit\n");
     assert!(
-        out.contains("❌ Permission denied: timed out after 300 ms"),
+        out.contains("❌ Not attached, the target did not run the grant: timed out after 300 ms"),
         "{out}"
     );
     for line in ["p counter", "terminate", "q"] {
@@ -110,7 +111,8 @@ fn grant_reaches_a_target_whose_main_thread_is_blocked() {
 
 #[test]
 fn grant_times_out_with_an_explanation_when_no_python_code_runs() {
-    let mut controller = Controller::start_with("stuck_in_c.py", &["--grant-timeout", "300"]);
+    let mut controller =
+        Controller::start_with("stuck_in_c.py", &["--no-wake", "--grant-timeout", "300"]);
     controller.stdout.wait_for("sleeping in C");
     let target = controller.target_pid as i32;
     wait_until_asleep(target, target);

@@ -41,7 +41,8 @@ fn durations_beyond_their_range_are_refused_at_parse_time() {
 #[test]
 fn a_duration_with_a_unit_is_the_same_as_the_old_bare_milliseconds() {
     for timeout in ["300ms", "0.3s", "300"] {
-        let mut controller = Controller::start_with("stuck_in_c.py", &["--grant-timeout", timeout]);
+        let mut controller =
+            Controller::start_with("stuck_in_c.py", &["--no-wake", "--grant-timeout", timeout]);
         controller.stdout.wait_for("sleeping in C");
         let target = controller.target_pid as i32;
         wait_until_asleep(target, target);

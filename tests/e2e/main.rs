@@ -20,3 +20,4 @@ mod sessions;
 mod socket;
 mod support;
 mod tree_stop;
+mod wake;

@@ -127,7 +127,7 @@ fn record_sessions() {
     record(
         "grant_timeout",
         "stuck_in_c.py",
-        &["--grant-timeout", "300"],
+        &["--no-wake", "--grant-timeout", "300"],
         |c| {
             c.stdout.wait_for("sleeping in C");
             wait_until_asleep(c.target_pid as i32, c.target_pid as i32);

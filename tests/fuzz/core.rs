@@ -226,6 +226,7 @@ fn config(u: &mut Bytes) -> Config {
         survey_after_ms: u.below(50) as Millis,
         max_survey_backoff_ms: u.below(400) as Millis,
         retry_after_ms: u.below(30) as Millis,
+        wake: u.bool(),
     };
     config.stop_grace_ms = u.below(3000) as Millis;
     // SIGINT (the default) and SIGHUP match signals the terminal can send, so the
@@ -376,6 +377,17 @@ fn answer(u: &mut Bytes, action: &DeliveryAction) -> DeliveryFact {
                 DeliveryFact::PickedUp
             }
         }
+        DeliveryAction::Wake { tid } => match u.below(3) {
+            0 => DeliveryFact::PickedUp,
+            1 => DeliveryFact::Woken {
+                tid: *tid,
+                not_sent: Some("the target does not catch SIGURG".into()),
+            },
+            _ => DeliveryFact::Woken {
+                tid: *tid,
+                not_sent: None,
+            },
+        },
     }
 }
 

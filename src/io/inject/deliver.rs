@@ -25,6 +25,9 @@ pub struct DeliverOptions {
     pub timeout: Duration,
     /// Pause between two reads of the pending flag.
     pub poll_interval: Duration,
+    /// Wake the request's thread with SIGURG (see [`crate::io::wake`]); it needs the
+    /// waker installed in the target.
+    pub wake: bool,
 }
 
 impl Default for DeliverOptions {
@@ -33,6 +36,7 @@ impl Default for DeliverOptions {
             main_grace: Duration::from_millis(50),
             timeout: Duration::from_secs(5),
             poll_interval: Duration::from_micros(250),
+            wake: false,
         }
     }
 }
@@ -92,6 +96,10 @@ pub fn carry_out(
             Ok(true) | Err(InjectError::NoSuchThread { .. }) => Ok(DeliveryFact::Withdrawn),
             Err(other) => Err(other),
         },
+        DeliveryAction::Wake { tid } => Ok(DeliveryFact::Woken {
+            tid,
+            not_sent: crate::io::wake::wake_thread(process.pid(), tid),
+        }),
     }
 }
 
@@ -176,6 +184,7 @@ impl PythonProcess {
             survey_after_ms: main_grace,
             max_survey_backoff_ms: main_grace,
             retry_after_ms: 1,
+            wake: opts.wake,
         };
         let main_tid = self.main_thread_tid()?;
         let (mut policy, first) = PolicyDelivery::start(timing, deadline);
@@ -208,7 +217,8 @@ impl PythonProcess {
                     } => current = None,
                     DeliveryFact::Surveyed { .. }
                     | DeliveryFact::PickedUp
-                    | DeliveryFact::Withdrawn => {}
+                    | DeliveryFact::Withdrawn
+                    | DeliveryFact::Woken { .. } => {}
                 }
                 next = policy.handle(now(), fact);
                 continue;
