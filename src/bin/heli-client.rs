@@ -2,8 +2,9 @@
 //! Exit status: 0 when every attach and terminate succeeded (typos do not count), 1 when
 //! one failed, 2 for bad usage, 3 when no controller of yours serves the pipes.
 use clap::Parser;
+use helicopter_parent::cli::duration::{parse_duration, BareUnit};
 use helicopter_parent::core::wire::Dialect;
-use helicopter_parent::io::client::{self, ClientOptions, EXIT_USAGE};
+use helicopter_parent::io::client::{self, ClientOptions};
 use helicopter_parent::io::pipes::DEFAULT_PIPE_DIR;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,12 +24,22 @@ struct Args {
     /// Python for `-m pdb -p` [default: the target's own interpreter, /proc/PID/exe]
     #[arg(long, value_name = "PATH")]
     python: Option<PathBuf>,
-    /// Seconds to wait for each controller reply (covers opening the pipes too)
-    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
-    timeout: f64,
+    /// How long to wait for each controller reply, opening the pipes included (e.g. 2s,
+    /// 500ms; a bare number is seconds; 1ms to 10m)
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = reply_timeout)]
+    timeout: Duration,
     /// Wire dialect: seed, or legacy to talk to a helicopter-parent 0.x controller
     #[arg(long, default_value = "seed")]
     dialect: Dialect,
+}
+
+fn reply_timeout(text: &str) -> Result<Duration, String> {
+    parse_duration(
+        text,
+        BareUnit::Seconds,
+        Duration::from_millis(1),
+        Duration::from_secs(600),
+    )
 }
 
 fn main() -> ExitCode {
@@ -37,14 +48,10 @@ fn main() -> ExitCode {
         return code;
     }
     let args = Args::parse();
-    if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        eprintln!("heli-client: error: --timeout must be a positive number of seconds");
-        return ExitCode::from(EXIT_USAGE as u8);
-    }
     let code = client::run(ClientOptions {
         pipe_dir: args.pipe_dir,
         python: args.python,
-        timeout: Duration::from_secs_f64(args.timeout),
+        timeout: args.timeout,
         dialect: args.dialect,
     });
     ExitCode::from(code as u8)

@@ -1,6 +1,7 @@
 //! Durations on the command line: one style, old spellings kept, ranges checked at parse
 //! time (issue 9, defect 10: huge values used to wrap into deadlines in the past).
 use crate::support::*;
+use helicopter_parent::core::client::ClientExit;
 use helicopter_parent::core::supervisor::ControllerExit;
 use std::process::{Command, Stdio};
 
@@ -54,4 +55,16 @@ fn a_duration_with_a_unit_is_the_same_as_the_old_bare_milliseconds() {
         assert_eq!(controller.send("TERMINATE"), "READY");
         controller.wait();
     }
+}
+
+#[test]
+fn the_clients_timeout_takes_the_same_style_and_refuses_overflow() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Far out of range: refused at parse time, before any pipe is looked at.
+    let (code, out) = run_client(tmp.path(), "", &["--timeout", "18446744073709551615"]);
+    assert_eq!(code, ClientExit::Usage.code(), "{out}");
+    assert!(out.contains("out of range"), "{out}");
+    // In range, with a unit: no controller there, so the client says so (exit 3).
+    let (code, out) = run_client(tmp.path(), "", &["--timeout", "300ms"]);
+    assert_eq!(code, ClientExit::NoController.code(), "{out}");
 }
