@@ -102,28 +102,7 @@ fn issue9_terminate_removes_only_what_the_controller_created() {
     fs::create_dir(&dir).unwrap();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
     fs::write(dir.join("grant-utils.py"), "mine\n").unwrap();
-    let mut child = KillOnDrop(Some(
-        controller_in(&dir)
-            .arg("--no-journal")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn heli-controller"),
-    ));
-    let mut err = Lines::spawn(child.0.as_mut().unwrap().stderr.take().unwrap());
-    err.wait_for("listening on");
-    let reply = helicopter_parent::io::exchange::exchange_raw(
-        &dir,
-        "TERMINATE",
-        Duration::from_secs(5),
-        true,
-    )
-    .expect("TERMINATE")
-    .expect("a reply");
-    assert_eq!(reply, "READY");
-    let status = wait_with_deadline(child.0.as_mut().unwrap(), TIMEOUT);
-    child.0 = None;
-    assert_eq!(status.code(), Some(ControllerExit::Terminated.code()));
+    serve_then_terminate(&dir);
     assert!(!dir.join("control").exists() && !dir.join("response").exists());
     assert_eq!(
         fs::read_to_string(dir.join("grant-utils.py")).unwrap(),
@@ -408,8 +387,17 @@ fn issue9_stale_pipes_of_a_dead_controller_are_replaced_and_the_directory_kept()
     for name in ["control", "response"] {
         nix::unistd::mkfifo(&dir.join(name), mode).unwrap();
     }
+    serve_then_terminate(&dir);
+    // The replacements were the controller's own: removed; the user's directory stays.
+    assert!(!dir.join("control").exists() && !dir.join("response").exists());
+    assert!(dir.is_dir());
+}
+
+/// Starts a controller on `dir` (no journal), waits until it listens, stops it with
+/// TERMINATE and checks that it exited as a terminated controller does.
+fn serve_then_terminate(dir: &Path) {
     let mut child = KillOnDrop(Some(
-        controller_in(&dir)
+        controller_in(dir)
             .arg("--no-journal")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -419,7 +407,7 @@ fn issue9_stale_pipes_of_a_dead_controller_are_replaced_and_the_directory_kept()
     let mut err = Lines::spawn(child.0.as_mut().unwrap().stderr.take().unwrap());
     err.wait_for("listening on");
     let reply = helicopter_parent::io::exchange::exchange_raw(
-        &dir,
+        dir,
         "TERMINATE",
         Duration::from_secs(5),
         true,
@@ -430,7 +418,4 @@ fn issue9_stale_pipes_of_a_dead_controller_are_replaced_and_the_directory_kept()
     let status = wait_with_deadline(child.0.as_mut().unwrap(), TIMEOUT);
     child.0 = None;
     assert_eq!(status.code(), Some(ControllerExit::Terminated.code()));
-    // The replacements were the controller's own: removed; the user's directory stays.
-    assert!(!dir.join("control").exists() && !dir.join("response").exists());
-    assert!(dir.is_dir());
 }
