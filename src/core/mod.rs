@@ -30,6 +30,7 @@ pub mod delivery;
 pub mod journal;
 pub mod ptrace_policy;
 pub mod signals;
+pub mod stacks;
 pub mod supervisor;
 pub mod wire;
 

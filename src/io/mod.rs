@@ -14,4 +14,5 @@ pub mod pipes;
 pub mod procfs;
 pub mod socket_exchange;
 pub mod socket_server;
+pub mod stack_reader;
 pub mod wake;
