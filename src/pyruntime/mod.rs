@@ -3,8 +3,11 @@
 //! CPython's version-compatibility rules. No I/O: bytes in, facts out, so every rule is
 //! unit-testable without a process. `crate::io::inject` does the reading and writing.
 pub mod elf_address;
+pub mod linetable;
 pub mod maps;
 pub mod offsets;
+pub mod stack_offsets;
+pub mod unicode;
 pub mod version;
 
 pub use elf_address::{runtime_address, RuntimeSection, SectionAddressError};

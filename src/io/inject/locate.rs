@@ -149,7 +149,7 @@ impl Notes {
     }
 }
 
-fn read_maps(pid: i32) -> Result<String, InjectError> {
+pub(crate) fn read_maps(pid: i32) -> Result<String, InjectError> {
     if pid <= 0 {
         return Err(InjectError::NoSuchProcess { pid });
     }
@@ -168,7 +168,7 @@ fn read_maps(pid: i32) -> Result<String, InjectError> {
 }
 
 /// Where a file's ELF headers can be read from, best first.
-fn elf_sources(pid: i32, file: &MappedFile<'_>) -> Vec<String> {
+pub(crate) fn elf_sources(pid: i32, file: &MappedFile<'_>) -> Vec<String> {
     let mut sources = Vec::new();
     if !file.deleted {
         sources.push(format!("/proc/{pid}/root{}", file.path));
@@ -318,6 +318,12 @@ fn scan_region(
 /// `.PyRuntime` and the first `PT_LOAD` of a 64-bit ELF file; `Ok(None)` when the file
 /// parses but has no such section.
 fn read_runtime_section(path: &str) -> Result<Option<RuntimeSection>, String> {
+    read_section(path, b".PyRuntime")
+}
+
+/// The section `name` and the first `PT_LOAD` of a 64-bit ELF file, for
+/// [`crate::pyruntime::runtime_address`]; `Ok(None)` when the file has no such section.
+pub(crate) fn read_section(path: &str, name: &[u8]) -> Result<Option<RuntimeSection>, String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
     // Reads only the headers and tables it is asked for, not the whole (large) binary.
     let cache = ReadCache::new(file);
@@ -330,7 +336,7 @@ fn read_runtime_section(path: &str) -> Result<Option<RuntimeSection>, String> {
         return Err("no PT_LOAD segment".into());
     };
     let sections = header.sections(endian, &cache).map_err(|e| e.to_string())?;
-    let Some((_, section)) = sections.section_by_name(endian, b".PyRuntime") else {
+    let Some((_, section)) = sections.section_by_name(endian, name) else {
         return Ok(None);
     };
     Ok(Some(RuntimeSection {

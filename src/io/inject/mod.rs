@@ -23,14 +23,15 @@ use crate::pyruntime::{
 
 mod deliver;
 mod error;
-mod locate;
-mod memory;
+pub(crate) mod locate;
+pub(crate) mod memory;
 
 pub use deliver::{carry_out, deliver, failure_of, survey_threads, DeliverOptions, Delivery};
 pub use error::InjectError;
 pub use locate::{RuntimeFoundBy, RuntimeSearch};
 
-use locate::{locate_runtime, memory_error, FoundRuntime};
+pub(crate) use locate::memory_error;
+use locate::{locate_runtime, FoundRuntime};
 use memory::{MemoryError, RemoteMemory};
 
 /// Which thread state receives the request.
@@ -66,6 +67,9 @@ pub struct PythonProcess {
     /// process (it is embedded in `_PyRuntime`), so it is safe to keep.
     main_interp: u64,
     found_by: RuntimeFoundBy,
+    /// Where `_PyRuntime` (and `_Py_DebugOffsets`, its first member) is.
+    runtime: u64,
+    layout: &'static Layout,
 }
 
 impl PythonProcess {
@@ -75,6 +79,27 @@ impl PythonProcess {
 
     /// [`PythonProcess::open`] with a chosen way of finding `_PyRuntime`.
     pub fn open_with(pid: i32, search: RuntimeSearch) -> Result<PythonProcess, InjectError> {
+        let process = PythonProcess::open_for_reading(pid, search)?;
+        let enabled_addr = process.addr(
+            process
+                .offsets
+                .remote_debugging_enabled_addr(process.main_interp),
+        )?;
+        let enabled = process.read_i32(enabled_addr, "reading config.remote_debug")?;
+        // The target runs scripts only when this is exactly 1.
+        if enabled != 1 {
+            return Err(InjectError::RemoteDebugDisabled { pid });
+        }
+        Ok(process)
+    }
+
+    /// Locates and validates the runtime without requiring remote execution to be
+    /// enabled: reading memory (stacks, tasks) needs only `_Py_DebugOffsets`, which
+    /// `-X disable-remote-debug` leaves in place.
+    pub(crate) fn open_for_reading(
+        pid: i32,
+        search: RuntimeSearch,
+    ) -> Result<PythonProcess, InjectError> {
         let memory = RemoteMemory::new(pid);
         let runtime = locate_runtime(pid, &memory, search, |found| {
             has_interpreter(pid, &memory, found)
@@ -89,17 +114,48 @@ impl PythonProcess {
             offsets,
             main_interp: 0,
             found_by: runtime.found_by,
+            runtime: runtime.address,
+            layout,
         };
         process.main_interp = process.find_main_interpreter(runtime.address)?;
-
-        let enabled_addr =
-            process.addr(offsets.remote_debugging_enabled_addr(process.main_interp))?;
-        let enabled = process.read_i32(enabled_addr, "reading config.remote_debug")?;
-        // The target runs scripts only when this is exactly 1.
-        if enabled != 1 {
-            return Err(InjectError::RemoteDebugDisabled { pid });
-        }
         Ok(process)
+    }
+
+    /// The memory of the process, for readers in `crate::io`.
+    pub(crate) fn memory(&self) -> &RemoteMemory {
+        &self.memory
+    }
+
+    /// The validated offsets the injector uses.
+    pub(crate) fn offsets(&self) -> &DebugOffsets {
+        &self.offsets
+    }
+
+    /// The slot positions of the target's version.
+    pub(crate) fn layout(&self) -> &'static Layout {
+        self.layout
+    }
+
+    /// The address of `_PyRuntime`, where `_Py_DebugOffsets` starts.
+    pub(crate) fn runtime_address(&self) -> u64 {
+        self.runtime
+    }
+
+    /// `PyInterpreterState*` of the main interpreter.
+    pub(crate) fn main_interpreter(&self) -> u64 {
+        self.main_interp
+    }
+
+    /// `(PyThreadState*, native tid, is main)` of every thread state of the main
+    /// interpreter, newest first.
+    pub(crate) fn thread_states(&self) -> Result<Vec<(u64, i32, bool)>, InjectError> {
+        let main = self.main_tstate()?;
+        let mut states = Vec::new();
+        self.walk_threads(|tstate, tid| {
+            states.push((tstate, tid, Some(tstate) == main));
+            false
+        })?;
+        Ok(states)
     }
 
     pub fn pid(&self) -> i32 {
