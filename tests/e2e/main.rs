@@ -18,6 +18,7 @@ mod protocol;
 mod replies;
 mod sessions;
 mod socket;
+mod stack_reader;
 mod support;
 mod tree_stop;
 mod wake;
