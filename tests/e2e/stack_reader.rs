@@ -97,8 +97,9 @@ fn marker_line(path: &Path, name: &str) -> u32 {
     index as u32 + 1
 }
 
-/// The lines of the body of `def NAME` in `path` (up to the next top-level statement).
-fn body_lines(path: &Path, name: &str) -> Vec<u32> {
+/// The lines of `def NAME` in `path`, its `def` line (where a frame that has just
+/// started is, on its `RESUME`) to the next top-level statement.
+fn function_lines(path: &Path, name: &str) -> Vec<u32> {
     let source = fs::read_to_string(path).unwrap();
     let lines: Vec<&str> = source.lines().collect();
     let start = lines
@@ -109,7 +110,7 @@ fn body_lines(path: &Path, name: &str) -> Vec<u32> {
         .iter()
         .position(|l| !l.is_empty() && !l.starts_with(' '))
         .map_or(lines.len(), |n| start + 1 + n);
-    (start as u32 + 2..=end as u32).collect()
+    (start as u32 + 1..=end as u32).collect()
 }
 
 fn frame(filename: &Path, line: u32, function: &str) -> Frame {
@@ -141,8 +142,8 @@ fn both_threads_are_read_repeatedly_while_the_worker_keeps_going() {
         frame(&script, marker_line(&script, "main-outer"), "outer"),
         frame(&script, marker_line(&script, "main-module"), "<module>"),
     ];
-    let work_lines = body_lines(&script, "work");
-    let step_line = marker_line(&script, "worker-step");
+    let work_lines = function_lines(&script, "work");
+    let step_lines = function_lines(&script, "step");
     let script_name = script.display().to_string();
 
     let mut last_progress = 0u64;
@@ -169,11 +170,11 @@ fn both_threads_are_read_repeatedly_while_the_worker_keeps_going() {
             .unwrap_or_else(|| panic!("no work frame in {worker:#?}"));
         assert!(
             work_lines.contains(&work.line.unwrap()),
-            "work at {:?}, body is {work_lines:?}",
+            "work at {:?}, its lines are {work_lines:?}",
             work.line
         );
         if ours[0].function == "step" {
-            assert_eq!(ours[0].line, Some(step_line));
+            assert!(step_lines.contains(&ours[0].line.unwrap()), "{:?}", ours[0]);
         }
         let outermost = worker.frames.last().unwrap();
         assert!(
