@@ -97,6 +97,7 @@ bench:
     cargo build --release --bins
     cargo bench --bench inject
     cargo bench --bench attach
+    cargo bench --bench stack
 
 # The end-to-end suite under a real Yama kernel (qemu), as uid 1000 at ptrace_scope 0-3
 test-yama: build

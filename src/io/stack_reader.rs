@@ -139,6 +139,15 @@ enum Failure {
 
 type Attempt<T> = Result<T, Failure>;
 
+/// A thread list that does not hold together is a list being changed (a thread starting
+/// or exiting): worth another attempt; anything else the injector reports is final.
+fn inject_failure(error: InjectError) -> Failure {
+    match error {
+        InjectError::Memory { detail, .. } => Failure::Torn(detail),
+        other => Failure::Fatal(other),
+    }
+}
+
 fn torn_err<T>(why: impl Into<String>) -> Attempt<T> {
     Err(Failure::Torn(why.into()))
 }
@@ -216,8 +225,39 @@ impl<'p> Reader<'p> {
         self.process.memory()
     }
 
+    /// The main interpreter's thread states, checked against what the kernel says: a
+    /// walk that ran through a thread state being freed can follow a stale `next` into
+    /// memory that looks like more threads, or miss the rest of the list.
+    fn thread_states(&self) -> Attempt<Vec<(u64, i32, bool)>> {
+        let mut states = self.process.thread_states().map_err(inject_failure)?;
+        // A thread state is listed before its thread binds to it and sets its native id:
+        // such a thread is starting and runs no Python code yet.
+        states.retain(|&(_, tid, is_main)| tid != 0 || is_main);
+        let tasks: HashSet<i32> = crate::io::procfs::task_ids(self.pid).into_iter().collect();
+        if tasks.is_empty() {
+            return Err(Failure::Fatal(InjectError::NoSuchProcess { pid: self.pid }));
+        }
+        let mut seen = HashSet::new();
+        for &(_, tid, _) in &states {
+            if !tasks.contains(&tid) || !seen.insert(tid) {
+                return torn_err(format!(
+                    "thread state of tid {tid}, which is no thread of it"
+                ));
+            }
+        }
+        let has_main = self
+            .process
+            .main_thread_tid()
+            .map_err(inject_failure)?
+            .is_some();
+        if has_main && !states.iter().any(|&(_, _, is_main)| is_main) {
+            return torn_err("the thread list did not reach the main thread");
+        }
+        Ok(states)
+    }
+
     fn stacks(&mut self) -> Attempt<Vec<ThreadStack>> {
-        let states = self.process.thread_states().map_err(Failure::Fatal)?;
+        let states = self.thread_states()?;
         let mut threads = Vec::with_capacity(states.len());
         // CPython lists the newest thread first; people expect the main one first, then
         // the others in the order they started.
@@ -239,7 +279,11 @@ impl<'p> Reader<'p> {
             "thread_state.current_frame",
         )?;
         let mut frames = Vec::new();
-        while address != 0 && frames.len() < MAX_FRAMES {
+        // Frames that run no Python code (entry frames) are skipped but still counted, so
+        // that a chain that loops through them ends too.
+        let mut visited = 0;
+        while address != 0 && frames.len() < MAX_FRAMES && visited < 2 * MAX_FRAMES {
+            visited += 1;
             let raw = self.read_frame(address)?;
             if let Some(frame) = self.frame(&raw)? {
                 frames.push(frame);
@@ -422,7 +466,7 @@ impl<'p> Reader<'p> {
     }
 
     fn tasks(&mut self, asyncio: &AsyncioOffsets) -> Attempt<Vec<AsyncTask>> {
-        let states = self.process.thread_states().map_err(Failure::Fatal)?;
+        let states = self.thread_states()?;
         // (task address, native tid of the thread whose list holds it)
         let mut found: Vec<(u64, i32)> = Vec::new();
         for &(tstate, tid, _) in states.iter().rev() {
@@ -518,7 +562,7 @@ impl<'p> Reader<'p> {
             return Ok(frames);
         }
         let coro_type = self.read_u64(coro + self.offsets.pyobject_ob_type, "ob_type")?;
-        while frames.len() < MAX_CORO_DEPTH {
+        for _ in 0..MAX_CORO_DEPTH {
             let frame_address = coro + self.offsets.gen_gi_iframe;
             let raw = self.read_frame(frame_address)?;
             if let Some(frame) = self.frame(&raw)? {

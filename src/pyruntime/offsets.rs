@@ -513,7 +513,8 @@ fn fits(
     fits_unaligned(field, offset, width, (size_name, size))
 }
 
-fn fits_unaligned(
+/// `offset + width <= size`, without an alignment requirement.
+pub(crate) fn fits_unaligned(
     field: &'static str,
     offset: u64,
     width: u64,

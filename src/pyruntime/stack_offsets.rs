@@ -10,7 +10,7 @@
 //! Also here: the few facts that are not in any table but change between versions
 //! (generator frame states, where a suspended coroutine keeps the object it awaits).
 
-use super::offsets::{Layout, OffsetsError};
+use super::offsets::{fits_unaligned as fits, Layout, OffsetsError};
 
 /// Byte positions, inside `_Py_DebugOffsets`, of the slots the stack reader uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -518,21 +518,6 @@ struct Sizes {
     bytes: u64,
     unicode: u64,
     gen: u64,
-}
-
-fn fits(
-    field: &'static str,
-    offset: u64,
-    width: u64,
-    (size_name, size): (&str, u64),
-) -> Result<(), OffsetsError> {
-    match offset.checked_add(width) {
-        Some(end) if end <= size => Ok(()),
-        _ => Err(OffsetsError::Invalid {
-            field,
-            reason: format!("{offset} + {width} exceeds {size_name} {size}"),
-        }),
-    }
 }
 
 /// `struct _Py_AsyncioModuleDebugOffsets` (the `AsyncioDebug` section of `_asyncio`):

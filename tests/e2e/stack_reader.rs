@@ -428,3 +428,31 @@ fn hex(text: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
         .collect()
 }
+
+/// Threads that start and exit, and stacks that grow and shrink, all the time: every
+/// reading succeeds (torn reads are retried) and holds only frames of the target's code.
+#[test]
+fn stacks_that_never_hold_still_are_read_without_errors() {
+    let script = stacks_fixture("churn.py");
+    let (target, _) = Target::ready(&script);
+    let known = ["down", "gen", "short_lived", "spawner", "<module>"];
+    let mut most_threads = 0;
+    for round in 0..200 {
+        let stacks = read_stacks(target.pid()).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert!(stacks.threads[0].is_main);
+        most_threads = most_threads.max(stacks.threads.len());
+        for thread in &stacks.threads {
+            for frame in &thread.frames {
+                let ours = frame.filename == script.display().to_string();
+                assert!(
+                    (ours && known.contains(&frame.function.as_str()))
+                        || frame.filename.ends_with("/threading.py")
+                        || frame.filename.ends_with("/random.py"),
+                    "round {round}: {frame:?}"
+                );
+            }
+        }
+    }
+    // The spawner's threads were seen, so the list did change under the reader.
+    assert!(most_threads > 2, "at most {most_threads} threads seen");
+}
