@@ -35,7 +35,12 @@ struct Target {
 
 impl Target {
     fn start(script: &Path) -> Target {
+        Target::start_with(&[], script)
+    }
+
+    fn start_with(python_args: &[&str], script: &Path) -> Target {
         let mut child = Command::new(python())
+            .args(python_args)
             .arg(script)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -217,6 +222,21 @@ fn non_ascii_function_and_file_names_are_read() {
 }
 
 #[test]
+fn stacks_are_read_with_remote_execution_disabled() {
+    // `-X disable-remote-debug` refuses `sys.remote_exec` and our injection; the debug
+    // offsets stay, and reading needs nothing else.
+    let script = stacks_fixture("deep.py");
+    let mut target = Target::start_with(&["-X", "disable-remote-debug"], &script);
+    target.expect_line("ready", STARTUP);
+    wait_until_asleep(target.pid(), target.pid());
+    let stacks = read_stacks(target.pid()).unwrap();
+    assert_eq!(
+        stacks.threads[0].frames[0],
+        frame(&script, marker_line(&script, "deep-sleep"), "recurse")
+    );
+}
+
+#[test]
 fn a_deep_recursion_is_cut_at_the_bound() {
     let script = stacks_fixture("deep.py");
     let (target, _) = Target::ready(&script);
@@ -282,27 +302,61 @@ fn a_thread_stopped_in_a_local_breakpoint_is_recognised() {
 #[test]
 fn named_asyncio_tasks_and_who_awaits_them_are_read() {
     let script = stacks_fixture("tasks.py");
-    let (target, _) = Target::ready(&script);
+    let (target, words) = Target::ready(&script);
     let pid = target.pid();
-    wait_until_asleep_in_epoll(pid);
+    let side_tid: i32 = words[1].parse().unwrap();
+    let side_main = words[2].as_str();
+    assert!(side_main.starts_with("Task-"), "{side_main}");
+    wait_until_asleep_in_epoll(pid, pid);
+    wait_until_asleep_in_epoll(pid, side_tid);
     let tasks = read_tasks(pid).unwrap();
     let by_name: HashMap<&str, &AsyncTask> = tasks.iter().map(|t| (t.name.as_str(), t)).collect();
-    let names = {
-        let mut names: Vec<&str> = by_name.keys().copied().collect();
-        names.sort_unstable();
-        names
-    };
-    assert_eq!(
-        names,
-        ["child", "leaf-sleeper", "lonely", "main-task", "parent"]
-    );
+    let mut names: Vec<&str> = by_name.keys().copied().collect();
+    names.sort_unstable();
+    let mut expected = vec![
+        "child",
+        "group",
+        "leaf-sleeper",
+        "lonely",
+        "main-task",
+        "member-1",
+        "member-2",
+        "parent",
+        "shared",
+        "side-task",
+        "waiter-a",
+        "waiter-b",
+        side_main,
+    ];
+    expected.sort_unstable();
+    assert_eq!(names, expected, "{tasks:#?}");
+    assert_eq!(tasks.len(), names.len(), "one entry per task");
     let id = |name: &str| by_name[name].id;
-    assert_eq!(by_name["main-task"].awaited_by, Vec::<u64>::new());
-    assert_eq!(by_name["parent"].awaited_by, [id("main-task")]);
-    assert_eq!(by_name["child"].awaited_by, [id("parent")]);
-    assert_eq!(by_name["leaf-sleeper"].awaited_by, [id("child")]);
-    assert_eq!(by_name["lonely"].awaited_by, Vec::<u64>::new());
-    assert!(tasks.iter().all(|t| t.thread == pid), "{tasks:#?}");
+    let awaited_by = |name: &str| {
+        let mut ids = by_name[name].awaited_by.clone();
+        ids.sort_unstable();
+        ids
+    };
+    let ids = |names: &[&str]| {
+        let mut ids: Vec<u64> = names.iter().map(|n| id(n)).collect();
+        ids.sort_unstable();
+        ids
+    };
+    assert_eq!(awaited_by("main-task"), ids(&[]));
+    assert_eq!(awaited_by("parent"), ids(&["main-task"]));
+    assert_eq!(awaited_by("child"), ids(&["parent"]));
+    assert_eq!(awaited_by("leaf-sleeper"), ids(&["child"]));
+    assert_eq!(awaited_by("lonely"), ids(&[]));
+    // Two waiters: CPython keeps them in a set.
+    assert_eq!(awaited_by("shared"), ids(&["waiter-a", "waiter-b"]));
+    assert_eq!(awaited_by("member-1"), ids(&["group"]));
+    assert_eq!(awaited_by("member-2"), ids(&["group"]));
+    assert_eq!(awaited_by("side-task"), ids(&[side_main]));
+    for task in &tasks {
+        let on_side = task.name == "side-task" || task.name == side_main;
+        let expected = if on_side { side_tid } else { pid };
+        assert_eq!(task.thread, expected, "{task:#?}");
+    }
 
     // The leaf's coroutine awaits asyncio.sleep, a coroutine too: innermost first.
     let leaf = &by_name["leaf-sleeper"].coroutine_stack;
@@ -341,12 +395,15 @@ fn a_program_without_asyncio_has_no_tasks_to_read() {
     }
 }
 
-/// Waits until the main thread of `pid` sleeps in `epoll_wait` (the event loop is idle).
-fn wait_until_asleep_in_epoll(pid: i32) {
+/// Waits until thread `tid` of `pid` sleeps in `epoll_wait` (its event loop is idle).
+fn wait_until_asleep_in_epoll(pid: i32, tid: i32) {
     let deadline = Instant::now() + TIMEOUT;
-    let wchan = format!("/proc/{pid}/task/{pid}/wchan");
+    let wchan = format!("/proc/{pid}/task/{tid}/wchan");
     while !fs::read_to_string(&wchan).is_ok_and(|w| w.contains("epoll")) {
-        assert!(Instant::now() < deadline, "{pid} never idled in epoll");
+        assert!(
+            Instant::now() < deadline,
+            "{pid}/{tid} never idled in epoll"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
 }
