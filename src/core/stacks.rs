@@ -49,7 +49,8 @@ pub struct AsyncTask {
     pub coroutine_stack: Vec<Frame>,
     /// Ids of the tasks that await this one.
     pub awaited_by: Vec<u64>,
-    /// The native thread id whose event loop runs it.
+    /// The native thread id whose event loop runs it; 0 when that thread has exited
+    /// (CPython keeps such tasks in the interpreter's own list).
     pub thread: i32,
 }
 
