@@ -23,11 +23,15 @@ use crate::io::inject::locate::{elf_sources, read_maps, read_section};
 use crate::io::inject::memory::{MemoryError, RemoteMemory};
 use crate::io::inject::{memory_error, InjectError, PythonProcess, RuntimeSearch};
 use crate::pyruntime::linetable::line_at;
+use crate::pyruntime::maps::python_version_in_name;
 use crate::pyruntime::stack_offsets::{
     stack_layout_for, AsyncioOffsets, StackOffsets, ASYNCIO_OFFSETS_LEN, FIRST_NON_PYTHON_OWNER,
     STACKREF_TAG_BITS, TPFLAGS_BYTES_SUBCLASS, TPFLAGS_LONG_SUBCLASS, TPFLAGS_UNICODE_SUBCLASS,
 };
-use crate::pyruntime::{is_plausible_pointer, parse_maps, python_files, runtime_address, unicode};
+use crate::pyruntime::{
+    is_plausible_pointer, parse_maps, python_files, runtime_address, supported_versions, unicode,
+    LAYOUTS,
+};
 
 /// Why a reading failed, worded for the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +112,11 @@ fn open(pid: i32) -> Result<PythonProcess, StackError> {
 }
 
 fn fatal(pid: i32, error: InjectError) -> StackError {
+    if let InjectError::NotPython { .. } = error {
+        if let Some(message) = older_python(pid) {
+            return StackError(message);
+        }
+    }
     match error {
         // The injector's wording for these already names the process and the way out.
         InjectError::NoSuchProcess { .. }
@@ -120,6 +129,26 @@ fn fatal(pid: i32, error: InjectError) -> StackError {
             "cannot read the Python memory of process {pid}: {other}"
         )),
     }
+}
+
+/// For a process with no readable runtime: whether its mapped files name a Python
+/// version this tool does not serve (before 3.13 there are no debug offsets at all).
+fn older_python(pid: i32) -> Option<String> {
+    let maps = read_maps(pid).ok()?;
+    let regions = parse_maps(&maps);
+    let (major, minor) = python_files(&regions)
+        .iter()
+        .find_map(|file| python_version_in_name(file.path))?;
+    let served = LAYOUTS
+        .iter()
+        .any(|layout| (layout.major, layout.minor) == (major, minor));
+    (!served).then(|| {
+        format!(
+            "process {pid} runs Python {major}.{minor} (by the name of its interpreter), \
+             whose memory this tool cannot read; supported: {}",
+            supported_versions()
+        )
+    })
 }
 
 fn torn(pid: i32, what: &str, last: &str) -> StackError {
@@ -410,7 +439,9 @@ impl<'p> Reader<'p> {
         }
         let o = self.offsets;
         let mut header = [0u8; 256];
-        let len = (o.unicode_asciiobject_size + 16) as usize;
+        // `PyASCIIObject` holds length and state; reading no further never runs past
+        // the end of a short ASCII string.
+        let len = o.unicode_asciiobject_size as usize;
         let header = header
             .get_mut(..len)
             .ok_or_else(|| Failure::Torn("str header implausibly large".into()))?;

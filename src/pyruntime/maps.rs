@@ -114,6 +114,17 @@ pub fn is_python_file(path: &str) -> bool {
     basename.contains("python")
 }
 
+/// The `major.minor` a file's name announces (`python3.11`, `libpython3.11.so.1.0`,
+/// `libpython3.13d.so`): a hint for an error message about a process whose runtime this
+/// tool cannot read, never a basis for reading memory.
+pub fn python_version_in_name(path: &str) -> Option<(u8, u8)> {
+    let basename = path.rsplit('/').next().unwrap_or(path);
+    let (_, rest) = basename.split_once("python")?;
+    let (major, rest) = rest.split_once('.')?;
+    let minor: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
 /// All the mappings of one file (same path, same inode).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MappedFile<'a> {
@@ -242,6 +253,21 @@ mod tests {
         ] {
             assert_eq!(parse_maps_line(line), None, "{line:?}");
         }
+    }
+
+    #[test]
+    fn version_in_a_file_name() {
+        assert_eq!(python_version_in_name("/usr/bin/python3.11"), Some((3, 11)));
+        assert_eq!(
+            python_version_in_name("/x/lib/libpython3.13d.so.1.0"),
+            Some((3, 13))
+        );
+        assert_eq!(python_version_in_name("/usr/bin/python3"), None);
+        assert_eq!(
+            python_version_in_name("/lib/_asyncio.cpython-314-x86_64-linux-gnu.so"),
+            None
+        );
+        assert_eq!(python_version_in_name("/opt/python3.x/bin/node"), None);
     }
 
     #[test]

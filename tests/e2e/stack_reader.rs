@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -275,6 +276,49 @@ fn a_process_that_is_not_python_and_a_dead_pid_are_clear_errors() {
     );
     let error = read_tasks(dead).unwrap_err().to_string();
     assert!(error.contains("no such process"), "{error}");
+}
+
+#[test]
+fn an_older_python_is_named_in_the_error() {
+    // Any Python before 3.13 has no debug offsets; the machine's own interpreter, if any.
+    let Some(old) = ["python3.11", "python3.12", "python3.10"]
+        .into_iter()
+        .find(|name| {
+            Command::new(name)
+                .arg("-c")
+                .arg("")
+                .stdin(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    else {
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "an_older_python_is_named_in_the_error: skipped, no python3.10-3.12 on PATH"
+        );
+        return;
+    };
+    let child = Command::new(old)
+        .args([
+            "-c",
+            "import time; print('ready', flush=True); time.sleep(60)",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = KillOnDrop(Some(child));
+    let running = guard.0.as_mut().unwrap();
+    let mut lines = Lines::spawn(running.stdout.take().unwrap());
+    lines.wait_for("ready");
+    let pid = running.id() as i32;
+    let error = read_stacks(pid).unwrap_err().to_string();
+    let version = old.trim_start_matches("python");
+    assert!(
+        error.contains(&format!("process {pid} runs Python {version}"))
+            && error.contains("supported: 3.14, 3.15"),
+        "{error}"
+    );
 }
 
 #[test]
