@@ -68,24 +68,12 @@ const FRAME_OWNED_BY_GENERATOR: u8 = 1;
 pub fn read_stacks(pid: i32) -> Result<ProcessStacks, StackError> {
     let process = open(pid)?;
     let mut reader = Reader::new(&process)?;
-    let mut last = String::new();
-    for _ in 0..MAX_ATTEMPTS {
-        match reader.stacks() {
-            Ok(threads) => {
-                return Ok(ProcessStacks {
-                    pid,
-                    python_version: process.offsets().version.to_string(),
-                    threads,
-                })
-            }
-            Err(Failure::Fatal(e)) => return Err(fatal(pid, e)),
-            Err(Failure::Torn(why)) => {
-                last = why;
-                reader.forget();
-            }
-        }
-    }
-    Err(torn(pid, "stacks", &last))
+    let threads = with_retries(pid, "stacks", &mut reader, Reader::stacks)?;
+    Ok(ProcessStacks {
+        pid,
+        python_version: process.offsets().version.to_string(),
+        threads,
+    })
 }
 
 /// The asyncio tasks of `pid` (main interpreter), in the order of their threads' lists.
@@ -93,10 +81,23 @@ pub fn read_tasks(pid: i32) -> Result<Vec<AsyncTask>, StackError> {
     let process = open(pid)?;
     let mut reader = Reader::new(&process)?;
     let asyncio = asyncio_offsets(pid, process.memory())?;
+    with_retries(pid, "asyncio tasks", &mut reader, |reader| {
+        reader.tasks(&asyncio)
+    })
+}
+
+/// Runs `attempt` until it reads something that holds together, at most
+/// [`MAX_ATTEMPTS`] times.
+fn with_retries<'p, T>(
+    pid: i32,
+    what: &str,
+    reader: &mut Reader<'p>,
+    mut attempt: impl FnMut(&mut Reader<'p>) -> Attempt<T>,
+) -> Result<T, StackError> {
     let mut last = String::new();
     for _ in 0..MAX_ATTEMPTS {
-        match reader.tasks(&asyncio) {
-            Ok(tasks) => return Ok(tasks),
+        match attempt(reader) {
+            Ok(value) => return Ok(value),
             Err(Failure::Fatal(e)) => return Err(fatal(pid, e)),
             Err(Failure::Torn(why)) => {
                 last = why;
@@ -104,7 +105,7 @@ pub fn read_tasks(pid: i32) -> Result<Vec<AsyncTask>, StackError> {
             }
         }
     }
-    Err(torn(pid, "asyncio tasks", &last))
+    Err(torn(pid, what, &last))
 }
 
 fn open(pid: i32) -> Result<PythonProcess, StackError> {
