@@ -52,3 +52,84 @@ pub struct AsyncTask {
     /// The native thread id whose event loop runs it.
     pub thread: i32,
 }
+
+/// One thread's stack as Python prints a traceback: a heading, then outermost first,
+/// `  File "...", line N, in func` per frame.
+pub fn format_thread(thread: &ThreadStack) -> Vec<String> {
+    let main = if thread.is_main { " (main thread)" } else { "" };
+    let mut lines = vec![format!(
+        "Thread {}{main}, most recent call last:",
+        thread.tid
+    )];
+    if thread.frames.is_empty() {
+        lines.push("  (no Python frame: the thread runs no Python code now)".into());
+    }
+    for frame in thread.frames.iter().rev() {
+        let line = frame.line.map_or("?".to_string(), |n| n.to_string());
+        lines.push(format!(
+            "  File \"{}\", line {line}, in {}",
+            frame.filename, frame.function
+        ));
+    }
+    lines
+}
+
+/// Every thread of a process, main thread first, as [`format_thread`] prints each.
+pub fn format_process(stacks: &ProcessStacks, command: &str) -> Vec<String> {
+    let mut lines = vec![format!(
+        "Process {} ({command}), Python {}",
+        stacks.pid, stacks.python_version
+    )];
+    let mut threads: Vec<&ThreadStack> = stacks.threads.iter().collect();
+    threads.sort_by_key(|t| (!t.is_main, t.tid));
+    for thread in threads {
+        lines.extend(format_thread(thread));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn threads_print_like_a_traceback_outermost_first_main_first() {
+        let frame = |file: &str, line, function: &str| Frame {
+            filename: file.into(),
+            line,
+            function: function.into(),
+        };
+        let stacks = ProcessStacks {
+            pid: 40,
+            python_version: "3.14.0".into(),
+            threads: vec![
+                ThreadStack {
+                    tid: 42,
+                    is_main: false,
+                    frames: vec![],
+                },
+                ThreadStack {
+                    tid: 40,
+                    is_main: true,
+                    frames: vec![
+                        frame("/usr/lib/python3.14/time.py", None, "sleep"),
+                        frame("/srv/app.py", Some(7), "main"),
+                        frame("/srv/app.py", Some(12), "<module>"),
+                    ],
+                },
+            ],
+        };
+        assert_eq!(
+            format_process(&stacks, "python3.14 /srv/app.py"),
+            [
+                "Process 40 (python3.14 /srv/app.py), Python 3.14.0",
+                "Thread 40 (main thread), most recent call last:",
+                "  File \"/srv/app.py\", line 12, in <module>",
+                "  File \"/srv/app.py\", line 7, in main",
+                "  File \"/usr/lib/python3.14/time.py\", line ?, in sleep",
+                "Thread 42, most recent call last:",
+                "  (no Python frame: the thread runs no Python code now)",
+            ]
+        );
+    }
+}

@@ -15,4 +15,5 @@ pub mod procfs;
 pub mod socket_exchange;
 pub mod socket_server;
 pub mod stack_reader;
+pub mod tree;
 pub mod wake;
