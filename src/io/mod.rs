@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod client_watch;
+pub mod controllers;
 pub mod controller;
 pub mod exchange;
 pub mod find_python;
