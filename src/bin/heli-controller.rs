@@ -3,10 +3,10 @@
 //! (128+N when killed by signal N), 0 after TERMINATE, 125 for the controller's own errors.
 use clap::Parser;
 use helicopter_parent::cli::duration::{parse_duration, BareUnit};
+use helicopter_parent::cli::pipe_dir::{choose_from_env, named_root};
 use helicopter_parent::core::supervisor::{parse_signal, ControllerExit};
 use helicopter_parent::core::wire::Dialect;
 use helicopter_parent::io::controller::{run, ControllerOptions, EXIT_CONTROLLER_FAILED};
-use helicopter_parent::cli::pipe_dir::{choose_from_env, named_root};
 use helicopter_parent::io::pipes::ensure_named_root;
 use std::ffi::OsString;
 use std::path::PathBuf;

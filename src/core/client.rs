@@ -264,9 +264,7 @@ pub fn tree_question(word: &str, args: &[&str], target: Option<u32>) -> Result<C
         "stack" => "usage: stack [PID] [--all]",
         _ => "usage: tasks [PID]",
     };
-    let pid = |text: &str| {
-        super::wire::parse_pid(text).map_err(|e| format!("{e} ({usage})"))
-    };
+    let pid = |text: &str| super::wire::parse_pid(text).map_err(|e| format!("{e} ({usage})"));
     let default = || target.ok_or_else(|| format!("the target's pid is not known yet ({usage})"));
     match (word, args) {
         ("ps", []) => Ok(Command::Ps),
@@ -475,9 +473,15 @@ impl Client {
                 Ok(Reply::Error(msg)) => {
                     self.no_controller(out, format!("Controller error: {msg}"))
                 }
-                Ok(other @ (Reply::Ready | Reply::Processes(_) | Reply::Stacks(_) | Reply::Tasks(_))) => {
-                    self.no_controller(out, format!("unexpected reply to GET_TARGET_PID: {}", cut_reply(&other)))
-                }
+                Ok(
+                    other @ (Reply::Ready
+                    | Reply::Processes(_)
+                    | Reply::Stacks(_)
+                    | Reply::Tasks(_)),
+                ) => self.no_controller(
+                    out,
+                    format!("unexpected reply to GET_TARGET_PID: {}", cut_reply(&other)),
+                ),
                 Err(e) => self.no_controller(out, e.to_string()),
             },
             (State::Probing, Input::RequestFailed { failure }) => {
@@ -515,7 +519,9 @@ impl Client {
                 Ok(Reply::Error(msg)) => {
                     self.terminate_failed(out, format!("Controller error: {msg}"))
                 }
-                Ok(Reply::TargetPid(_) | Reply::Processes(_) | Reply::Stacks(_) | Reply::Tasks(_))
+                Ok(
+                    Reply::TargetPid(_) | Reply::Processes(_) | Reply::Stacks(_) | Reply::Tasks(_),
+                )
                 | Err(_) => self.terminate_failed(
                     out,
                     format!("unexpected reply to TERMINATE: {}", cut_line(&line)),
@@ -641,7 +647,12 @@ impl Client {
                 Ok(Reply::Error(msg)) => {
                     self.attach_failed(out, format!("Controller error: {msg}"), false)
                 }
-                Ok(other @ (Reply::Ready | Reply::Processes(_) | Reply::Stacks(_) | Reply::Tasks(_))) => self.attach_failed(
+                Ok(
+                    other @ (Reply::Ready
+                    | Reply::Processes(_)
+                    | Reply::Stacks(_)
+                    | Reply::Tasks(_)),
+                ) => self.attach_failed(
                     out,
                     format!("unexpected reply to GET_TARGET_PID: {}", cut_reply(&other)),
                     false,
@@ -675,7 +686,12 @@ impl Client {
                     })
                 }
                 Ok(Reply::Error(msg)) => self.attach_failed(out, refusal_heading(&msg), false),
-                Ok(other @ (Reply::TargetPid(_) | Reply::Processes(_) | Reply::Stacks(_) | Reply::Tasks(_))) => self.attach_failed(
+                Ok(
+                    other @ (Reply::TargetPid(_)
+                    | Reply::Processes(_)
+                    | Reply::Stacks(_)
+                    | Reply::Tasks(_)),
+                ) => self.attach_failed(
                     out,
                     format!("unexpected reply to GRANT_ACCESS: {}", cut_reply(&other)),
                     false,

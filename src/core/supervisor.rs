@@ -276,9 +276,13 @@ pub enum Input {
         by_kernel: bool,
     },
     /// The answer to [`Effect::ListTree`].
-    TreeListed { listing: TreeListing },
+    TreeListed {
+        listing: TreeListing,
+    },
     /// The answer to [`Effect::ReadStacks`], one outcome per pid asked for, in order.
-    StacksRead { stacks: Vec<StacksOutcome> },
+    StacksRead {
+        stacks: Vec<StacksOutcome>,
+    },
     /// The answer to [`Effect::ReadTasks`].
     TasksRead {
         pid: u32,
@@ -338,9 +342,13 @@ pub enum Effect {
     ListTree,
     /// Read every thread's Python stack of each pid (from outside, without stopping it);
     /// answer with [`Input::StacksRead`]. Bounded in time by the edge.
-    ReadStacks { pids: Vec<u32> },
+    ReadStacks {
+        pids: Vec<u32>,
+    },
     /// Read the asyncio tasks of `pid`; answer with [`Input::TasksRead`].
-    ReadTasks { pid: u32 },
+    ReadTasks {
+        pid: u32,
+    },
     /// Remove the FIFOs (and the pipe directory if the controller made it).
     RemovePipes,
     /// Tell the person watching the controller.
@@ -1031,7 +1039,9 @@ impl Supervisor {
             (state, Command::Stack { which }) => {
                 self.begin_survey(state, Question::Stacks(which), to, out)
             }
-            (state, Command::Tasks { pid }) => self.begin_survey(state, Question::Tasks(pid), to, out),
+            (state, Command::Tasks { pid }) => {
+                self.begin_survey(state, Question::Tasks(pid), to, out)
+            }
             (State::Attached { client, expires_at }, Command::RevokeAccess { pid })
                 if client == pid =>
             {

@@ -274,8 +274,7 @@ pub fn ps_json(report: PsReport) -> String {
             return true;
         }
         for entry in r.processes.iter_mut() {
-            if entry.facts.cmdline.len() > 1 || entry.facts.cmdline.iter().any(|a| a.len() > 64)
-            {
+            if entry.facts.cmdline.len() > 1 || entry.facts.cmdline.iter().any(|a| a.len() > 64) {
                 entry.facts.cmdline.truncate(1);
                 if let Some(first) = entry.facts.cmdline.first_mut() {
                     cut(first, 64);
@@ -361,7 +360,11 @@ pub fn render_ps(report: &PsReport) -> Vec<String> {
             Interpreter::NotPython => "not Python".into(),
             Interpreter::Unknown { .. } => "unknown".into(),
         };
-        let target = if p.pid == report.target { " [target]" } else { "" };
+        let target = if p.pid == report.target {
+            " [target]"
+        } else {
+            ""
+        };
         lines.push(format!(
             "{:>7} {:>7}  {:<12} {:>7}  {:<15} {}{target}",
             p.pid,
@@ -541,7 +544,11 @@ mod tests {
     fn ps_takes_each_threads_innermost_frame_and_the_reading_errors() {
         let listing = TreeListing {
             root: 50,
-            processes: vec![facts(100, 50, true), facts(101, 100, true), facts(102, 101, false)],
+            processes: vec![
+                facts(100, 50, true),
+                facts(101, 100, true),
+                facts(102, 101, false),
+            ],
             truncated: false,
         };
         assert_eq!(listing.python_pids(), vec![100, 101]);

@@ -98,7 +98,9 @@ pub fn run_one_shot(opts: &ClientOptions, what: OneShot) -> i32 {
                 // The legacy dialect's FIFO gives no reply to terminate (its socket does).
                 let reply = ask(Command::Terminate, opts.dialect == Dialect::Seed)?;
                 return match reply.map(|line| parsed(Some(line))).transpose()? {
-                    None | Some(Reply::Ready) => Ok(vec!["Controller is stopping the target".into()]),
+                    None | Some(Reply::Ready) => {
+                        Ok(vec!["Controller is stopping the target".into()])
+                    }
                     Some(Reply::Error(message)) => {
                         Err((EXIT_COMMAND_FAILED, format!("Controller error: {message}")))
                     }

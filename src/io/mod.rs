@@ -3,8 +3,8 @@
 
 pub mod client;
 pub mod client_watch;
-pub mod controllers;
 pub mod controller;
+pub mod controllers;
 pub mod exchange;
 pub mod find_python;
 pub mod grant;

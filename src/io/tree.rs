@@ -59,7 +59,10 @@ fn children(pid: u32) -> Vec<u32> {
     for task in tasks.flatten() {
         let path = task.path().join("children");
         if let Ok(text) = std::fs::read_to_string(path) {
-            found.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            found.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
         }
     }
     found.sort_unstable();

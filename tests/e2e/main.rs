@@ -19,5 +19,6 @@ mod replies;
 mod sessions;
 mod socket;
 mod support;
+mod tree;
 mod tree_stop;
 mod wake;
