@@ -448,6 +448,12 @@ mod tests {
     #[case("GRANT_ACCESS 007", Command::GrantAccess { pid: 7 })]
     #[case("GRANT_ACCESS 4194304", Command::GrantAccess { pid: PID_MAX_LIMIT })]
     #[case("terminate", Command::Terminate)]
+    #[case("PS", Command::Ps)]
+    #[case("ps", Command::Ps)]
+    #[case("STACK 42", Command::Stack { which: StackTarget::Pid(42) })]
+    #[case("stack all", Command::Stack { which: StackTarget::All })]
+    #[case("STACK All", Command::Stack { which: StackTarget::All })]
+    #[case("TASKS 7", Command::Tasks { pid: 7 })]
     fn parses_commands(#[case] line: &str, #[case] expected: Command) {
         assert_eq!(parse_command(line), Ok(expected));
     }
@@ -483,6 +489,13 @@ mod tests {
         "larger than the largest Linux pid"
     )]
     #[case("GRANT_ACCESS ４２", "not a decimal number")]
+    #[case("PS now", "unexpected argument after PS: 'now'")]
+    #[case("STACK", "STACK needs a pid of the supervised tree, or ALL")]
+    #[case("STACK 1 2", "unexpected argument after STACK <pid|ALL>: '2'")]
+    #[case("STACK 0", "invalid pid '0'")]
+    #[case("STACK everything", "invalid pid 'everything'")]
+    #[case("TASKS", "TASKS needs a pid of the supervised tree")]
+    #[case("TASKS -3", "without a sign")]
     fn refuses_bad_commands(#[case] line: &str, #[case] message_part: &str) {
         let err = parse_command(line).expect_err(line).to_string();
         assert!(err.contains(message_part), "{line:?} gave {err:?}");
@@ -494,6 +507,9 @@ mod tests {
             Reply::TargetPid(12),
             Reply::Ready,
             Reply::Error("it broke".into()),
+            Reply::Processes(r#"{"target":1,"processes":[]}"#.into()),
+            Reply::Stacks(r#"{"a":"ERROR: not an error"}"#.into()),
+            Reply::Tasks("[]".into()),
         ] {
             for dialect in [Dialect::Seed, Dialect::Legacy] {
                 assert_eq!(parse_reply(&reply.to_line(dialect)), Ok(reply.clone()));
@@ -513,6 +529,15 @@ mod tests {
 
     #[test]
     fn commands_format_per_dialect() {
+        let all = Command::Stack {
+            which: StackTarget::All,
+        };
+        assert_eq!(all.to_line(Dialect::Seed), "STACK ALL");
+        assert_eq!(all.to_line(Dialect::Legacy), "stack all");
+        assert_eq!(
+            Reply::Processes("{}".into()).to_line(Dialect::Legacy),
+            "processes {}"
+        );
         let grant = Command::GrantAccess { pid: 9 };
         assert_eq!(grant.to_line(Dialect::Seed), "GRANT_ACCESS 9");
         assert_eq!(grant.to_line(Dialect::Legacy), "grant_access 9");

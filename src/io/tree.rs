@@ -163,10 +163,14 @@ mod tests {
 
     #[test]
     fn a_child_and_its_grandchild_are_listed_with_their_command_lines() {
-        // sh starts sleep and waits: sh is our child, sleep its child.
+        use std::os::unix::process::CommandExt;
+        // The grandchild (the inner sh) says "started" once it runs as itself; all of it
+        // in a process group of its own, killed at the end.
+        let inner = "echo started; sleep 30";
         let mut child = Command::new("sh")
-            .args(["-c", "sleep 30 & echo started; wait"])
+            .args(["-c", &format!("sh -c '{inner}' & wait")])
             .stdout(Stdio::piped())
+            .process_group(0)
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -177,7 +181,8 @@ mod tests {
         .unwrap();
         let me = std::process::id();
         let listing = list_tree(me);
-        let _ = child.kill();
+        // SAFETY: kill takes a process group and a signal.
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
         let _ = child.wait();
         let shell = listing
             .processes
@@ -186,15 +191,13 @@ mod tests {
             .expect("the shell is listed");
         assert_eq!(shell.ppid, me);
         assert_eq!(shell.interpreter, Interpreter::NotPython);
-        let sleep = listing
+        let grandchild = listing
             .processes
             .iter()
             .find(|p| p.ppid == child.id())
-            .expect("its sleep is listed");
-        // SAFETY: kill takes a pid and a signal.
-        unsafe { libc::kill(sleep.pid as i32, libc::SIGKILL) };
-        assert_eq!(sleep.cmdline, ["sleep", "30"]);
-        assert!(listing.contains(sleep.pid));
+            .expect("its child is listed");
+        assert_eq!(grandchild.cmdline, ["sh", "-c", inner]);
+        assert!(listing.contains(grandchild.pid));
         assert!(!listing.contains(me));
     }
 }
