@@ -591,7 +591,14 @@ impl Client {
             let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
             return match tree_question(first, &args, self.known_target) {
                 Ok(command) => {
-                    out.send(&self.config, command);
+                    out.push(Effect::Send {
+                        command,
+                        expect_reply: true,
+                        timeout_ms: self
+                            .config
+                            .request_timeout_ms
+                            .saturating_add(super::tree::READING_ALLOWANCE_MS),
+                    });
                     State::Asking
                 }
                 // Like a typo: shown, and nothing was asked.

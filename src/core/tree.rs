@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 /// replies of at most 64 KiB; the rest of the line (its word, the newline) fits beside it.
 pub const MAX_REPLY_JSON: usize = 60 * 1024;
 
+/// How much longer than its usual `--timeout` a client waits for the answer to `PS`,
+/// `STACK` or `TASKS`: the controller's readings may take up to about 3 s (1 s finding
+/// interpreters, 2 s reading stacks, see `io::tree`).
+pub const READING_ALLOWANCE_MS: u64 = 4000;
+
 /// Most processes one listing reports: the walk stops there (and says so).
 pub const MAX_TREE_PROCESSES: usize = 256;
 

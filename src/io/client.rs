@@ -61,10 +61,20 @@ pub enum OneShot {
 /// exit status: 0 answered, 1 refused or failed, 3 no controller of yours serves the pipes.
 pub fn run_one_shot(opts: &ClientOptions, what: OneShot) -> i32 {
     let ask = |command: Command, expect_reply: bool| {
+        // The tree's questions take the controller longer (bounded readings).
+        let timeout = match command {
+            Command::Ps | Command::Stack { .. } | Command::Tasks { .. } => {
+                opts.timeout + Duration::from_millis(crate::core::tree::READING_ALLOWANCE_MS)
+            }
+            Command::GetTargetPid
+            | Command::GrantAccess { .. }
+            | Command::Terminate
+            | Command::RevokeAccess { .. } => opts.timeout,
+        };
         exchange_preferring_socket(
             &opts.pipe_dir,
             &command.to_line(opts.dialect),
-            opts.timeout,
+            timeout,
             expect_reply,
         )
         .map_err(|e| {

@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 /// by then are reported as such.
 pub const READING_BUDGET: Duration = Duration::from_secs(2);
 
+/// How long finding the interpreters of the listed processes may take (reading each
+/// one's runtime); processes after that are listed without it.
+pub const LISTING_BUDGET: Duration = Duration::from_secs(1);
+
 /// Longest command line kept per process, in bytes, and most arguments.
 const MAX_CMDLINE_BYTES: usize = 4096;
 const MAX_ARGS: usize = 64;
@@ -28,6 +32,7 @@ pub fn list_tree(root: u32) -> TreeListing {
     let mut truncated = false;
     let mut queue: VecDeque<u32> = children(root).into();
     let mut seen = std::collections::HashSet::new();
+    let started = Instant::now();
     while let Some(pid) = queue.pop_front() {
         if !seen.insert(pid) {
             continue;
@@ -37,7 +42,7 @@ pub fn list_tree(root: u32) -> TreeListing {
             break;
         }
         // Gone between the two readings: nothing to report.
-        let Some(facts) = process_facts(pid) else {
+        let Some(facts) = process_facts(pid, started.elapsed() < LISTING_BUDGET) else {
             continue;
         };
         processes.push(facts);
@@ -70,7 +75,8 @@ fn children(pid: u32) -> Vec<u32> {
     found
 }
 
-fn process_facts(pid: u32) -> Option<ProcessFacts> {
+/// `read_runtime`: whether there is time left to find its interpreter.
+fn process_facts(pid: u32, read_runtime: bool) -> Option<ProcessFacts> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         status
@@ -87,6 +93,13 @@ fn process_facts(pid: u32) -> Option<ProcessFacts> {
     let interpreter = if zombie {
         Interpreter::Unknown {
             why: "a zombie (exited, not yet reaped)".into(),
+        }
+    } else if !read_runtime {
+        Interpreter::Unknown {
+            why: format!(
+                "not read: the listing's budget of {} ms was spent on the processes before it",
+                LISTING_BUDGET.as_millis()
+            ),
         }
     } else {
         interpreter_of(pid)

@@ -657,7 +657,15 @@ fn transcript_of_a_piped_seed_session() {
 #[case("tasks 9", Command::Tasks { pid: 9 })]
 fn tree_questions_at_the_prompt_ask_the_controller(#[case] typed: &str, #[case] asked: Command) {
     let mut given = Given::at_prompt(InputSource::Piped);
-    assert_eq!(given.when(line(typed)), vec![send(asked)]);
+    let allowance = crate::core::tree::READING_ALLOWANCE_MS;
+    assert_eq!(
+        given.when(line(typed)),
+        vec![Effect::Send {
+            command: asked,
+            expect_reply: true,
+            timeout_ms: 2000 + allowance
+        }]
+    );
     assert_eq!(given.state(), "Asking");
 }
 
