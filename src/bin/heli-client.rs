@@ -1,11 +1,14 @@
-//! `heli-client [options]`: the REPL that attaches pdb to a controller's target.
-//! Exit status: 0 when every attach and terminate succeeded (typos do not count), 1 when
-//! one failed, 2 for bad usage, 3 when no controller of yours serves the pipes.
-use clap::Parser;
+//! `heli-client [options] [COMMAND]`: without a command, the REPL that attaches pdb to a
+//! controller's target; with one, a single request for shell scripts and CI (`ps`,
+//! `stack`, `tasks`, `terminate`, `attach -c`, `ls`).
+//! Exit status: 0 when everything asked for succeeded (typos do not count), 1 when a
+//! command failed, 2 for bad usage, 3 when no controller of yours serves the pipes.
+use clap::{Parser, Subcommand};
 use helicopter_parent::cli::duration::{parse_duration, BareUnit};
-use helicopter_parent::core::wire::Dialect;
-use helicopter_parent::io::client::{self, ClientOptions};
-use helicopter_parent::io::pipes::DEFAULT_PIPE_DIR;
+use helicopter_parent::cli::pipe_dir::choose_from_env;
+use helicopter_parent::core::wire::{parse_pid, Dialect};
+use helicopter_parent::io::client::{self, ClientOptions, OneShot, EXIT_OK, EXIT_USAGE};
+use helicopter_parent::io::controllers;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,22 +18,72 @@ use std::time::Duration;
     // What --version prints (clap's default is the package name, the same for all four).
     name = "heli-client",
     version,
-    about = "Attach pdb to a program started by heli-controller; commands: attach, quit, terminate, help"
+    about = "Attach pdb to a program started by heli-controller (REPL commands: attach, ps, stack, tasks, quit, terminate, help), or run one command from a script"
 )]
 struct Args {
-    /// Directory of the controller's pipes
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIPE_DIR)]
-    pipe_dir: PathBuf,
+    /// Directory of the controller's pipes [default: $HELI_PIPE_DIR, else
+    /// /tmp/heliparent_debug]
+    #[arg(long, value_name = "DIR", global = true)]
+    pipe_dir: Option<PathBuf>,
+    /// The controller started with `--name NAME` (also HELI_NAME): its pipes are in
+    /// /tmp/heliparent_debug-<uid>/NAME
+    #[arg(long, value_name = "NAME", global = true, conflicts_with = "pipe_dir")]
+    name: Option<String>,
     /// Python for `-m pdb -p` [default: the target's own interpreter, /proc/PID/exe]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     python: Option<PathBuf>,
     /// How long to wait for each controller reply, opening the pipes included (e.g. 2s,
     /// 500ms; a bare number is seconds; 1ms to 10m)
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = reply_timeout)]
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = reply_timeout, global = true)]
     timeout: Duration,
     /// Wire dialect: seed, or legacy to talk to a helicopter-parent 0.x controller
-    #[arg(long, default_value = "seed")]
+    #[arg(long, default_value = "seed", global = true)]
     dialect: Dialect,
+    #[command(subcommand)]
+    command: Option<OneCommand>,
+}
+
+#[derive(Subcommand)]
+enum OneCommand {
+    /// List the target and every process it started: pid, parent, Python version,
+    /// threads, state, command line, and each Python thread's innermost frame
+    Ps,
+    /// Print every thread's Python stack like a traceback, read without stopping the
+    /// process
+    Stack {
+        /// A process of the supervised tree [default: the target]
+        #[arg(value_parser = pid_arg)]
+        pid: Option<u32>,
+        /// Every Python process of the tree
+        #[arg(long, conflicts_with = "pid")]
+        all: bool,
+    },
+    /// List the asyncio tasks of a process and what each awaits
+    Tasks {
+        /// A process of the supervised tree [default: the target]
+        #[arg(value_parser = pid_arg)]
+        pid: Option<u32>,
+    },
+    /// Stop the controller, the target and its whole tree
+    Terminate,
+    /// Attach pdb, run the given commands in order, print their output, detach
+    Attach {
+        /// The process pdb attaches to [default: the target]
+        #[arg(value_parser = pid_arg)]
+        pid: Option<u32>,
+        /// A pdb command (repeatable; run in order)
+        #[arg(short = 'c', long = "command", value_name = "CMD")]
+        commands: Vec<String>,
+        /// A file of pdb commands, one a line, run after the -c ones ("-" reads stdin)
+        #[arg(long = "commands", value_name = "FILE")]
+        commands_file: Option<PathBuf>,
+    },
+    /// List the running controllers of this user: name, target, uptime, command
+    Ls,
+}
+
+fn pid_arg(text: &str) -> Result<u32, String> {
+    parse_pid(text).map_err(|e| e.to_string())
 }
 
 fn reply_timeout(text: &str) -> Result<Duration, String> {
@@ -42,17 +95,65 @@ fn reply_timeout(text: &str) -> Result<Duration, String> {
     )
 }
 
+fn read_commands(path: &PathBuf) -> Result<Vec<String>, String> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(path)
+    };
+    text.map(|t| t.lines().map(String::from).collect())
+        .map_err(|e| format!("--commands {}: {e}", path.display()))
+}
+
 fn main() -> ExitCode {
     // The hidden --generate-completions SHELL / --generate-man (src/cli/extras.rs).
     if let Some(code) = helicopter_parent::cli::extras::generate_if_asked::<Args>() {
         return code;
     }
     let args = Args::parse();
-    let code = client::run(ClientOptions {
-        pipe_dir: args.pipe_dir,
+    let uid = nix::unistd::getuid().as_raw();
+    let usage = |message: String| {
+        eprintln!("heli-client: {message}");
+        ExitCode::from(EXIT_USAGE as u8)
+    };
+    if let Some(OneCommand::Ls) = args.command {
+        for line in controllers::render(&controllers::find(uid, args.timeout)) {
+            println!("{line}");
+        }
+        return ExitCode::from(EXIT_OK as u8);
+    }
+    let chosen = match choose_from_env(args.pipe_dir, args.name, uid) {
+        Ok(chosen) => chosen,
+        Err(e) => return usage(e),
+    };
+    let opts = ClientOptions {
+        pipe_dir: chosen.dir,
         python: args.python,
         timeout: args.timeout,
         dialect: args.dialect,
-    });
+    };
+    let code = match args.command {
+        None => client::run(opts),
+        Some(OneCommand::Ps) => client::run_one_shot(&opts, OneShot::Ps),
+        Some(OneCommand::Stack { pid, all }) => {
+            client::run_one_shot(&opts, OneShot::Stack { pid, all })
+        }
+        Some(OneCommand::Tasks { pid }) => client::run_one_shot(&opts, OneShot::Tasks { pid }),
+        Some(OneCommand::Terminate) => client::run_one_shot(&opts, OneShot::Terminate),
+        Some(OneCommand::Attach {
+            pid,
+            mut commands,
+            commands_file,
+        }) => {
+            if let Some(path) = &commands_file {
+                match read_commands(path) {
+                    Ok(more) => commands.extend(more),
+                    Err(e) => return usage(e),
+                }
+            }
+            client::run_scripted_attach(opts, pid, commands)
+        }
+        Some(OneCommand::Ls) => EXIT_OK,
+    };
     ExitCode::from(code as u8)
 }

@@ -3,10 +3,11 @@
 //! (128+N when killed by signal N), 0 after TERMINATE, 125 for the controller's own errors.
 use clap::Parser;
 use helicopter_parent::cli::duration::{parse_duration, BareUnit};
-use helicopter_parent::core::supervisor::parse_signal;
+use helicopter_parent::cli::pipe_dir::{choose_from_env, named_root};
+use helicopter_parent::core::supervisor::{parse_signal, ControllerExit};
 use helicopter_parent::core::wire::Dialect;
 use helicopter_parent::io::controller::{run, ControllerOptions, EXIT_CONTROLLER_FAILED};
-use helicopter_parent::io::pipes::DEFAULT_PIPE_DIR;
+use helicopter_parent::io::pipes::ensure_named_root;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,9 +21,14 @@ use std::time::Duration;
     about = "Run a Python 3.14+ program under supervision; heli-client attaches pdb to it later"
 )]
 struct Args {
-    /// Directory for the control/response pipes (created 0700)
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIPE_DIR)]
-    pipe_dir: PathBuf,
+    /// Directory for the control/response pipes (created 0700) [default: $HELI_PIPE_DIR,
+    /// else /tmp/heliparent_debug]
+    #[arg(long, value_name = "DIR")]
+    pipe_dir: Option<PathBuf>,
+    /// Serve the named pipe directory /tmp/heliparent_debug-<uid>/NAME (also HELI_NAME),
+    /// so several controllers run side by side; `heli-client ls` lists them
+    #[arg(long, value_name = "NAME", conflicts_with = "pipe_dir")]
+    name: Option<String>,
     /// Python 3.14 or 3.15 interpreter for the target [default: $HELI_PYTHON, else python3.15 or python3.14 on PATH]
     #[arg(long, value_name = "PATH")]
     python: Option<PathBuf>,
@@ -88,8 +94,24 @@ fn main() -> ExitCode {
         (false, Some(path)) => Some(Some(path)),
         (false, None) => None,
     };
+    let uid = nix::unistd::getuid().as_raw();
+    // A bad name is a bad command line (2); a named root that cannot be used is the
+    // controller's own failure (125).
+    let chosen = match choose_from_env(args.pipe_dir, args.name, uid) {
+        Ok(chosen) => chosen,
+        Err(e) => {
+            eprintln!("heli-controller: error: {e}");
+            return ExitCode::from(ControllerExit::USAGE_CODE as u8);
+        }
+    };
+    if chosen.name.is_some() {
+        if let Err(e) = ensure_named_root(&named_root(uid)) {
+            eprintln!("heli-controller: error: {e}");
+            return ExitCode::from(EXIT_CONTROLLER_FAILED as u8);
+        }
+    }
     let options = ControllerOptions {
-        pipe_dir: args.pipe_dir,
+        pipe_dir: chosen.dir,
         python: args.python,
         dialect: args.dialect,
         journal,

@@ -3,3 +3,4 @@
 pub mod duration;
 pub mod exit;
 pub mod extras;
+pub mod pipe_dir;

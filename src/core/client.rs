@@ -33,7 +33,8 @@ pub mod trust;
 
 use super::ptrace_policy::{attach_rule, AttachRule, TracerPrivilege};
 use super::supervisor::Yama;
-use super::wire::{parse_reply, Command, Dialect, Reply};
+use super::tree::render_answer;
+use super::wire::{parse_reply, Command, Dialect, Reply, StackTarget};
 use std::path::PathBuf;
 use trust::{judge_interpreter, ExecutableFacts, InterpreterVerdict};
 
@@ -245,9 +246,54 @@ pub const PROMPT: &str = ">>> ";
 
 const HELP: &str = "Available commands:
   attach     - Attach debugger to the target process
+  ps         - List the target and every process it started
+  stack [PID] [--all]
+             - Every thread's Python stack of PID (default: the target), or of
+               every Python process of the tree, read without stopping it
+  tasks [PID]
+             - The asyncio tasks of PID (default: the target)
   quit       - Exit client (leave controller running)
   terminate  - Stop controller, target, and exit client
   help       - Show this help message";
+
+/// The request for `ps`, `stack [PID] [--all]` or `tasks [PID]` (REPL and one-shot);
+/// `Err` is the usage line to show. `target`: the default pid, when known.
+pub fn tree_question(word: &str, args: &[&str], target: Option<u32>) -> Result<Command, String> {
+    let usage = match word {
+        "ps" => "usage: ps",
+        "stack" => "usage: stack [PID] [--all]",
+        _ => "usage: tasks [PID]",
+    };
+    let pid = |text: &str| super::wire::parse_pid(text).map_err(|e| format!("{e} ({usage})"));
+    let default = || target.ok_or_else(|| format!("the target's pid is not known yet ({usage})"));
+    match (word, args) {
+        ("ps", []) => Ok(Command::Ps),
+        ("stack", ["--all"] | ["all"]) => Ok(Command::Stack {
+            which: StackTarget::All,
+        }),
+        ("stack", []) => Ok(Command::Stack {
+            which: StackTarget::Pid(default()?),
+        }),
+        ("stack", [one]) if !one.starts_with("--") => Ok(Command::Stack {
+            which: StackTarget::Pid(pid(one)?),
+        }),
+        ("tasks", []) => Ok(Command::Tasks { pid: default()? }),
+        ("tasks", [one]) if !one.starts_with("--") => Ok(Command::Tasks { pid: pid(one)? }),
+        _ => Err(usage.to_string()),
+    }
+}
+
+/// A reply as it goes in a message: a long JSON payload is cut.
+fn cut_reply(reply: &Reply) -> String {
+    cut_line(&reply.to_string())
+}
+
+fn cut_line(line: &str) -> String {
+    match line.char_indices().nth(120) {
+        Some((at, _)) => format!("{}…", &line[..at]),
+        None => line.to_string(),
+    }
+}
 
 /// The steps of one `attach`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -314,6 +360,8 @@ enum State {
     SkippingPdbLines,
     /// `TERMINATE` is out.
     Terminating,
+    /// `PS`, `STACK` or `TASKS` is out; its answer is printed at the prompt.
+    Asking,
     Finished,
 }
 
@@ -360,6 +408,7 @@ impl Client {
             State::Attaching(Attaching::Revoking { .. }) => "Revoking",
             State::SkippingPdbLines => "SkippingPdbLines",
             State::Terminating => "Terminating",
+            State::Asking => "Asking",
             State::Finished => "Finished",
         }
     }
@@ -382,6 +431,7 @@ impl Client {
             )
             | State::Probing
             | State::Terminating
+            | State::Asking
             | State::Finished => None,
         }
     }
@@ -423,9 +473,15 @@ impl Client {
                 Ok(Reply::Error(msg)) => {
                     self.no_controller(out, format!("Controller error: {msg}"))
                 }
-                Ok(Reply::Ready) => {
-                    self.no_controller(out, "unexpected reply READY to GET_TARGET_PID".into())
-                }
+                Ok(
+                    other @ (Reply::Ready
+                    | Reply::Processes(_)
+                    | Reply::Stacks(_)
+                    | Reply::Tasks(_)),
+                ) => self.no_controller(
+                    out,
+                    format!("unexpected reply to GET_TARGET_PID: {}", cut_reply(&other)),
+                ),
                 Err(e) => self.no_controller(out, e.to_string()),
             },
             (State::Probing, Input::RequestFailed { failure }) => {
@@ -463,11 +519,38 @@ impl Client {
                 Ok(Reply::Error(msg)) => {
                     self.terminate_failed(out, format!("Controller error: {msg}"))
                 }
-                Ok(Reply::TargetPid(_)) | Err(_) => {
-                    self.terminate_failed(out, format!("unexpected reply to TERMINATE: {line}"))
-                }
+                Ok(
+                    Reply::TargetPid(_) | Reply::Processes(_) | Reply::Stacks(_) | Reply::Tasks(_),
+                )
+                | Err(_) => self.terminate_failed(
+                    out,
+                    format!("unexpected reply to TERMINATE: {}", cut_line(&line)),
+                ),
             },
             (State::Terminating, Input::Delivered) => self.finish(out),
+            (State::Asking, Input::Replied { line }) => {
+                let answer = parse_reply(&line)
+                    .map_err(|e| e.to_string())
+                    .and_then(|reply| render_answer(&reply));
+                match answer {
+                    Ok(lines) => {
+                        for text in lines {
+                            out.say(&text);
+                        }
+                    }
+                    Err(why) => {
+                        out.fail(why);
+                        self.failures += 1;
+                    }
+                }
+                State::AtPrompt
+            }
+            (State::Asking, Input::RequestFailed { failure }) => {
+                let text = self.describe_failure(&failure, "the request");
+                out.fail(text);
+                self.failures += 1;
+                State::AtPrompt
+            }
             (State::Terminating, Input::RequestFailed { failure }) => {
                 let asked = Command::Terminate.to_line(self.config.dialect);
                 let text = self.describe_failure(&failure, &asked);
@@ -478,7 +561,8 @@ impl Client {
                 state @ (State::Probing
                 | State::AtPrompt
                 | State::SkippingPdbLines
-                | State::Terminating),
+                | State::Terminating
+                | State::Asking),
                 input @ (Input::Started
                 | Input::LineRead { .. }
                 | Input::InputEnded
@@ -499,6 +583,31 @@ impl Client {
 
     /// A line typed at the prompt.
     fn on_typed(&mut self, text: &str, out: &mut Out) -> State {
+        let words: Vec<String> = text
+            .split_whitespace()
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if let Some(first @ ("ps" | "stack" | "tasks")) = words.first().map(String::as_str) {
+            let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+            return match tree_question(first, &args, self.known_target) {
+                Ok(command) => {
+                    out.push(Effect::Send {
+                        command,
+                        expect_reply: true,
+                        timeout_ms: self
+                            .config
+                            .request_timeout_ms
+                            .saturating_add(super::tree::READING_ALLOWANCE_MS),
+                    });
+                    State::Asking
+                }
+                // Like a typo: shown, and nothing was asked.
+                Err(usage) => {
+                    out.say(&usage);
+                    State::AtPrompt
+                }
+            };
+        }
         match text.trim().to_ascii_lowercase().as_str() {
             "" => State::AtPrompt,
             "attach" => {
@@ -545,9 +654,14 @@ impl Client {
                 Ok(Reply::Error(msg)) => {
                     self.attach_failed(out, format!("Controller error: {msg}"), false)
                 }
-                Ok(Reply::Ready) => self.attach_failed(
+                Ok(
+                    other @ (Reply::Ready
+                    | Reply::Processes(_)
+                    | Reply::Stacks(_)
+                    | Reply::Tasks(_)),
+                ) => self.attach_failed(
                     out,
-                    "unexpected reply READY to GET_TARGET_PID".into(),
+                    format!("unexpected reply to GET_TARGET_PID: {}", cut_reply(&other)),
                     false,
                 ),
                 Err(e) => self.attach_failed(out, e.to_string(), false),
@@ -579,9 +693,14 @@ impl Client {
                     })
                 }
                 Ok(Reply::Error(msg)) => self.attach_failed(out, refusal_heading(&msg), false),
-                Ok(other @ Reply::TargetPid(_)) => self.attach_failed(
+                Ok(
+                    other @ (Reply::TargetPid(_)
+                    | Reply::Processes(_)
+                    | Reply::Stacks(_)
+                    | Reply::Tasks(_)),
+                ) => self.attach_failed(
                     out,
-                    format!("unexpected reply to GRANT_ACCESS: {other}"),
+                    format!("unexpected reply to GRANT_ACCESS: {}", cut_reply(&other)),
                     false,
                 ),
                 Err(e) => self.attach_failed(out, e.to_string(), false),

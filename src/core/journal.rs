@@ -12,6 +12,11 @@ use std::fmt::Write as _;
 /// is absent for a FIFO request, so a format-2 journal is a format-3 journal without
 /// socket requests and still replays; a format-2 reader must refuse format 3, since it
 /// would take socket lines for FIFO lines.
+///
+/// Format 3 also carries the tree's questions (`PS`, `STACK`, `TASKS`): the inputs
+/// `tree_listed`, `stacks_read`, `tasks_read` and the effects `list_tree`, `read_stacks`,
+/// `read_tasks`. They are new kinds of records, not new meanings of old ones: a journal
+/// without them is unchanged, and an older reader names the kind it does not know.
 pub const JOURNAL_FORMAT: u32 = 3;
 
 /// The formats this version replays.

@@ -8,6 +8,7 @@
 //! - [`wire`]: the pipe protocol's parsing and formatting.
 //! - [`client`]: the client's REPL (its own driver contract and state diagram), and in
 //!   [`client::trust`] what the client trusts before it sends or runs anything.
+//! - [`tree`]: the supervised tree: who belongs to it, and the replies about it.
 //! - [`journal`]: the journal's records and its replay (the same fold, effects rendered).
 //!
 //! # Driver contract
@@ -32,6 +33,7 @@ pub mod ptrace_policy;
 pub mod signals;
 pub mod stacks;
 pub mod supervisor;
+pub mod tree;
 pub mod wire;
 
 #[cfg(test)]

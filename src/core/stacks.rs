@@ -63,33 +63,44 @@ pub fn is_truncated(thread: &ThreadStack) -> bool {
     thread.frames.len() >= MAX_FRAMES
 }
 
-/// Every thread as Python prints a traceback: outermost frame first, each as
-/// `  File "x.py", line 12, in func`, under a `Thread 1234 (main):` heading.
-pub fn format_traceback(stacks: &ProcessStacks) -> String {
-    let mut out = String::new();
-    for thread in &stacks.threads {
-        let main = if thread.is_main { " (main)" } else { "" };
-        out.push_str(&format!("Thread {}{main}:\n", thread.tid));
-        if thread.frames.is_empty() {
-            out.push_str("  (no Python frames)\n");
-        }
-        if is_truncated(thread) {
-            out.push_str(&format!(
-                "  ... outer frames not read (deeper than {MAX_FRAMES})\n"
-            ));
-        }
-        for frame in thread.frames.iter().rev() {
-            let line = match frame.line {
-                Some(line) => line.to_string(),
-                None => "?".to_owned(),
-            };
-            out.push_str(&format!(
-                "  File \"{}\", line {line}, in {}\n",
-                frame.filename, frame.function
-            ));
-        }
+/// One thread's stack as Python prints a traceback: a heading, then outermost first,
+/// `  File "...", line N, in func` per frame.
+pub fn format_thread(thread: &ThreadStack) -> Vec<String> {
+    let main = if thread.is_main { " (main thread)" } else { "" };
+    let mut lines = vec![format!(
+        "Thread {}{main}, most recent call last:",
+        thread.tid
+    )];
+    if thread.frames.is_empty() {
+        lines.push("  (no Python frame: the thread runs no Python code now)".into());
     }
-    out
+    if is_truncated(thread) {
+        lines.push(format!(
+            "  ... outer frames not read (deeper than {MAX_FRAMES})"
+        ));
+    }
+    for frame in thread.frames.iter().rev() {
+        let line = frame.line.map_or("?".to_string(), |n| n.to_string());
+        lines.push(format!(
+            "  File \"{}\", line {line}, in {}",
+            frame.filename, frame.function
+        ));
+    }
+    lines
+}
+
+/// Every thread of a process, main thread first, as [`format_thread`] prints each.
+pub fn format_process(stacks: &ProcessStacks, command: &str) -> Vec<String> {
+    let mut lines = vec![format!(
+        "Process {} ({command}), Python {}",
+        stacks.pid, stacks.python_version
+    )];
+    let mut threads: Vec<&ThreadStack> = stacks.threads.iter().collect();
+    threads.sort_by_key(|t| (!t.is_main, t.tid));
+    for thread in threads {
+        lines.extend(format_thread(thread));
+    }
+    lines
 }
 
 /// The modules a local pdb session runs in while it waits for a command.
@@ -195,30 +206,43 @@ mod tests {
     }
 
     #[test]
-    fn traceback_lists_outermost_first_under_a_thread_heading() {
+    fn threads_print_like_a_traceback_outermost_first_main_first() {
+        let frame = |file: &str, line, function: &str| Frame {
+            filename: file.into(),
+            line,
+            function: function.into(),
+        };
         let stacks = ProcessStacks {
-            pid: 7,
-            python_version: "3.14.10".into(),
+            pid: 40,
+            python_version: "3.14.0".into(),
             threads: vec![
-                thread(vec![
-                    frame("/app/work.py", 12, "compute"),
-                    Frame {
-                        filename: "/app/main.py".into(),
-                        line: None,
-                        function: "<module>".into(),
-                    },
-                ]),
                 ThreadStack {
-                    tid: 43,
+                    tid: 42,
                     is_main: false,
-                    frames: Vec::new(),
+                    frames: vec![],
+                },
+                ThreadStack {
+                    tid: 40,
+                    is_main: true,
+                    frames: vec![
+                        frame("/usr/lib/python3.14/time.py", None, "sleep"),
+                        frame("/srv/app.py", Some(7), "main"),
+                        frame("/srv/app.py", Some(12), "<module>"),
+                    ],
                 },
             ],
         };
         assert_eq!(
-            format_traceback(&stacks),
-            "Thread 42 (main):\n  File \"/app/main.py\", line ?, in <module>\n  File \
-             \"/app/work.py\", line 12, in compute\nThread 43:\n  (no Python frames)\n"
+            format_process(&stacks, "python3.14 /srv/app.py"),
+            [
+                "Process 40 (python3.14 /srv/app.py), Python 3.14.0",
+                "Thread 40 (main thread), most recent call last:",
+                "  File \"/srv/app.py\", line 12, in <module>",
+                "  File \"/srv/app.py\", line 7, in main",
+                "  File \"/usr/lib/python3.14/time.py\", line ?, in sleep",
+                "Thread 42, most recent call last:",
+                "  (no Python frame: the thread runs no Python code now)",
+            ]
         );
     }
 
@@ -226,11 +250,7 @@ mod tests {
     fn a_cut_stack_says_so() {
         let deep = thread(vec![frame("/r.py", 2, "r"); MAX_FRAMES]);
         assert!(is_truncated(&deep));
-        let text = format_traceback(&ProcessStacks {
-            pid: 1,
-            python_version: "3.15.2".into(),
-            threads: vec![deep],
-        });
+        let text = format_thread(&deep).join("\n");
         assert!(text.contains("outer frames not read"), "{text}");
     }
 }

@@ -13,7 +13,12 @@ use super::delivery::{
 use super::ptrace_policy::{attach_rule, AttachRule, TracerPrivilege};
 pub use super::signals::{parse_signal, signal_name, ExitStatus, StopSignal, DEFAULT_STOP_SIGNAL};
 use super::signals::{signal_display, SIGKILL};
-use super::wire::{parse_command, Command, Dialect, Frame, Reply};
+use super::stacks::AsyncTask;
+use super::tree::{
+    ps_json, ps_report, stacks_json, stacks_report, tasks_json, StacksOutcome, TasksReport,
+    TreeListing,
+};
+use super::wire::{parse_command, Command, Dialect, Frame, Reply, StackTarget};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::fmt;
@@ -270,6 +275,19 @@ pub enum Input {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         by_kernel: bool,
     },
+    /// The answer to [`Effect::ListTree`].
+    TreeListed {
+        listing: TreeListing,
+    },
+    /// The answer to [`Effect::ReadStacks`], one outcome per pid asked for, in order.
+    StacksRead {
+        stacks: Vec<StacksOutcome>,
+    },
+    /// The answer to [`Effect::ReadTasks`].
+    TasksRead {
+        pid: u32,
+        outcome: Result<Vec<AsyncTask>, String>,
+    },
     /// Every adapter thread has stopped: no line, signal or exit can be observed anymore.
     AdaptersGone,
     /// A deadline from [`Supervisor::poll_timeout`] has come.
@@ -318,6 +336,18 @@ pub enum Effect {
     /// side. Nothing of the tree may outlive the controller.
     StopTree {
         signal: i32,
+    },
+    /// List the supervised tree (`/proc`, each process's interpreter); answer with
+    /// [`Input::TreeListed`]. Bounded in time and size by the edge.
+    ListTree,
+    /// Read every thread's Python stack of each pid (from outside, without stopping it);
+    /// answer with [`Input::StacksRead`]. Bounded in time by the edge.
+    ReadStacks {
+        pids: Vec<u32>,
+    },
+    /// Read the asyncio tasks of `pid`; answer with [`Input::TasksRead`].
+    ReadTasks {
+        pid: u32,
     },
     /// Remove the FIFOs (and the pipe directory if the controller made it).
     RemovePipes,
@@ -401,6 +431,33 @@ enum GrantStep {
     Inspecting,
     /// The request is on its way into the target (or taken: its report is on the way).
     Delivering(Delivery),
+}
+
+/// A question about the tree (`PS`, `STACK`, `TASKS`) being answered: the edge lists the
+/// tree, then reads what the question needs. Lines that arrive meanwhile wait behind it,
+/// as behind a grant, so the FIFO's replies keep their order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Survey {
+    question: Question,
+    to: ReplyTo,
+    step: SurveyStep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Question {
+    Processes,
+    Stacks(StackTarget),
+    Tasks(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SurveyStep {
+    /// [`Effect::ListTree`] is out.
+    Listing,
+    /// [`Effect::ReadStacks`] is out, for the listing kept here.
+    ReadingStacks(TreeListing),
+    /// [`Effect::ReadTasks`] is out.
+    ReadingTasks,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -518,6 +575,8 @@ pub struct Supervisor {
     /// Lines that arrived while a grant was in flight, answered in order after it.
     queued: VecDeque<(Frame, Origin)>,
     next_grant: GrantId,
+    /// The question about the tree being answered, beside any state (see [`Survey`]).
+    survey: Option<Survey>,
 }
 
 impl Supervisor {
@@ -527,6 +586,7 @@ impl Supervisor {
             state: State::Idle,
             queued: VecDeque::new(),
             next_grant: 1,
+            survey: None,
         }
     }
 
@@ -579,8 +639,11 @@ impl Supervisor {
         let mut out = Vec::new();
         let state = std::mem::replace(&mut self.state, State::Idle);
         self.state = self.transition(now, state, input, &mut out);
-        // Lines queued behind a grant are answered as soon as no grant is in flight.
-        while !matches!(self.state, State::Granting(_) | State::Terminated { .. }) {
+        // Lines queued behind a grant (or a survey) are answered as soon as neither is in
+        // flight.
+        while !matches!(self.state, State::Granting(_) | State::Terminated { .. })
+            && self.survey.is_none()
+        {
             let Some((frame, origin)) = self.queued.pop_front() else {
                 break;
             };
@@ -599,6 +662,27 @@ impl Supervisor {
         out: &mut Vec<Effect>,
     ) -> State {
         match (state, input) {
+            (
+                state @ (State::Idle
+                | State::Granting(_)
+                | State::Attached { .. }
+                | State::Stopping { .. }
+                | State::Terminated { .. }),
+                Input::LineReceived { frame, origin },
+            ) if self.survey.is_some() => {
+                self.queued.push_back((frame, origin));
+                state
+            }
+            (
+                state @ (State::Idle
+                | State::Granting(_)
+                | State::Attached { .. }
+                | State::Stopping { .. }
+                | State::Terminated { .. }),
+                input @ (Input::TreeListed { .. }
+                | Input::StacksRead { .. }
+                | Input::TasksRead { .. }),
+            ) => self.on_survey_fact(state, input, out),
             (State::Granting(grant), Input::LineReceived { frame, origin }) => {
                 self.queued.push_back((frame, origin));
                 State::Granting(grant)
@@ -951,6 +1035,13 @@ impl Supervisor {
                 self.begin_stop(now, state, StopReason::Requested, true, out)
             }
             (state, Command::GrantAccess { pid }) => self.begin_grant(now, state, pid, origin, out),
+            (state, Command::Ps) => self.begin_survey(state, Question::Processes, to, out),
+            (state, Command::Stack { which }) => {
+                self.begin_survey(state, Question::Stacks(which), to, out)
+            }
+            (state, Command::Tasks { pid }) => {
+                self.begin_survey(state, Question::Tasks(pid), to, out)
+            }
             (State::Attached { client, expires_at }, Command::RevokeAccess { pid })
                 if client == pid =>
             {
@@ -976,6 +1067,123 @@ impl Supervisor {
                 state
             }
         }
+    }
+
+    fn begin_survey(
+        &mut self,
+        state: State,
+        question: Question,
+        to: ReplyTo,
+        out: &mut Vec<Effect>,
+    ) -> State {
+        debug_assert!(self.survey.is_none(), "a survey began while one was out");
+        out.push(Effect::ListTree);
+        self.survey = Some(Survey {
+            question,
+            to,
+            step: SurveyStep::Listing,
+        });
+        state
+    }
+
+    /// A survey's answer: the next reading, or the reply.
+    fn on_survey_fact(&mut self, state: State, input: Input, out: &mut Vec<Effect>) -> State {
+        let Some(survey) = self.survey.take() else {
+            return misuse(state, &input, out);
+        };
+        let target = self.config.target_pid;
+        let (question, to) = (survey.question, survey.to);
+        let outside = |pid: u32| {
+            Reply::Error(format!(
+                "pid {pid} is not in the supervised tree (target {target}): only the target and its descendants can be asked about"
+            ))
+        };
+        let reading = |step| Survey { question, to, step };
+        let next = match (survey.step, input) {
+            (SurveyStep::Listing, Input::TreeListed { listing }) => match question {
+                Question::Processes => {
+                    let pids = listing.python_pids();
+                    if pids.is_empty() {
+                        Err(Reply::Processes(ps_json(ps_report(target, &listing, &[]))))
+                    } else {
+                        out.push(Effect::ReadStacks { pids });
+                        Ok(reading(SurveyStep::ReadingStacks(listing)))
+                    }
+                }
+                Question::Stacks(StackTarget::All) => {
+                    let pids = listing.python_pids();
+                    if pids.is_empty() {
+                        Err(Reply::Error(format!(
+                            "no Python process in the supervised tree (target {target}) could be read"
+                        )))
+                    } else {
+                        out.push(Effect::ReadStacks { pids });
+                        Ok(reading(SurveyStep::ReadingStacks(listing)))
+                    }
+                }
+                Question::Stacks(StackTarget::Pid(pid)) | Question::Tasks(pid) => {
+                    match listing.get(pid).filter(|_| listing.contains(pid)) {
+                        None => Err(outside(pid)),
+                        Some(facts) => match (&facts.interpreter, question) {
+                            (super::tree::Interpreter::NotPython, _) => Err(Reply::Error(format!(
+                                "pid {pid} ({}) is not a Python process",
+                                facts.cmdline.first().map_or("?", String::as_str)
+                            ))),
+                            (super::tree::Interpreter::Unknown { why }, _) => Err(Reply::Error(
+                                format!("the Python runtime of pid {pid} cannot be read: {why}"),
+                            )),
+                            (super::tree::Interpreter::Python { .. }, Question::Tasks(_)) => {
+                                out.push(Effect::ReadTasks { pid });
+                                Ok(reading(SurveyStep::ReadingTasks))
+                            }
+                            (
+                                super::tree::Interpreter::Python { .. },
+                                Question::Stacks(_) | Question::Processes,
+                            ) => {
+                                out.push(Effect::ReadStacks { pids: vec![pid] });
+                                Ok(reading(SurveyStep::ReadingStacks(listing)))
+                            }
+                        },
+                    }
+                }
+            },
+            (SurveyStep::ReadingStacks(listing), Input::StacksRead { stacks }) => match question {
+                Question::Processes => Err(Reply::Processes(ps_json(ps_report(
+                    target, &listing, &stacks,
+                )))),
+                Question::Stacks(_) | Question::Tasks(_) => match stacks.as_slice() {
+                    // One process asked for and unreadable: a plain error says it best.
+                    [StacksOutcome {
+                        pid,
+                        outcome: Err(why),
+                    }] if question != Question::Stacks(StackTarget::All) => Err(Reply::Error(
+                        format!("cannot read the stacks of pid {pid}: {why}"),
+                    )),
+                    _ => Err(Reply::Stacks(stacks_json(stacks_report(
+                        target, &listing, &stacks,
+                    )))),
+                },
+            },
+            (SurveyStep::ReadingTasks, Input::TasksRead { pid, outcome }) => match outcome {
+                Ok(tasks) => Err(Reply::Tasks(tasks_json(TasksReport {
+                    pid,
+                    tasks,
+                    truncated: false,
+                }))),
+                Err(why) => Err(Reply::Error(format!(
+                    "cannot read the asyncio tasks of pid {pid}: {why}"
+                ))),
+            },
+            (step, input) => {
+                self.survey = Some(Survey { question, to, step });
+                return misuse(state, &input, out);
+            }
+        };
+        match next {
+            Ok(survey) => self.survey = Some(survey),
+            Err(answer) => reply(out, to, answer),
+        }
+        state
     }
 
     fn begin_grant(
@@ -1356,6 +1564,13 @@ impl Supervisor {
 
     fn terminate(&mut self, exit: ControllerExit, out: &mut Vec<Effect>) -> State {
         let target = self.config.target_pid;
+        if let Some(survey) = self.survey.take() {
+            reply(
+                out,
+                survey.to,
+                Reply::Error(format!("target process {target} is not running")),
+            );
+        }
         // Blank FIFO lines get no reply anywhere (see `on_line`), and not here either: the
         // next client would read it as its own.
         for (frame, origin) in self.queued.drain(..) {
@@ -1466,6 +1681,30 @@ impl fmt::Display for Input {
                 }
                 Ok(())
             }
+            Input::TreeListed { listing } => {
+                write!(f, "tree below {} listed:", listing.root)?;
+                for p in &listing.processes {
+                    write!(f, " {}", p.pid)?;
+                }
+                if listing.truncated {
+                    f.write_str(" (truncated)")?;
+                }
+                Ok(())
+            }
+            Input::StacksRead { stacks } => {
+                f.write_str("stacks read:")?;
+                for read in stacks {
+                    match &read.outcome {
+                        Ok(s) => write!(f, " {} ({} threads)", read.pid, s.threads.len())?,
+                        Err(why) => write!(f, " {} (failed: {why})", read.pid)?,
+                    }
+                }
+                Ok(())
+            }
+            Input::TasksRead { pid, outcome } => match outcome {
+                Ok(tasks) => write!(f, "asyncio tasks of {pid} read: {}", tasks.len()),
+                Err(why) => write!(f, "asyncio tasks of {pid} not read: {why}"),
+            },
             Input::AdaptersGone => f.write_str("every adapter thread has stopped"),
             Input::ClientExited { pid } => write!(f, "client {pid} exited"),
             Input::DeadlineReached => f.write_str("deadline reached"),
@@ -1500,6 +1739,9 @@ impl fmt::Display for Effect {
                 write!(f, "signal target ({})", signal_display(*signal))
             }
             Effect::StopTree { signal } => write!(f, "stop tree ({})", signal_display(*signal)),
+            Effect::ListTree => f.write_str("list the supervised tree"),
+            Effect::ReadStacks { pids } => write!(f, "read the stacks of {pids:?}"),
+            Effect::ReadTasks { pid } => write!(f, "read the asyncio tasks of {pid}"),
             Effect::RemovePipes => f.write_str("remove pipes"),
             Effect::Log { message } => write!(f, "log: {message}"),
             Effect::Exit { code } => write!(f, "exit {code}"),

@@ -1127,3 +1127,230 @@ fn transcript_of_a_socket_session() {
     );
     insta::assert_snapshot!(h.session.transcript());
 }
+
+/// Questions about the tree: `PS`, `STACK`, `TASKS` (issue 11).
+mod tree_questions {
+    use super::*;
+    use crate::core::stacks::{Frame as PyFrame, ProcessStacks, ThreadStack};
+    use crate::core::tree::{
+        Interpreter, ProcessFacts, PsReport, StacksOutcome, StacksReport, TreeListing,
+    };
+
+    const KEEPER: u32 = 999;
+    const WORKER: u32 = 1001;
+    const SLEEP: u32 = 1002;
+
+    fn process(pid: u32, ppid: u32, interpreter: Interpreter) -> ProcessFacts {
+        ProcessFacts {
+            pid,
+            ppid,
+            interpreter,
+            threads: 1,
+            state: "S (sleeping)".into(),
+            cmdline: vec![format!("cmd-{pid}")],
+        }
+    }
+
+    fn python() -> Interpreter {
+        Interpreter::Python {
+            version: "3.14.2".into(),
+        }
+    }
+
+    /// keeper ── target ── worker (Python) ── sleep (not Python)
+    fn listing() -> Input {
+        Input::TreeListed {
+            listing: TreeListing {
+                root: KEEPER,
+                processes: vec![
+                    process(TARGET, KEEPER, python()),
+                    process(WORKER, TARGET, python()),
+                    process(SLEEP, WORKER, Interpreter::NotPython),
+                ],
+                truncated: false,
+            },
+        }
+    }
+
+    fn stacks_of(pid: u32) -> ProcessStacks {
+        ProcessStacks {
+            pid: pid as i32,
+            python_version: "3.14.2".into(),
+            threads: vec![ThreadStack {
+                tid: pid as i32,
+                is_main: true,
+                frames: vec![PyFrame {
+                    filename: "/srv/app.py".into(),
+                    line: Some(pid),
+                    function: format!("in_{pid}"),
+                }],
+            }],
+        }
+    }
+
+    fn read(pids: &[u32]) -> Input {
+        Input::StacksRead {
+            stacks: pids
+                .iter()
+                .map(|&pid| StacksOutcome {
+                    pid,
+                    outcome: Ok(stacks_of(pid)),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn ps_lists_then_reads_the_python_processes_and_lines_meanwhile_wait() {
+        let mut h = Harness::new(Yama::Scope(1));
+        assert_eq!(h.on(line("PS")), vec![Effect::ListTree]);
+        // The FIFO's replies keep their order: this one waits for the PS answer.
+        assert_eq!(replies(&h.on(line("GET_TARGET_PID"))), vec![]);
+        let effects = h.on(listing());
+        assert_eq!(
+            effects,
+            vec![Effect::ReadStacks {
+                pids: vec![TARGET, WORKER]
+            }]
+        );
+        let answers = replies(&h.on(read(&[TARGET, WORKER])));
+        let [Reply::Processes(json), Reply::TargetPid(TARGET)] = answers.as_slice() else {
+            panic!("{answers:?}");
+        };
+        let report: PsReport = serde_json::from_str(json).unwrap();
+        let pids: Vec<u32> = report.processes.iter().map(|p| p.facts.pid).collect();
+        assert_eq!(pids, [TARGET, WORKER, SLEEP]);
+        let worker_top = &report.processes[1].frames.as_ref().unwrap()[0];
+        assert_eq!(worker_top.frame.as_ref().unwrap().function, "in_1001");
+        assert_eq!(report.processes[2].frames, None);
+        assert_eq!(h.state(), Phase::Idle);
+    }
+
+    #[rstest]
+    #[case::init("STACK 1", "pid 1 is not in the supervised tree (target 1000)")]
+    #[case::the_keeper("STACK 999", "pid 999 is not in the supervised tree")]
+    #[case::a_stranger("TASKS 4242", "pid 4242 is not in the supervised tree")]
+    #[case::not_python("STACK 1002", "pid 1002 (cmd-1002) is not a Python process")]
+    fn questions_about_pids_outside_the_tree_or_not_python_are_refused_unread(
+        #[case] question: &str,
+        #[case] message: &str,
+    ) {
+        let mut h = Harness::new(Yama::Scope(1));
+        assert_eq!(h.on(line(question)), vec![Effect::ListTree]);
+        let effects = h.on(listing());
+        let text = error_text(&effects);
+        assert!(text.starts_with(message), "{text}");
+        assert!(
+            !effects
+                .iter()
+                .any(|e| matches!(e, Effect::ReadStacks { .. } | Effect::ReadTasks { .. })),
+            "{effects:?}"
+        );
+    }
+
+    #[test]
+    fn stack_all_reads_every_python_process_and_answers_on_its_socket() {
+        let mut h = Harness::new(Yama::Scope(1));
+        assert_eq!(
+            h.on(line_from("STACK ALL", socket(7, ASKER))),
+            vec![Effect::ListTree]
+        );
+        assert_eq!(
+            h.on(listing()),
+            vec![Effect::ReadStacks {
+                pids: vec![TARGET, WORKER]
+            }]
+        );
+        let effects = h.on(read(&[TARGET, WORKER]));
+        let [Effect::Reply {
+            reply: Reply::Stacks(json),
+            to: ReplyTo::Socket { conn: 7 },
+        }] = effects.as_slice()
+        else {
+            panic!("{effects:?}");
+        };
+        let report: StacksReport = serde_json::from_str(json).unwrap();
+        assert_eq!(report.processes.len(), 2);
+        assert_eq!(report.processes[1].cmdline, ["cmd-1001"]);
+    }
+
+    #[test]
+    fn an_unreadable_process_is_an_error_for_stack_and_tasks() {
+        let mut h = Harness::new(Yama::Scope(1));
+        let _ = h.on(line("STACK 1001"));
+        assert_eq!(
+            h.on(listing()),
+            vec![Effect::ReadStacks { pids: vec![WORKER] }]
+        );
+        let effects = h.on(Input::StacksRead {
+            stacks: vec![StacksOutcome {
+                pid: WORKER,
+                outcome: Err("it exited".into()),
+            }],
+        });
+        assert_eq!(
+            error_text(&effects),
+            "cannot read the stacks of pid 1001: it exited"
+        );
+
+        let _ = h.on(line("TASKS 1000"));
+        assert_eq!(h.on(listing()), vec![Effect::ReadTasks { pid: TARGET }]);
+        let effects = h.on(Input::TasksRead {
+            pid: TARGET,
+            outcome: Err("no asyncio".into()),
+        });
+        assert_eq!(
+            error_text(&effects),
+            "cannot read the asyncio tasks of pid 1000: no asyncio"
+        );
+        let _ = h.on(line("TASKS 1000"));
+        let _ = h.on(listing());
+        let effects = h.on(Input::TasksRead {
+            pid: TARGET,
+            outcome: Ok(vec![]),
+        });
+        assert!(
+            matches!(replies(&effects).as_slice(), [Reply::Tasks(json)] if json.contains("\"pid\":1000")),
+            "{effects:?}"
+        );
+    }
+
+    #[test]
+    fn a_question_behind_a_grant_waits_for_it() {
+        let mut h = Harness::new(Yama::Scope(1));
+        let _ = h.on(line(&format!("GRANT_ACCESS {CLIENT}")));
+        // Queued behind the grant: nothing is listed yet.
+        assert_eq!(h.on(line("PS")), vec![]);
+        let effects = h.on(Input::ClientInspected {
+            pid: CLIENT,
+            facts: ClientFacts::NotRunning,
+        });
+        let listed_after_reply = effects
+            .iter()
+            .position(|e| *e == Effect::ListTree)
+            .expect("the PS begins once the grant is over");
+        assert!(matches!(
+            effects[0..listed_after_reply]
+                .iter()
+                .find(|e| matches!(e, Effect::Reply { .. })),
+            Some(Effect::Reply {
+                reply: Reply::Error(_),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_question_out_when_the_target_exits_gets_an_error() {
+        let mut h = Harness::new(Yama::Scope(1));
+        let _ = h.on(line("PS"));
+        let effects = h.on(Input::TargetExited {
+            status: ExitStatus::Code(0),
+        });
+        assert_eq!(
+            replies(&effects),
+            vec![Reply::Error("target process 1000 is not running".into())]
+        );
+        assert_eq!(h.state(), Phase::Terminated { code: 0 });
+    }
+}

@@ -4,6 +4,11 @@
 //! accepted in any case. Controller → client (`response`): `TARGET_PID <pid>`, `READY`,
 //! `ERROR: <message>` in the seed dialect; `target_pid <pid>`, `ready`, `error : <message>`
 //! in the legacy dialect spoken by the published Python helicopter-parent 0.x.
+//!
+//! This project's extensions (a seed-only client never sends them): `REVOKE_ACCESS <pid>`
+//! (answered `READY`), and the questions about the supervised tree `PS`, `STACK <pid>`,
+//! `STACK ALL` and `TASKS <pid>`, answered with one line `PROCESSES <json>`,
+//! `STACKS <json>` or `TASKS <json>` (lower-case words in the legacy dialect).
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -50,24 +55,52 @@ pub enum Command {
     RevokeAccess {
         pid: u32,
     },
+    /// An extension: list the supervised tree (`PROCESSES <json>`).
+    Ps,
+    /// An extension: every thread's Python stack of one process of the tree, or of all
+    /// (`STACKS <json>`).
+    Stack {
+        which: StackTarget,
+    },
+    /// An extension: the asyncio tasks of one process of the tree (`TASKS <json>`).
+    Tasks {
+        pid: u32,
+    },
+}
+
+/// Whose stacks `STACK` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "of", content = "pid", rename_all = "snake_case")]
+pub enum StackTarget {
+    Pid(u32),
+    /// Every Python process of the tree.
+    All,
 }
 
 impl Command {
     /// The line a client sends, without the newline.
     pub fn to_line(self, dialect: Dialect) -> String {
-        let (word, pid) = match self {
+        let (word, argument) = match self {
             Command::GetTargetPid => ("GET_TARGET_PID", None),
-            Command::GrantAccess { pid } => ("GRANT_ACCESS", Some(pid)),
+            Command::GrantAccess { pid } => ("GRANT_ACCESS", Some(pid.to_string())),
             Command::Terminate => ("TERMINATE", None),
-            Command::RevokeAccess { pid } => ("REVOKE_ACCESS", Some(pid)),
+            Command::RevokeAccess { pid } => ("REVOKE_ACCESS", Some(pid.to_string())),
+            Command::Ps => ("PS", None),
+            Command::Stack {
+                which: StackTarget::Pid(pid),
+            } => ("STACK", Some(pid.to_string())),
+            Command::Stack {
+                which: StackTarget::All,
+            } => ("STACK", Some("ALL".to_string())),
+            Command::Tasks { pid } => ("TASKS", Some(pid.to_string())),
         };
-        let word = match dialect {
-            Dialect::Seed => word.to_string(),
-            Dialect::Legacy => word.to_ascii_lowercase(),
+        let line = match argument {
+            Some(argument) => format!("{word} {argument}"),
+            None => word.to_string(),
         };
-        match pid {
-            Some(pid) => format!("{word} {pid}"),
-            None => word,
+        match dialect {
+            Dialect::Seed => line,
+            Dialect::Legacy => line.to_ascii_lowercase(),
         }
     }
 }
@@ -78,6 +111,12 @@ pub enum Reply {
     TargetPid(u32),
     Ready,
     Error(String),
+    /// `PROCESSES <json>`: the answer to `PS` (a [`super::tree::PsReport`]).
+    Processes(String),
+    /// `STACKS <json>`: the answer to `STACK` (a [`super::tree::StacksReport`]).
+    Stacks(String),
+    /// `TASKS <json>`: the answer to `TASKS` (a [`super::tree::TasksReport`]).
+    Tasks(String),
 }
 
 impl Reply {
@@ -91,6 +130,13 @@ impl Reply {
             // A message never spans lines: a newline in it would desynchronise the reader.
             (Reply::Error(msg), Dialect::Seed) => format!("ERROR: {}", one_line(msg)),
             (Reply::Error(msg), Dialect::Legacy) => format!("error : {}", one_line(msg)),
+            // JSON from serde_json escapes every newline inside its strings.
+            (Reply::Processes(json), Dialect::Seed) => format!("PROCESSES {}", one_line(json)),
+            (Reply::Processes(json), Dialect::Legacy) => format!("processes {}", one_line(json)),
+            (Reply::Stacks(json), Dialect::Seed) => format!("STACKS {}", one_line(json)),
+            (Reply::Stacks(json), Dialect::Legacy) => format!("stacks {}", one_line(json)),
+            (Reply::Tasks(json), Dialect::Seed) => format!("TASKS {}", one_line(json)),
+            (Reply::Tasks(json), Dialect::Legacy) => format!("tasks {}", one_line(json)),
         }
     }
 }
@@ -141,6 +187,12 @@ impl fmt::Display for CommandError {
                 f,
                 "unknown command '{word}' (expected GET_TARGET_PID, GRANT_ACCESS <pid> or TERMINATE)"
             ),
+            CommandError::MissingPid { command: "STACK" } => {
+                f.write_str("STACK needs a pid of the supervised tree, or ALL")
+            }
+            CommandError::MissingPid { command: "TASKS" } => {
+                f.write_str("TASKS needs a pid of the supervised tree")
+            }
             CommandError::MissingPid { command } => write!(f, "{command} needs the client's pid"),
             CommandError::ExtraArguments { command, extra } => {
                 write!(f, "unexpected argument after {command}: '{extra}'")
@@ -187,6 +239,28 @@ pub fn parse_command(line: &str) -> Result<Command, CommandError> {
             [pid] => parse_pid(pid).map(|pid| Command::GrantAccess { pid }),
             [_, extra @ ..] => Err(CommandError::ExtraArguments {
                 command: "GRANT_ACCESS <pid>",
+                extra: extra.join(" "),
+            }),
+        },
+        "PS" => no_arguments("PS", Command::Ps),
+        "STACK" => match rest.as_slice() {
+            [] => Err(CommandError::MissingPid { command: "STACK" }),
+            [all] if all.eq_ignore_ascii_case("ALL") => Ok(Command::Stack {
+                which: StackTarget::All,
+            }),
+            [pid] => parse_pid(pid).map(|pid| Command::Stack {
+                which: StackTarget::Pid(pid),
+            }),
+            [_, extra @ ..] => Err(CommandError::ExtraArguments {
+                command: "STACK <pid|ALL>",
+                extra: extra.join(" "),
+            }),
+        },
+        "TASKS" => match rest.as_slice() {
+            [] => Err(CommandError::MissingPid { command: "TASKS" }),
+            [pid] => parse_pid(pid).map(|pid| Command::Tasks { pid }),
+            [_, extra @ ..] => Err(CommandError::ExtraArguments {
+                command: "TASKS <pid>",
                 extra: extra.join(" "),
             }),
         },
@@ -271,6 +345,20 @@ pub fn parse_reply(line: &str) -> Result<Reply, ReplyError> {
     let mut words = line.split_ascii_whitespace();
     let word = words.next().ok_or_else(err)?;
     let rest: Vec<&str> = words.collect();
+    let json = |prefix: &str| {
+        line.get(prefix.len()..)
+            .filter(|_| line[..prefix.len()].eq_ignore_ascii_case(prefix))
+            .map(|json| json.trim().to_string())
+    };
+    for (prefix, make) in [
+        ("PROCESSES ", Reply::Processes as fn(String) -> Reply),
+        ("STACKS ", Reply::Stacks),
+        ("TASKS ", Reply::Tasks),
+    ] {
+        if let Some(json) = json(prefix) {
+            return Ok(make(json));
+        }
+    }
     match (word.to_ascii_uppercase().as_str(), rest.as_slice()) {
         ("READY", []) => Ok(Reply::Ready),
         ("TARGET_PID", [pid]) => parse_pid(pid).map(Reply::TargetPid).map_err(|_| err()),
@@ -360,6 +448,12 @@ mod tests {
     #[case("GRANT_ACCESS 007", Command::GrantAccess { pid: 7 })]
     #[case("GRANT_ACCESS 4194304", Command::GrantAccess { pid: PID_MAX_LIMIT })]
     #[case("terminate", Command::Terminate)]
+    #[case("PS", Command::Ps)]
+    #[case("ps", Command::Ps)]
+    #[case("STACK 42", Command::Stack { which: StackTarget::Pid(42) })]
+    #[case("stack all", Command::Stack { which: StackTarget::All })]
+    #[case("STACK All", Command::Stack { which: StackTarget::All })]
+    #[case("TASKS 7", Command::Tasks { pid: 7 })]
     fn parses_commands(#[case] line: &str, #[case] expected: Command) {
         assert_eq!(parse_command(line), Ok(expected));
     }
@@ -395,6 +489,13 @@ mod tests {
         "larger than the largest Linux pid"
     )]
     #[case("GRANT_ACCESS ４２", "not a decimal number")]
+    #[case("PS now", "unexpected argument after PS: 'now'")]
+    #[case("STACK", "STACK needs a pid of the supervised tree, or ALL")]
+    #[case("STACK 1 2", "unexpected argument after STACK <pid|ALL>: '2'")]
+    #[case("STACK 0", "invalid pid '0'")]
+    #[case("STACK everything", "invalid pid 'everything'")]
+    #[case("TASKS", "TASKS needs a pid of the supervised tree")]
+    #[case("TASKS -3", "without a sign")]
     fn refuses_bad_commands(#[case] line: &str, #[case] message_part: &str) {
         let err = parse_command(line).expect_err(line).to_string();
         assert!(err.contains(message_part), "{line:?} gave {err:?}");
@@ -406,6 +507,9 @@ mod tests {
             Reply::TargetPid(12),
             Reply::Ready,
             Reply::Error("it broke".into()),
+            Reply::Processes(r#"{"target":1,"processes":[]}"#.into()),
+            Reply::Stacks(r#"{"a":"ERROR: not an error"}"#.into()),
+            Reply::Tasks("[]".into()),
         ] {
             for dialect in [Dialect::Seed, Dialect::Legacy] {
                 assert_eq!(parse_reply(&reply.to_line(dialect)), Ok(reply.clone()));
@@ -425,6 +529,15 @@ mod tests {
 
     #[test]
     fn commands_format_per_dialect() {
+        let all = Command::Stack {
+            which: StackTarget::All,
+        };
+        assert_eq!(all.to_line(Dialect::Seed), "STACK ALL");
+        assert_eq!(all.to_line(Dialect::Legacy), "stack all");
+        assert_eq!(
+            Reply::Processes("{}".into()).to_line(Dialect::Legacy),
+            "processes {}"
+        );
         let grant = Command::GrantAccess { pid: 9 };
         assert_eq!(grant.to_line(Dialect::Seed), "GRANT_ACCESS 9");
         assert_eq!(grant.to_line(Dialect::Legacy), "grant_access 9");

@@ -20,7 +20,8 @@ use crate::core::client::{
     RequestFailure, TargetFacts, Tone,
 };
 use crate::core::supervisor::ClientFacts;
-use crate::core::wire::{Command, Dialect};
+use crate::core::tree::render_answer;
+use crate::core::wire::{parse_reply, Command, Dialect, Reply, StackTarget};
 use crossbeam_channel::{never, Receiver};
 use nix::sys::signal::{
     pthread_sigmask, sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal,
@@ -42,9 +43,174 @@ pub struct ClientOptions {
     pub dialect: Dialect,
 }
 
-/// Runs the client session; returns its exit status.
+/// Runs the client session (the REPL); returns its exit status.
 pub fn run(opts: ClientOptions) -> i32 {
-    let source = if io::stdin().is_terminal() {
+    run_session(opts, None)
+}
+
+/// A one-shot request beside the REPL: `heli-client ps`, `stack`, `tasks`, `terminate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OneShot {
+    Ps,
+    Stack { pid: Option<u32>, all: bool },
+    Tasks { pid: Option<u32> },
+    Terminate,
+}
+
+/// Runs one request and prints its answer on stdout (errors on stderr); returns the
+/// exit status: 0 answered, 1 refused or failed, 3 no controller of yours serves the pipes.
+pub fn run_one_shot(opts: &ClientOptions, what: OneShot) -> i32 {
+    let ask = |command: Command, expect_reply: bool| {
+        // The tree's questions take the controller longer (bounded readings).
+        let timeout = match command {
+            Command::Ps | Command::Stack { .. } | Command::Tasks { .. } => {
+                opts.timeout + Duration::from_millis(crate::core::tree::READING_ALLOWANCE_MS)
+            }
+            Command::GetTargetPid
+            | Command::GrantAccess { .. }
+            | Command::Terminate
+            | Command::RevokeAccess { .. } => opts.timeout,
+        };
+        exchange_preferring_socket(
+            &opts.pipe_dir,
+            &command.to_line(opts.dialect),
+            timeout,
+            expect_reply,
+        )
+        .map_err(|e| {
+            let code = match e {
+                ExchangeError::PipesMissing(_)
+                | ExchangeError::NotServed(_)
+                | ExchangeError::Untrusted(_) => EXIT_NO_CONTROLLER,
+                ExchangeError::Timeout { .. }
+                | ExchangeError::Truncated(_)
+                | ExchangeError::BadReply(_)
+                | ExchangeError::Io { .. } => EXIT_COMMAND_FAILED,
+            };
+            (code, e.to_string())
+        })
+    };
+    let parsed = |line: Option<String>| {
+        parse_reply(&line.unwrap_or_default()).map_err(|e| (EXIT_COMMAND_FAILED, e.to_string()))
+    };
+    let outcome = (|| -> Result<Vec<String>, (i32, String)> {
+        let target = || -> Result<u32, (i32, String)> {
+            match parsed(ask(Command::GetTargetPid, true)?)? {
+                Reply::TargetPid(pid) => Ok(pid),
+                other => Err((
+                    EXIT_COMMAND_FAILED,
+                    render_answer(&other).err().unwrap_or_default(),
+                )),
+            }
+        };
+        let command = match &what {
+            OneShot::Terminate => {
+                // The legacy dialect's FIFO gives no reply to terminate (its socket does).
+                let reply = ask(Command::Terminate, opts.dialect == Dialect::Seed)?;
+                return match reply.map(|line| parsed(Some(line))).transpose()? {
+                    None | Some(Reply::Ready) => {
+                        Ok(vec!["Controller is stopping the target".into()])
+                    }
+                    Some(Reply::Error(message)) => {
+                        Err((EXIT_COMMAND_FAILED, format!("Controller error: {message}")))
+                    }
+                    Some(other) => Err((
+                        EXIT_COMMAND_FAILED,
+                        format!("unexpected reply to TERMINATE: {other}"),
+                    )),
+                };
+            }
+            OneShot::Ps => Command::Ps,
+            OneShot::Stack { all: true, .. } => Command::Stack {
+                which: StackTarget::All,
+            },
+            OneShot::Stack { pid, all: false } => Command::Stack {
+                which: StackTarget::Pid(match pid {
+                    Some(pid) => *pid,
+                    None => target()?,
+                }),
+            },
+            OneShot::Tasks { pid } => Command::Tasks {
+                pid: match pid {
+                    Some(pid) => *pid,
+                    None => target()?,
+                },
+            },
+        };
+        let reply = parsed(ask(command, true)?)?;
+        render_answer(&reply).map_err(|why| (EXIT_COMMAND_FAILED, why))
+    })();
+    match outcome {
+        Ok(lines) => {
+            let mut out = io::stdout().lock();
+            for line in lines {
+                let _ = writeln!(out, "{line}");
+            }
+            let _ = out.flush();
+            EXIT_OK
+        }
+        Err((code, why)) => {
+            eprintln!("heli-client: {why}");
+            code
+        }
+    }
+}
+
+/// `heli-client attach [PID] -c CMD...`: the REPL's attach, driven by a script instead of
+/// the user: `attach`, the pdb commands in order, pdb's `q`, `quit`. pdb's output comes
+/// as it prints it; failures go to stderr. `pid`: which process pdb attaches to; the
+/// controller grants access to its target, so another pid is refused here for now.
+pub fn run_scripted_attach(opts: ClientOptions, pid: Option<u32>, commands: Vec<String>) -> i32 {
+    if let Some(pid) = pid {
+        let asked = exchange_preferring_socket(
+            &opts.pipe_dir,
+            &Command::GetTargetPid.to_line(opts.dialect),
+            opts.timeout,
+            true,
+        );
+        let target = match asked {
+            Ok(line) => match parse_reply(&line.unwrap_or_default()) {
+                Ok(Reply::TargetPid(target)) => target,
+                Ok(other) => {
+                    eprintln!("heli-client: unexpected reply to GET_TARGET_PID: {other}");
+                    return EXIT_COMMAND_FAILED;
+                }
+                Err(e) => {
+                    eprintln!("heli-client: {e}");
+                    return EXIT_COMMAND_FAILED;
+                }
+            },
+            Err(e) => {
+                eprintln!("heli-client: {e}");
+                return match e {
+                    ExchangeError::PipesMissing(_)
+                    | ExchangeError::NotServed(_)
+                    | ExchangeError::Untrusted(_) => EXIT_NO_CONTROLLER,
+                    ExchangeError::Timeout { .. }
+                    | ExchangeError::Truncated(_)
+                    | ExchangeError::BadReply(_)
+                    | ExchangeError::Io { .. } => EXIT_COMMAND_FAILED,
+                };
+            }
+        };
+        if pid != target {
+            eprintln!(
+                "heli-client: attaching to pid {pid} is not supported yet: the controller grants access to its target (pid {target}) only"
+            );
+            return EXIT_COMMAND_FAILED;
+        }
+    }
+    let mut lines = vec!["attach".to_string()];
+    // pdb repeats its last command on an empty line: blank lines are not passed on.
+    lines.extend(commands.into_iter().filter(|c| !c.trim().is_empty()));
+    lines.push("q".into());
+    lines.push("quit".into());
+    run_session(opts, Some(lines))
+}
+
+/// The REPL machine's session, its lines from the user or from `script`.
+fn run_session(opts: ClientOptions, script: Option<Vec<String>>) -> i32 {
+    let source = if script.is_none() && io::stdin().is_terminal() {
         InputSource::Terminal
     } else {
         InputSource::Piped
@@ -61,7 +227,7 @@ pub fn run(opts: ClientOptions) -> i32 {
         privilege: procfs::own_tracer_privilege(),
     };
     let mut machine = Machine::new(config);
-    let mut driver = Driver::new(opts, source);
+    let mut driver = Driver::new(opts, source, script);
     let mut input = Input::Started;
     loop {
         for effect in machine.handle(input) {
@@ -86,11 +252,18 @@ struct Driver {
     pdb_stdin: Option<ChildStdin>,
     /// An outcome learnt while carrying out an effect, delivered as the next input.
     learnt: Option<Input>,
+    /// The lines come from a script (`attach -c`): no prompts are shown, and failures go
+    /// to stderr, so that a pipeline's next command reads pdb's output alone.
+    scripted: bool,
 }
 
 impl Driver {
-    fn new(opts: ClientOptions, source: InputSource) -> Driver {
-        let lines = Lines::new(source);
+    fn new(opts: ClientOptions, source: InputSource, script: Option<Vec<String>>) -> Driver {
+        let scripted = script.is_some();
+        let lines = match script {
+            Some(script) => Lines::scripted(script),
+            None => Lines::new(source),
+        };
         if source == InputSource::Terminal {
             set_sigint(SigHandler::Handler(interrupt_read));
         }
@@ -103,6 +276,7 @@ impl Driver {
             pdb_exit: None,
             pdb_stdin: None,
             learnt: None,
+            scripted,
         }
     }
 
@@ -149,6 +323,10 @@ impl Driver {
     }
 
     fn say(&self, text: &str, tone: Tone) {
+        if self.scripted && tone == Tone::Failure {
+            eprintln!("{text}");
+            return;
+        }
         let mut out = io::stdout().lock();
         let (start, end) = match (self.colour, tone) {
             (true, Tone::Success) => ("\x1b[32m", "\x1b[0m"),
@@ -292,7 +470,7 @@ impl Driver {
                 never()
             }
             (Lines::Piped(rx), Some(wanted)) => {
-                if let LineWanted::Prompt(prompt) = wanted {
+                if let (LineWanted::Prompt(prompt), false) = (wanted, self.scripted) {
                     let mut out = io::stdout().lock();
                     let _ = write!(out, "{prompt}");
                     let _ = out.flush();
@@ -420,6 +598,15 @@ impl Lines {
                 Lines::Piped(rx)
             }
         }
+    }
+
+    /// The given lines, then the end of input.
+    fn scripted(script: Vec<String>) -> Lines {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for line in script {
+            let _ = tx.send(Ok(line));
+        }
+        Lines::Piped(rx)
     }
 
     fn source(&self) -> InputSource {

@@ -333,6 +333,27 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
                 Effect::WatchClient { pid } => watcher.watch(pid),
                 Effect::SignalTarget { signal } => keeper.signal_target(signal),
                 Effect::StopTree { signal } => keeper.signal_tree(signal),
+                // Questions about the tree: read in place, each bounded (see io::tree), the
+                // outcome handled next, before any other line (the core queues those).
+                Effect::ListTree => {
+                    // The keeper is the tree's root while it lives; once it is gone its
+                    // orphans are the controller's.
+                    let root = if procfs::is_running(keeper.pid()) {
+                        keeper.pid()
+                    } else {
+                        controller_pid
+                    };
+                    immediate.push_back(Input::TreeListed {
+                        listing: super::tree::list_tree(root),
+                    })
+                }
+                Effect::ReadStacks { pids } => immediate.push_back(Input::StacksRead {
+                    stacks: super::tree::read_all_stacks(&pids),
+                }),
+                Effect::ReadTasks { pid } => immediate.push_back(Input::TasksRead {
+                    pid,
+                    outcome: super::tree::read_asyncio_tasks(pid),
+                }),
                 Effect::RemovePipes => {
                     // Replies already decided reach their readers before the pipes go.
                     responses.finish();

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod client_watch;
 pub mod controller;
+pub mod controllers;
 pub mod exchange;
 pub mod find_python;
 pub mod grant;
@@ -15,4 +16,5 @@ pub mod procfs;
 pub mod socket_exchange;
 pub mod socket_server;
 pub mod stack_reader;
+pub mod tree;
 pub mod wake;

@@ -512,6 +512,42 @@ pub fn set_nonblocking(file: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes (0700) or checks the directory that holds named controllers' pipe directories
+/// (`--name`): it must be a real directory of this user that nobody else may enter,
+/// since every named controller's directory is created in it by name.
+pub fn ensure_named_root(root: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let uid = nix::unistd::getuid().as_raw();
+    match fs::DirBuilder::new().mode(0o700).create(root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("{}: {e}", root.display())),
+    }
+    let meta = fs::symlink_metadata(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    if !meta.file_type().is_dir() {
+        return Err(format!(
+            "{} is not a directory (a symbolic link or a file): refusing to put pipes under it",
+            root.display()
+        ));
+    }
+    if meta.uid() != uid {
+        return Err(format!(
+            "{} belongs to uid {}, not to you (uid {uid}): refusing to put pipes under it",
+            root.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} has mode {:o}: others may enter it; run `chmod 700 {}`",
+            root.display(),
+            meta.mode() & 0o7777,
+            root.display()
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,5 +20,6 @@ mod sessions;
 mod socket;
 mod stack_reader;
 mod support;
+mod tree;
 mod tree_stop;
 mod wake;

@@ -171,6 +171,19 @@ fn record_sessions() {
         assert!(c.send("GET_TARGET_PID").starts_with("TARGET_PID "));
         assert_eq!(ask("TERMINATE"), "READY");
     });
+    // The tree's questions (issue 11): their listings and readings are journaled as
+    // inputs, so the replies replay without /proc.
+    record("tree_questions", "counter.py", &[], |c| {
+        c.stdout.wait_for("counter ready");
+        assert!(c.send("PS").starts_with("PROCESSES {"));
+        assert!(c
+            .send("STACK 1")
+            .starts_with("ERROR: pid 1 is not in the supervised tree"));
+        c.send(&format!("STACK {}", c.target_pid));
+        c.send("STACK ALL");
+        c.send(&format!("TASKS {}", c.target_pid));
+        assert_eq!(c.send("TERMINATE"), "READY");
+    });
 }
 
 #[test]

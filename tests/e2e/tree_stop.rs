@@ -6,19 +6,19 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// How long the tree may take to disappear once the controller is stopping or gone.
-const TREE_GONE_WITHIN: Duration = Duration::from_secs(10);
+pub(crate) const TREE_GONE_WITHIN: Duration = Duration::from_secs(10);
 
 /// The controller's descendants, each held by a pidfd: a pidfd names one process (never a
 /// later one that reuses its pid), becomes readable when that process exits, and
 /// `pidfd_send_signal` reaches exactly it. Every process left is SIGKILLed on drop, so a
 /// failing test leaves nothing behind.
-struct Tree {
+pub(crate) struct Tree {
     members: Vec<(u32, String, OwnedFd)>,
 }
 
 impl Tree {
     /// Every process whose parent chain reaches `root` (read from /proc/*/stat).
-    fn of(root: u32) -> Tree {
+    pub(crate) fn of(root: u32) -> Tree {
         let mut parents = std::collections::HashMap::new();
         let mut names = std::collections::HashMap::new();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -60,7 +60,11 @@ impl Tree {
         Tree { members }
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.members.iter().map(|(pid, _, _)| *pid).collect()
+    }
+
+    pub(crate) fn describe(&self) -> String {
         let list: Vec<String> = self
             .members
             .iter()
@@ -71,7 +75,7 @@ impl Tree {
 
     /// Waits (on the pidfds, no polling) until every member has exited; panics naming the
     /// survivors when the deadline passes.
-    fn wait_gone(&self, within: Duration) {
+    pub(crate) fn wait_gone(&self, within: Duration) {
         let deadline = Instant::now() + within;
         for (pid, name, fd) in &self.members {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -678,7 +678,12 @@ impl Driver {
                             true
                         }
                         (
-                            Reply::TargetPid(_) | Reply::Ready,
+                            Reply::TargetPid(_)
+                            | Reply::Ready
+                            // No line of this fuzzer asks about the tree (PS, STACK, TASKS).
+                            | Reply::Processes(_)
+                            | Reply::Stacks(_)
+                            | Reply::Tasks(_),
                             Expect::Command(_) | Expect::Bad | Expect::QueuedBlank,
                         ) => false,
                     };
@@ -780,6 +785,9 @@ impl Driver {
                     }
                 }
                 Effect::ForgetGrant { .. } | Effect::RemovePipes => {}
+                Effect::ListTree | Effect::ReadStacks { .. } | Effect::ReadTasks { .. } => {
+                    return Err(format!("{effect:?}, but no line asked about the tree"));
+                }
             }
         }
         let expected_signals = batch.signals_target.unwrap_or(terminate_logs);

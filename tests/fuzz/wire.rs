@@ -126,6 +126,11 @@ fn check_line(text: &str) -> Result<(), String> {
 fn check_reply(reply: &Reply) -> Result<(), String> {
     let normal = match reply {
         Reply::Error(msg) => Reply::Error(msg.replace(['\n', '\r'], " ").trim().to_string()),
+        Reply::Processes(json) => {
+            Reply::Processes(json.replace(['\n', '\r'], " ").trim().to_string())
+        }
+        Reply::Stacks(json) => Reply::Stacks(json.replace(['\n', '\r'], " ").trim().to_string()),
+        Reply::Tasks(json) => Reply::Tasks(json.replace(['\n', '\r'], " ").trim().to_string()),
         Reply::TargetPid(_) | Reply::Ready => reply.clone(),
     };
     for dialect in [Dialect::Seed, Dialect::Legacy] {

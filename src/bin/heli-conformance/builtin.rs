@@ -25,6 +25,10 @@ const CASE_FILES: &[(&str, &str)] = &[
         include_str!("../../../tests/fixtures/conformance/commands.json"),
     ),
     (
+        "extensions.json",
+        include_str!("../../../tests/fixtures/conformance/extensions.json"),
+    ),
+    (
         "lifecycle.json",
         include_str!("../../../tests/fixtures/conformance/lifecycle.json"),
     ),

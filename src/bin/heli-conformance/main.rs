@@ -66,6 +66,10 @@ struct Args {
     /// After a failure, print the tail of the controller's stderr
     #[arg(long, short)]
     verbose: bool,
+    /// Skip the cases of this project's extensions of the protocol (PS, STACK, TASKS),
+    /// for an implementation of the seed's protocol alone
+    #[arg(long)]
+    no_extensions: bool,
 }
 
 /// Where the case files come from.
@@ -152,6 +156,7 @@ fn main() -> ExitCode {
         startup_timeout: Duration::from_millis(args.startup_timeout),
         only: args.only,
         verbose: args.verbose,
+        no_extensions: args.no_extensions,
     };
     match run_suite(&options, &files, &mut std::io::stdout().lock()) {
         Ok(summary) if summary.all_passed() => ExitCode::SUCCESS,

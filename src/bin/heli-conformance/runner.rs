@@ -64,6 +64,8 @@ pub struct SuiteOptions {
     pub only: Vec<String>,
     /// After a failure, also print the tail of the controller's stderr.
     pub verbose: bool,
+    /// Skip the cases of this project's protocol extensions (for another implementation).
+    pub no_extensions: bool,
 }
 
 /// Reads every `*.json` case file in `dir` (sorted by name) and checks that the targets
@@ -128,6 +130,9 @@ pub fn run_suite(
     for case in cases {
         let (outcome, stderr_tail) = if case.seed_only && opts.dialect == Dialect::Legacy {
             let verdict = Verdict::Skip("seed dialect only".into());
+            (outcome(case, verdict), Vec::new())
+        } else if case.extension && opts.no_extensions {
+            let verdict = Verdict::Skip("an extension of the protocol (--no-extensions)".into());
             (outcome(case, verdict), Vec::new())
         } else {
             run_case(opts, case)

@@ -647,3 +647,71 @@ fn transcript_of_a_piped_seed_session() {
     }
     insta::assert_snapshot!(transcript);
 }
+
+#[rstest]
+#[case("ps", Command::Ps)]
+#[case("stack", Command::Stack { which: crate::core::wire::StackTarget::Pid(TARGET) })]
+#[case("STACK 77", Command::Stack { which: crate::core::wire::StackTarget::Pid(77) })]
+#[case("stack --all", Command::Stack { which: crate::core::wire::StackTarget::All })]
+#[case("tasks", Command::Tasks { pid: TARGET })]
+#[case("tasks 9", Command::Tasks { pid: 9 })]
+fn tree_questions_at_the_prompt_ask_the_controller(#[case] typed: &str, #[case] asked: Command) {
+    let mut given = Given::at_prompt(InputSource::Piped);
+    let allowance = crate::core::tree::READING_ALLOWANCE_MS;
+    assert_eq!(
+        given.when(line(typed)),
+        vec![Effect::Send {
+            command: asked,
+            expect_reply: true,
+            timeout_ms: 2000 + allowance
+        }]
+    );
+    assert_eq!(given.state(), "Asking");
+}
+
+#[test]
+fn the_answer_to_ps_is_printed_and_an_error_counts_as_a_failure() {
+    let mut given = Given::at_prompt(InputSource::Piped);
+    given.when(line("ps"));
+    let json = format!(
+        r#"{{"target":{TARGET},"processes":[{{"pid":{TARGET},"ppid":1,"interpreter":{{"kind":"python","version":"3.14.2"}},"threads":2,"state":"S (sleeping)","cmdline":["python3.14","app.py"],"frames":[{{"tid":{TARGET},"is_main":true,"frame":{{"filename":"/srv/app.py","line":44,"function":"work_loop"}}}}]}}],"truncated":false}}"#
+    );
+    let said = texts(&given.when(replied(&format!("PROCESSES {json}"))));
+    assert!(
+        said[1].contains("3.14.2") && said[1].ends_with("python3.14 app.py [target]"),
+        "{said:?}"
+    );
+    assert!(
+        said[2].ends_with(&format!("thread {TARGET} (main): /srv/app.py:44 work_loop")),
+        "{said:?}"
+    );
+    assert_eq!(given.state(), "AtPrompt");
+    given.when(line("stack 1"));
+    let said = texts(&given.when(replied(
+        "ERROR: pid 1 is not in the supervised tree (target 4242)",
+    )));
+    assert_eq!(
+        said,
+        ["❌ Controller error: pid 1 is not in the supervised tree (target 4242)"]
+    );
+    assert_eq!(
+        exit_code(&given.when(line("quit"))),
+        Some(EXIT_COMMAND_FAILED)
+    );
+}
+
+#[rstest]
+#[case("stack 1 2", "usage: stack [PID] [--all]")]
+#[case("stack -5", "usage: stack [PID] [--all]")]
+#[case("tasks --all", "usage: tasks [PID]")]
+#[case("ps aux", "usage: ps")]
+fn a_malformed_tree_question_asks_nothing_and_is_no_failure(
+    #[case] typed: &str,
+    #[case] usage: &str,
+) {
+    let mut given = Given::at_prompt(InputSource::Piped);
+    let effects = given.when(line(typed));
+    assert!(texts(&effects)[0].contains(usage), "{effects:?}");
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Send { .. })));
+    assert_eq!(exit_code(&given.when(line("quit"))), Some(EXIT_OK));
+}

@@ -56,6 +56,9 @@ pub struct Case {
     pub target: PathBuf,
     /// Not run in the legacy dialect (e.g. TERMINATE's reply, upper-case commands).
     pub seed_only: bool,
+    /// Checks an extension of this project's controller (`PS`, `STACK`, `TASKS`), not
+    /// the seed's protocol: skipped with `--no-extensions`.
+    pub extension: bool,
     /// Threads kept spinning for the whole case, to starve the controller of CPU.
     pub busy_threads: u32,
     /// Bound on the whole case, whatever its steps say.
@@ -177,6 +180,8 @@ struct RawCase {
     target: Option<String>,
     #[serde(default)]
     seed_only: bool,
+    #[serde(default)]
+    extension: bool,
     #[serde(default)]
     busy_threads: u32,
     timeout_ms: Option<u64>,
@@ -342,6 +347,7 @@ fn parse_case(raw: RawCase, default_target: Option<&str>, base: &Path) -> Result
         about: raw.about,
         target: base.join(target),
         seed_only: raw.seed_only,
+        extension: raw.extension,
         busy_threads: raw.busy_threads,
         timeout: millis(raw.timeout_ms, DEFAULT_CASE_TIMEOUT),
         steps: parse_steps(raw.steps, "")?,

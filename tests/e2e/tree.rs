@@ -1,0 +1,422 @@
+//! The supervised tree from the client's side (issue 11): `ps`, `stack`, `tasks`,
+//! `terminate` and scripted `attach -c` one-shots, the protocol's `PS`/`STACK`/`TASKS`
+//! lines on the FIFOs and the socket, and several named controllers side by side.
+use crate::support::*;
+use crate::tree_stop::{Tree, TREE_GONE_WITHIN};
+use helicopter_parent::core::client::ClientExit;
+use helicopter_parent::core::supervisor::ControllerExit;
+use helicopter_parent::core::tree::{Interpreter, PsReport};
+use helicopter_parent::io::socket_exchange::exchange_socket_raw;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+/// `heli-client --pipe-dir DIR ARGS...`, bounded.
+fn client(dir: &std::path::Path, args: &[&str]) -> Output {
+    output_within(
+        Command::new(bin("heli-client"))
+            .arg("--pipe-dir")
+            .arg(dir)
+            .args(args)
+            .stdin(Stdio::null()),
+        TIMEOUT,
+    )
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn stat_field(pid: u32, index_after_comm: usize) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')')
+        .and_then(|(_, t)| t.split_whitespace().nth(index_after_comm).map(String::from))
+        .unwrap_or_default()
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+fn pool_controller() -> Controller {
+    let mut controller = Controller::start("pool_workers.py");
+    controller.stdout.wait_for("pool ready: 3 workers answered");
+    controller
+}
+
+/// The forkserver (the target's child running multiprocessing.forkserver) and the 3
+/// workers it forked, as /proc shows them.
+fn forkserver_and_workers(target: u32) -> (u32, Vec<u32>) {
+    let forkserver = children_of(target)
+        .into_iter()
+        .find(|&pid| cmdline(pid).contains("multiprocessing.forkserver"))
+        .unwrap_or_else(|| panic!("no forkserver among the children of {target}"));
+    let mut workers = children_of(forkserver);
+    workers.sort_unstable();
+    assert_eq!(
+        workers.len(),
+        3,
+        "workers of forkserver {forkserver}: {workers:?}"
+    );
+    (forkserver, workers)
+}
+
+#[test]
+fn ps_lists_the_pool_then_terminate_leaves_no_process_of_the_tree() {
+    let mut controller = pool_controller();
+    let target = controller.target_pid;
+    let (forkserver, workers) = forkserver_and_workers(target);
+    let tree = Tree::of(controller.child.id());
+
+    let out = client(&controller.dir, &["ps"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(ClientExit::Ok.code()),
+        "{stdout}{}",
+        text(&out.stderr)
+    );
+    let row = |pid: u32| {
+        stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(&pid.to_string()))
+            .unwrap_or_else(|| panic!("no line for pid {pid} in:\n{stdout}"))
+            .to_string()
+    };
+    let (major, minor) = python_minor();
+    let version = format!("{major}.{minor}.");
+    for (pid, parent) in [(target, None), (forkserver, Some(target))]
+        .into_iter()
+        .chain(workers.iter().map(|&w| (w, Some(forkserver))))
+    {
+        let line = row(pid);
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let ppid = parent.map_or_else(|| stat_field(pid, 1), |p| p.to_string());
+        assert_eq!(words[1], ppid, "{line}");
+        assert!(words[2].starts_with(&version), "{line}");
+        // The command line as /proc has it.
+        assert!(line.contains(&cmdline(pid)), "{line}\nvs {}", cmdline(pid));
+    }
+    assert!(row(target).ends_with("[target]"), "{}", row(target));
+    assert!(row(forkserver).contains("multiprocessing.forkserver"));
+
+    let out = client(&controller.dir, &["terminate"]);
+    assert_eq!(
+        out.status.code(),
+        Some(ClientExit::Ok.code()),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(controller.wait(), ControllerExit::Terminated.code());
+    tree.wait_gone(TREE_GONE_WITHIN);
+    for pid in tree.pids() {
+        assert!(!is_alive(pid), "pid {pid} of the tree is still running");
+    }
+}
+
+#[test]
+fn a_scripted_attach_feeds_a_shell_pipeline() {
+    let controller = Controller::start("pool_workers.py");
+    let mut controller = controller;
+    controller.stdout.wait_for("pool ready");
+    let script = format!(
+        "set -o pipefail; '{}' --pipe-dir '{}' attach -c 'p some_global' -c 'p len(some_global)' | grep value-4242",
+        bin("heli-client").display(),
+        controller.dir.display()
+    );
+    let out = output_within(Command::new("bash").args(["-c", &script]), TIMEOUT);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("'value-4242'"), "{stdout}");
+    // pdb ran both commands, in order, and the client detached.
+    let all = client(
+        &controller.dir,
+        &["attach", "-c", "p some_global", "-c", "p 6*7"],
+    );
+    let printed = text(&all.stdout);
+    assert_eq!(all.status.code(), Some(0), "{printed}{}", text(&all.stderr));
+    let first = printed.find("'value-4242'").expect(&printed);
+    let second = printed.find("(Pdb) 42").expect(&printed);
+    assert!(first < second, "{printed}");
+    assert!(printed.contains("Debugger detached"), "{printed}");
+    // The target keeps running: the controller still answers for it.
+    assert_eq!(
+        controller.send("GET_TARGET_PID"),
+        format!("TARGET_PID {}", controller.target_pid)
+    );
+}
+
+#[test]
+fn a_scripted_attach_from_a_commands_file() {
+    let mut controller = Controller::start("counter.py");
+    controller.stdout.wait_for("counter ready");
+    let commands = controller.dir.parent().unwrap().join("commands.pdb");
+    std::fs::write(&commands, "p 'from-the-file'\n\np 2**10\n").unwrap();
+    let out = client(
+        &controller.dir,
+        &["attach", "--commands", commands.to_str().unwrap()],
+    );
+    let printed = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{printed}{}", text(&out.stderr));
+    assert!(
+        printed.contains("'from-the-file'") && printed.contains("1024"),
+        "{printed}"
+    );
+}
+
+#[test]
+fn a_failing_scripted_attach_exits_non_zero_with_its_reason_on_stderr() {
+    let nowhere = tempfile::tempdir().unwrap();
+    let out = client(&nowhere.path().join("none"), &["attach", "-c", "p 1"]);
+    assert_eq!(out.status.code(), Some(ClientExit::NoController.code()));
+    assert!(
+        text(&out.stderr).contains("Controller not running"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!text(&out.stdout).contains("Controller not running"));
+
+    // A pid outside the tree (init) is refused, naming it.
+    let controller = Controller::start("counter.py");
+    let out = client(&controller.dir, &["attach", "1", "-c", "p 1"]);
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("pid 1"), "{stderr}");
+    assert!(
+        stderr.contains(&controller.target_pid.to_string()),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn stack_and_tasks_of_a_pid_outside_the_tree_are_refused() {
+    let mut controller = Controller::start("counter.py");
+    controller.stdout.wait_for("counter ready");
+    let target = controller.target_pid;
+    let me = std::process::id().to_string();
+    for args in [vec!["stack", "1"], vec!["stack", &me], vec!["tasks", "1"]] {
+        let out = client(&controller.dir, &args);
+        let stderr = text(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(ClientExit::CommandFailed.code()),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("is not in the supervised tree (target {target})")),
+            "{args:?}: {stderr}"
+        );
+    }
+    let out = client(&controller.dir, &["stack", "0"]);
+    assert_eq!(out.status.code(), Some(ClientExit::Usage.code()));
+}
+
+#[test]
+fn tree_questions_on_the_fifos_are_answered_in_order() {
+    let mut controller = Controller::start("counter.py");
+    controller.stdout.wait_for("counter ready");
+    let target = controller.target_pid;
+    let replies = raw(
+        &controller,
+        b"PS\nGET_TARGET_PID\nSTACK 1\nTASKS\nGET_TARGET_PID\n",
+        5,
+    );
+    let json = replies[0].strip_prefix("PROCESSES ").expect(&replies[0]);
+    let report: PsReport = serde_json::from_str(json).unwrap();
+    assert_eq!(report.target, target);
+    assert_eq!(report.processes[0].facts.pid, target);
+    assert_eq!(report.processes[0].facts.cmdline.join(" "), cmdline(target));
+    let (major, minor) = python_minor();
+    assert!(
+        matches!(&report.processes[0].facts.interpreter, Interpreter::Python { version } if version.starts_with(&format!("{major}.{minor}."))),
+        "{:?}",
+        report.processes[0].facts.interpreter
+    );
+    assert_eq!(replies[1], format!("TARGET_PID {target}"));
+    assert!(
+        replies[2].starts_with("ERROR: pid 1 is not in the supervised tree"),
+        "{}",
+        replies[2]
+    );
+    assert_eq!(
+        replies[3],
+        "ERROR: TASKS needs a pid of the supervised tree"
+    );
+    assert_eq!(replies[4], format!("TARGET_PID {target}"));
+}
+
+#[test]
+fn tree_questions_in_the_legacy_dialect() {
+    let mut controller = Controller::start_with("counter.py", &["--dialect", "legacy"]);
+    controller.stdout.wait_for("counter ready");
+    let reply = controller.send("ps");
+    assert!(reply.starts_with("processes {"), "{reply}");
+    let reply = controller.send("stack 1");
+    assert!(
+        reply.starts_with("error : pid 1 is not in the supervised tree"),
+        "{reply}"
+    );
+}
+
+#[test]
+fn tree_questions_on_the_socket() {
+    let mut controller = Controller::start("counter.py");
+    controller.stdout.wait_for("counter ready");
+    let timeout = Duration::from_secs(10);
+    let reply = exchange_socket_raw(&controller.dir, "PS", timeout).unwrap();
+    let report: PsReport =
+        serde_json::from_str(reply.strip_prefix("PROCESSES ").expect(&reply)).unwrap();
+    assert_eq!(report.processes[0].facts.pid, controller.target_pid);
+    let reply = exchange_socket_raw(&controller.dir, "STACK 1", timeout).unwrap();
+    assert!(
+        reply.starts_with("ERROR: pid 1 is not in the supervised tree"),
+        "{reply}"
+    );
+    // One reply per request whatever it says: STACKS, or the reader's ERROR.
+    let reply = exchange_socket_raw(
+        &controller.dir,
+        &format!("STACK {}", controller.target_pid),
+        timeout,
+    )
+    .unwrap();
+    assert!(
+        reply.starts_with("STACKS {") || reply.starts_with("ERROR: "),
+        "{reply}"
+    );
+}
+
+/// A controller started with `--name NAME` (in the per-user named root), killed on drop.
+struct Named {
+    child: KillOnDrop,
+    stderr: Lines,
+    name: String,
+}
+
+impl Named {
+    fn start(name: &str) -> Named {
+        let mut child = Command::new(bin("heli-controller"))
+            .args(["--name", name, "--python"])
+            .arg(python())
+            .arg(fixture("counter.py"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = Lines::spawn(child.stderr.take().unwrap());
+        stderr.wait_for("listening on");
+        Named {
+            child: KillOnDrop(Some(child)),
+            stderr,
+            name: name.into(),
+        }
+    }
+
+    fn target_pid(&self) -> String {
+        let line = self
+            .stderr
+            .seen
+            .iter()
+            .find(|l| l.contains(" started: "))
+            .unwrap();
+        line.split_whitespace().nth(2).unwrap().to_string()
+    }
+}
+
+#[test]
+fn named_controllers_side_by_side_are_listed_and_reached_by_name() {
+    let tag = std::process::id();
+    let (a, b) = (format!("e2e-{tag}-a"), format!("e2e-{tag}-b"));
+    let mut first = Named::start(&a);
+    let mut second = Named::start(&b);
+    let ls = output_within(Command::new(bin("heli-client")).arg("ls"), TIMEOUT);
+    let listing = text(&ls.stdout);
+    assert_eq!(ls.status.code(), Some(0), "{listing}");
+    for named in [&first, &second] {
+        let line = listing
+            .lines()
+            .find(|l| l.starts_with(&named.name))
+            .unwrap_or_else(|| panic!("{} not listed:\n{listing}", named.name));
+        assert_eq!(
+            line.split_whitespace().nth(1),
+            Some(named.target_pid().as_str()),
+            "{line}"
+        );
+        assert!(line.contains("counter.py"), "{line}");
+    }
+    // By flag, and by the environment.
+    let by_flag = output_within(
+        Command::new(bin("heli-client")).args(["--name", &a, "ps"]),
+        TIMEOUT,
+    );
+    assert!(
+        text(&by_flag.stdout).contains(&first.target_pid()),
+        "{}",
+        text(&by_flag.stderr)
+    );
+    let by_env = output_within(
+        Command::new(bin("heli-client"))
+            .arg("ps")
+            .env("HELI_NAME", &b),
+        TIMEOUT,
+    );
+    assert!(
+        text(&by_env.stdout).contains(&second.target_pid()),
+        "{}",
+        text(&by_env.stderr)
+    );
+    // The flag beats the environment.
+    let both = output_within(
+        Command::new(bin("heli-client"))
+            .args(["--name", &a, "ps"])
+            .env("HELI_NAME", &b),
+        TIMEOUT,
+    );
+    assert!(text(&both.stdout).contains(&first.target_pid()));
+    assert!(!text(&both.stdout).contains(&second.target_pid()));
+
+    for named in [&mut first, &mut second] {
+        let out = output_within(
+            Command::new(bin("heli-client")).args(["--name", &named.name, "terminate"]),
+            TIMEOUT,
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let status = wait_with_deadline(named.child.0.as_mut().unwrap(), TIMEOUT);
+        assert_eq!(status.code(), Some(ControllerExit::Terminated.code()));
+    }
+    let ls = output_within(Command::new(bin("heli-client")).arg("ls"), TIMEOUT);
+    assert!(!text(&ls.stdout).contains(&a), "{}", text(&ls.stdout));
+}
+
+#[test]
+fn a_bad_name_is_a_usage_error_on_both_binaries() {
+    let out = output_within(
+        Command::new(bin("heli-client")).args(["--name", "../x", "ps"]),
+        TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(ClientExit::Usage.code()));
+    assert!(
+        text(&out.stderr).contains("--name"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = output_within(
+        Command::new(bin("heli-controller"))
+            .args(["--name", "a/b"])
+            .arg(fixture("counter.py")),
+        TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(ControllerExit::USAGE_CODE));
+}
