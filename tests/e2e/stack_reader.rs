@@ -93,7 +93,7 @@ fn stacks_fixture(name: &str) -> PathBuf {
 }
 
 /// The 1-based line of `path` holding `# marker: NAME`.
-fn marker_line(path: &Path, name: &str) -> u32 {
+pub(crate) fn marker_line(path: &Path, name: &str) -> u32 {
     let source = fs::read_to_string(path).unwrap();
     let needle = format!("# marker: {name}");
     let index = source

@@ -173,6 +173,14 @@ impl Lines {
     }
 
     /// Everything until the writer closes.
+    /// Every line received so far, without waiting for more.
+    pub fn received(&mut self) -> &[String] {
+        while let Ok(line) = self.rx.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+
     pub fn drain(&mut self) -> &[String] {
         let deadline = Instant::now() + TIMEOUT;
         while let Ok(line) = self.rx.recv_deadline(deadline) {

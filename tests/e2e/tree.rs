@@ -420,3 +420,74 @@ fn a_bad_name_is_a_usage_error_on_both_binaries() {
     );
     assert_eq!(out.status.code(), Some(ControllerExit::USAGE_CODE));
 }
+
+/// The last `progress N` the worker thread printed so far.
+fn last_progress(stdout: &mut Lines) -> u64 {
+    stdout
+        .received()
+        .iter()
+        .rev()
+        .find_map(|line| line.strip_prefix("progress ")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+// Issue 11: `stack` through the controller shows the main thread blocked in its sleep
+// and the worker computing, printed like a traceback, and the target is never paused:
+// its worker's progress goes on across the readings.
+#[test]
+fn stack_shows_a_sleeping_main_thread_and_a_computing_worker_while_the_target_runs() {
+    let script = "stacks/threads.py";
+    let mut controller = Controller::start(script);
+    let ready = controller.stdout.wait_for("ready ");
+    let worker_tid: u32 = ready.split_whitespace().nth(2).unwrap().parse().unwrap();
+    controller.stdout.wait_for("progress ");
+    let path = fixture(script).display().to_string();
+    let before = last_progress(&mut controller.stdout);
+    for _ in 0..5 {
+        let out = client(&controller.dir, &["stack"]);
+        let stdout = text(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(ClientExit::Ok.code()),
+            "{stdout}{}",
+            text(&out.stderr)
+        );
+        // The main thread, outermost first, down to the sleep.
+        let main_heading = format!("Thread {} (main thread)", controller.target_pid);
+        let main_block: Vec<&str> = stdout
+            .split("Thread ")
+            .find(|block| format!("Thread {block}").starts_with(&main_heading))
+            .unwrap_or_else(|| panic!("no main thread in:\n{stdout}"))
+            .lines()
+            .skip(1)
+            .collect();
+        let expected: Vec<String> = [
+            ("main-module", "<module>"),
+            ("main-outer", "outer"),
+            ("main-middle", "middle"),
+            ("main-sleep", "inner_sleep"),
+        ]
+        .iter()
+        .map(|(marker, function)| {
+            format!(
+                "  File \"{path}\", line {}, in {function}",
+                crate::stack_reader::marker_line(&fixture(script), marker)
+            )
+        })
+        .collect();
+        assert_eq!(main_block, expected, "{stdout}");
+        // The worker, somewhere in its loop.
+        let worker_block = stdout
+            .split("Thread ")
+            .find(|block| block.starts_with(&format!("{worker_tid},")))
+            .unwrap_or_else(|| panic!("no worker thread {worker_tid} in:\n{stdout}"));
+        assert!(
+            worker_block.contains(&format!("File \"{path}\"")) && worker_block.contains("in work"),
+            "{worker_block}"
+        );
+    }
+    // The target ran on: its worker printed more progress after the readings.
+    controller
+        .stdout
+        .wait_for(&format!("progress {}", before + 3));
+}
