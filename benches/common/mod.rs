@@ -12,6 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a controller (or a bare target) may take to start and say it is ready.
@@ -291,22 +292,22 @@ pub fn wait_until_blocked(pid: u32, within: Duration) {
     }
 }
 
-/// Runs `command` with `input` piped in; the time until its stdout shows `(Pdb)`, or
-/// `None` within `limit`. A command that got its prompt may then finish its session
-/// (within `finish`); it is killed afterwards in any case.
+/// Runs `command` with `input` piped in; the time until its stdout shows `(Pdb)`. A
+/// command that got its prompt may then finish its session (within `finish`); it is killed
+/// afterwards in any case. Without a prompt within `limit`: what it printed, to say why.
 pub fn time_to_prompt(
     command: &mut Command,
     input: &str,
     limit: Duration,
     finish: Duration,
-) -> Option<Duration> {
+) -> Result<Duration, String> {
     let started = Instant::now();
     let mut child = KillOnDrop(
         dies_with_us(
             command
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
-                .stderr(Stdio::null()),
+                .stderr(Stdio::piped()),
         )
         .spawn()
         .expect("spawn"),
@@ -318,27 +319,63 @@ pub fn time_to_prompt(
         .unwrap()
         .write_all(input.as_bytes())
         .unwrap();
-    let mut stdout = child.0.stdout.take().unwrap();
+    let stderr = collect(child.0.stderr.take().unwrap());
+    let stdout = child.0.stdout.take().unwrap();
+    let printed = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = mpsc::channel();
+    let seen = printed.clone();
     std::thread::spawn(move || {
-        let mut seen = Vec::new();
+        let mut stdout = stdout;
         let mut buf = [0u8; 4096];
+        let mut prompted = false;
         while let Ok(n) = stdout.read(&mut buf) {
             if n == 0 {
                 break;
             }
+            let mut seen = seen.lock().unwrap();
             seen.extend_from_slice(&buf[..n]);
-            if String::from_utf8_lossy(&seen).contains("(Pdb)") {
+            if !prompted && String::from_utf8_lossy(&seen).contains("(Pdb)") {
+                prompted = true;
                 let _ = tx.send(Instant::now());
-                break;
             }
         }
     });
-    let at = rx.recv_timeout(limit).ok().map(|t| t - started);
-    if at.is_some() {
-        wait_exit(&mut child.0, finish);
+    match rx.recv_timeout(limit) {
+        Ok(at) => {
+            wait_exit(&mut child.0, finish);
+            Ok(at - started)
+        }
+        Err(_) => {
+            let status = child.0.try_wait().ok().flatten();
+            let tail = |text: &Mutex<Vec<u8>>| {
+                let text = String::from_utf8_lossy(&text.lock().unwrap()).into_owned();
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(4)..].join(" / ")
+            };
+            Err(format!(
+                "no (Pdb) within {limit:?} ({}); stdout: {:?}; stderr: {:?}",
+                status.map_or("still running".to_string(), |s| s.to_string()),
+                tail(&printed),
+                tail(&stderr)
+            ))
+        }
     }
-    at
+}
+
+/// Everything `source` yields, gathered by a thread.
+fn collect(mut source: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
+    let gathered = Arc::new(Mutex::new(Vec::new()));
+    let into = gathered.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = source.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            into.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    gathered
 }
 
 /// Runs `command` to its end: its wall time when it exits 0 within `limit`, else `None`

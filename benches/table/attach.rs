@@ -105,8 +105,11 @@ impl Shape {
             }
             command
         };
-        let attach =
-            |c: &Controller| time_to_prompt(&mut client(c), SESSION, CLIENT_LIMIT, CLIENT_LIMIT);
+        let attach = |c: &Controller| {
+            time_to_prompt(&mut client(c), SESSION, CLIENT_LIMIT, CLIENT_LIMIT)
+                .map_err(|why| eprintln!("attach, {}: heli-client: {why}", self.name))
+                .ok()
+        };
         let variant =
             wake_after_ms.map_or(String::new(), |ms| format!(", HELI_PDB_WAKE_AFTER_MS={ms}"));
         let mut first = Vec::new();
@@ -147,7 +150,7 @@ impl Shape {
             self.settle(&c, i);
             let mut pdb = Command::new(&bench.python);
             pdb.args(["-m", "pdb", "-p", &c.target.to_string()]);
-            let run = time_to_prompt(&mut pdb, "p 1\nq\n", RAW_LIMIT, CLIENT_LIMIT);
+            let run = time_to_prompt(&mut pdb, "p 1\nq\n", RAW_LIMIT, CLIENT_LIMIT).ok();
             runs.push(run);
             if run.is_none() {
                 break;

@@ -87,6 +87,9 @@ fn main() {
     };
     let mut machine = stats::machine();
     machine["python"] = format!("CPython {version}").into();
+    if !chosen.is_empty() {
+        machine["sections"] = chosen.join(" ").into();
+    }
 
     let started = Instant::now();
     let mut rows: Vec<Row> = Vec::new();
