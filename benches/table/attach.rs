@@ -157,7 +157,7 @@ impl Shape {
             }
         }
         Samples::times(
-            format!("raw {} -m pdb -p, {}", bench.python_name, self.name),
+            format!("raw {} -m pdb -p, same shape", bench.python_name),
             runs,
             RAW_LIMIT,
         )

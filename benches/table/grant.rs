@@ -19,13 +19,13 @@ const SHAPES: &[(&str, &str, &str, bool)] = &[
     ("busy loop", "inject_busy.py", "ready", false),
     ("time.sleep(1) loop", "demo_target.py", "Iteration 1,", true),
     (
-        "blocked in epoll_wait (idle asyncio server)",
+        "idle asyncio server (epoll_wait)",
         "wait_asyncio_server.py",
         "listening on port",
         true,
     ),
     (
-        "blocked in queue join (worker thread on an empty queue)",
+        "queue-blocked worker (join)",
         "wait_queue.py",
         "consumer waiting",
         true,
@@ -94,7 +94,7 @@ pub fn rows(bench: &Bench, emit: Emit) {
             eprintln!("grant, {shape}: {failure}");
         }
         let reference = Samples::times(
-            format!("native injection (io::inject deliver), {shape}"),
+            "native injection (io::inject deliver), same target",
             native,
             LIMIT,
         );
