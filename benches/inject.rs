@@ -37,6 +37,11 @@ fn row(name: &str, samples: Vec<Duration>) -> Samples {
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not: no run then.
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("inject: a benchmark; `cargo bench --bench inject` runs it");
+        return;
+    }
     let python = common::python();
     let dir = tempfile::tempdir().unwrap();
     let silent = dir.path().join("silent.py");

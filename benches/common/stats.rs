@@ -140,11 +140,14 @@ impl Samples {
 
 pub fn show_value(unit: Unit, v: f64) -> String {
     match unit {
+        Unit::Time if v == 0.0 => "0 µs".to_string(),
         Unit::Time if v < 1e-5 => format!("{:.1} µs", v * 1e6),
         Unit::Time if v < 1e-3 => format!("{:.0} µs", v * 1e6),
         Unit::Time if v < 1.0 => format!("{:.1} ms", v * 1e3),
         Unit::Time if v == v.trunc() => format!("{v:.0} s"),
         Unit::Time => format!("{v:.2} s"),
+        // "1 tick", "2 ticks"
+        Unit::Count(label) if v == 1.0 => format!("1 {}", label.trim_end_matches('s')),
         Unit::Count(label) if v == v.trunc() => format!("{v:.0} {label}"),
         Unit::Count(label) => format!("{v:.1} {label}"),
         Unit::KiB => format!("{:.1} MiB", v / 1024.0),
@@ -384,4 +387,40 @@ pub fn write(dir: &Path, machine: &Value, rows: &[Row]) -> std::io::Result<()> {
         dir.join("bench.md"),
         format!("{}\n\n{}", describe(machine), markdown(rows)),
     )
+}
+
+/// Checks of the statistics against values worked out by hand (run by `cargo test
+/// --benches`).
+pub fn check() {
+    let ms = |v: u64| Some(Duration::from_millis(v));
+    let runs = Samples::times(
+        "runs",
+        vec![ms(40), ms(10), None, ms(30), ms(20)],
+        Duration::from_secs(5),
+    );
+    // Sorted: 10, 20, 30, 40, unfinished. Nearest rank: median = 3rd, p90 = 5th.
+    assert_eq!(runs.quantile(0.5), Some(Some(0.030)));
+    assert_eq!(runs.quantile(0.9), Some(None));
+    assert_eq!(runs.show(runs.quantile(1.0)), "> 5 s");
+    assert_eq!(runs.mean(), None);
+    let never = Samples::times("never", vec![None], Duration::from_secs(5));
+    assert_eq!(
+        Ratio::of(&runs, &never, RatioOf::Median),
+        Ratio::AtMost(0.030 / 5.0)
+    );
+    assert_eq!(
+        Ratio::of(&never, &runs, RatioOf::Median),
+        Ratio::AtLeast(5.0 / 0.030)
+    );
+    let zeros = Samples::values("zeros", Unit::Count("ticks"), vec![0.0, 0.0]);
+    let some = Samples::values("some", Unit::Count("ticks"), vec![0.0, 3.0]);
+    assert_eq!(Ratio::of(&zeros, &zeros, RatioOf::Mean), Ratio::BothZero);
+    assert_eq!(
+        Ratio::of(&some, &zeros, RatioOf::Mean),
+        Ratio::ReferenceZero
+    );
+    assert_eq!(Ratio::of(&zeros, &some, RatioOf::Mean), Ratio::Value(0.0));
+    assert_eq!(show_value(Unit::Count("ticks"), 1.0), "1 tick");
+    assert_eq!(show_value(Unit::Time, 0.000_042), "42 µs");
+    assert_eq!(show_value(Unit::Time, 1.5), "1.50 s");
 }
