@@ -11,7 +11,7 @@ use std::time::Duration;
 pub enum Unit {
     /// Seconds, shown as µs, ms or s.
     Time,
-    /// A count (per run, or per interval), shown with its label: `3 ticks`.
+    /// A count (per run, or per interval) of this thing (singular): `1 tick`, `3 ticks`.
     Count(&'static str),
     /// Kibibytes, shown as MiB.
     KiB,
@@ -146,10 +146,9 @@ pub fn show_value(unit: Unit, v: f64) -> String {
         Unit::Time if v < 1.0 => format!("{:.1} ms", v * 1e3),
         Unit::Time if v == v.trunc() => format!("{v:.0} s"),
         Unit::Time => format!("{v:.2} s"),
-        // "1 tick", "2 ticks"
-        Unit::Count(label) if v == 1.0 => format!("1 {}", label.trim_end_matches('s')),
-        Unit::Count(label) if v == v.trunc() => format!("{v:.0} {label}"),
-        Unit::Count(label) => format!("{v:.1} {label}"),
+        Unit::Count(label) if v == 1.0 => format!("1 {label}"),
+        Unit::Count(label) if v == v.trunc() => format!("{v:.0} {label}s"),
+        Unit::Count(label) => format!("{v:.1} {label}s"),
         Unit::KiB => format!("{:.1} MiB", v / 1024.0),
     }
 }
@@ -412,15 +411,15 @@ pub fn check() {
         Ratio::of(&never, &runs, RatioOf::Median),
         Ratio::AtLeast(5.0 / 0.030)
     );
-    let zeros = Samples::values("zeros", Unit::Count("ticks"), vec![0.0, 0.0]);
-    let some = Samples::values("some", Unit::Count("ticks"), vec![0.0, 3.0]);
+    let zeros = Samples::values("zeros", Unit::Count("tick"), vec![0.0, 0.0]);
+    let some = Samples::values("some", Unit::Count("tick"), vec![0.0, 3.0]);
     assert_eq!(Ratio::of(&zeros, &zeros, RatioOf::Mean), Ratio::BothZero);
     assert_eq!(
         Ratio::of(&some, &zeros, RatioOf::Mean),
         Ratio::ReferenceZero
     );
     assert_eq!(Ratio::of(&zeros, &some, RatioOf::Mean), Ratio::Value(0.0));
-    assert_eq!(show_value(Unit::Count("ticks"), 1.0), "1 tick");
+    assert_eq!(show_value(Unit::Count("tick"), 1.0), "1 tick");
     assert_eq!(show_value(Unit::Time, 0.000_042), "42 µs");
     assert_eq!(show_value(Unit::Time, 1.5), "1.50 s");
 }

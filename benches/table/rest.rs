@@ -126,7 +126,7 @@ pub fn rows(bench: &Bench, emit: Emit) {
         };
     let (a, b) = pair(
         "CPU ticks (utime+stime)",
-        Unit::Count("ticks"),
+        Unit::Count("tick"),
         ours.ticks,
         theirs.ticks,
         " per 1 s",
@@ -142,7 +142,7 @@ pub fn rows(bench: &Bench, emit: Emit) {
     emit(Row::new("rest", a, b).by_mean());
     let (a, b) = pair(
         "wakeups (context switches)",
-        Unit::Count("switches"),
+        Unit::Count("wakeup"),
         ours.switches,
         theirs.switches,
         " per 1 s",
