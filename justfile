@@ -92,12 +92,12 @@ conformance: build
             --python "$python" --dialect "$dialect"
     done
 
-# Benchmarks (medians and ratios, side by side in one run)
-bench:
+# Prints the table and writes target/bench/bench.{md,json}; SECTIONS (grant, attach, rest,
+# requests) runs only those. `cargo bench --bench inject` has the injector's details.
+# The one benchmark table: each row beside its reference, measured in the same run
+bench *SECTIONS:
     cargo build --release --bins
-    cargo bench --bench inject
-    cargo bench --bench attach
-    cargo bench --bench stack
+    cargo bench --bench table -- {{SECTIONS}}
 
 # The end-to-end suite under a real Yama kernel (qemu), as uid 1000 at ptrace_scope 0-3
 test-yama: build
