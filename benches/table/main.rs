@@ -30,6 +30,7 @@ mod attach;
 mod grant;
 mod requests;
 mod rest;
+mod tree;
 
 use common::stats::{self, Row};
 use std::path::PathBuf;
@@ -55,6 +56,7 @@ const SECTIONS: &[(&str, Section)] = &[
     ("attach", attach::rows),
     ("rest", rest::rows),
     ("requests", requests::rows),
+    ("tree", tree::rows),
 ];
 
 fn main() {
