@@ -450,7 +450,14 @@ pub fn render_tasks(report: &TasksReport) -> Vec<String> {
         let awaited_by: Vec<String> = task
             .awaited_by
             .iter()
-            .map(|id| format!("{id:#x}"))
+            .map(|id| {
+                // An awaiter is named when it is among the tasks read (it may have
+                // finished, or live in a loop of a thread that exited).
+                match report.tasks.iter().find(|t| t.id == *id) {
+                    Some(awaiter) => format!("{} ({id:#x})", awaiter.name),
+                    None => format!("{id:#x}"),
+                }
+            })
             .collect();
         lines.push(format!(
             "{:>7}  {:<18} {:<20} {:<40} {}",
@@ -601,5 +608,53 @@ mod tests {
         let json = ps_json(ps_report(100, &listing, &stacks));
         assert!(json.len() <= MAX_REPLY_JSON, "{}", json.len());
         assert!(serde_json::from_str::<PsReport>(&json).unwrap().truncated);
+    }
+}
+
+#[cfg(test)]
+mod render_tasks_tests {
+    use super::*;
+    use crate::core::stacks::Frame;
+
+    fn task(id: u64, name: &str, functions: &[&str], awaited_by: &[u64]) -> AsyncTask {
+        AsyncTask {
+            id,
+            name: name.into(),
+            // Read innermost first.
+            coroutine_stack: functions
+                .iter()
+                .rev()
+                .map(|f| Frame {
+                    filename: "/app/a.py".into(),
+                    line: Some(1),
+                    function: (*f).into(),
+                })
+                .collect(),
+            awaited_by: awaited_by.to_vec(),
+            thread: 7,
+        }
+    }
+
+    #[test]
+    fn tasks_show_their_stack_outermost_first_and_name_their_awaiters() {
+        let lines = render_tasks(&TasksReport {
+            pid: 7,
+            tasks: vec![
+                task(0x10, "main-task", &["main"], &[]),
+                task(0x20, "child", &["child", "leaf"], &[0x10, 0x99]),
+            ],
+            truncated: false,
+        });
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert!(lines[2].contains("child -> leaf"), "{}", lines[2]);
+        assert!(lines[2].ends_with("main-task (0x10), 0x99"), "{}", lines[2]);
+        assert_eq!(
+            render_tasks(&TasksReport {
+                pid: 7,
+                tasks: vec![],
+                truncated: false
+            }),
+            ["pid 7: no asyncio tasks"]
+        );
     }
 }
