@@ -19,6 +19,8 @@ fn config(input: InputSource) -> Config {
         python: None,
         yama: Yama::Scope(1),
         privilege: TracerPrivilege::Ordinary,
+        attach_timeout_ms: None,
+        one_shot: None,
     }
 }
 
@@ -67,6 +69,20 @@ fn line(text: &str) -> Input {
 
 fn replied(text: &str) -> Input {
     Input::Replied { line: text.into() }
+}
+
+/// The grant the client asks for: it waits (with progress) for as long as `timeout_ms`
+/// allows; `process` names a process other than the target.
+fn grant_waiting(process: Option<u32>, timeout_ms: Option<u64>) -> Effect {
+    Effect::SendWaiting {
+        command: Command::GrantAccess {
+            pid: ME,
+            process,
+            wait: true,
+        },
+        process: process.unwrap_or(TARGET),
+        timeout_ms,
+    }
 }
 
 fn send(command: Command) -> Effect {
@@ -122,7 +138,11 @@ fn texts(effects: &[Effect]) -> Vec<String> {
         .iter()
         .filter_map(|e| match e {
             Effect::Say { text, .. } | Effect::Warn { text } => Some(text.clone()),
+            Effect::Progress { text } => Some(text.clone()),
             Effect::Send { .. }
+            | Effect::SendWaiting { .. }
+            | Effect::CancelRequest
+            | Effect::CancelPdb
             | Effect::InspectTarget { .. }
             | Effect::RunPdb { .. }
             | Effect::FeedPdb { .. }
@@ -138,6 +158,10 @@ fn exit_code(effects: &[Effect]) -> Option<i32> {
         Effect::Say { .. }
         | Effect::Warn { .. }
         | Effect::Send { .. }
+        | Effect::SendWaiting { .. }
+        | Effect::CancelRequest
+        | Effect::CancelPdb
+        | Effect::Progress { .. }
         | Effect::InspectTarget { .. }
         | Effect::RunPdb { .. }
         | Effect::FeedPdb { .. }
@@ -222,7 +246,7 @@ fn a_piped_attach_hands_pdb_its_lines_up_to_quit() {
         texts(&effects),
         ["Requesting ptrace permission for client PID 4242..."]
     );
-    assert_eq!(effects[1], send(Command::GrantAccess { pid: ME }));
+    assert_eq!(effects[1], grant_waiting(None, None));
     let effects = given.when(replied("READY"));
     assert_eq!(texts(&effects)[0], "✅ Permission granted");
     assert_eq!(
@@ -362,6 +386,8 @@ fn pdb_that_cannot_start_is_reported() {
             "\nDebugger detached"
         ]
     );
+    // The grant is given back all the same.
+    given.when(replied("READY"));
     assert_eq!(given.client.exit_code(), EXIT_COMMAND_FAILED);
 }
 
