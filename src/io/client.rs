@@ -619,6 +619,12 @@ fn cancel_pdb(pdb: i32, target: u32, watch: &PdbWatch) -> Option<bool> {
         return None;
     }
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pdb), Signal::SIGKILL);
+    // SIGKILL takes effect asynchronously: pdb may still be writing its request. Only a
+    // pdb that is gone (a zombie, until its waiter reaps it) can no longer write.
+    let dead_by = std::time::Instant::now() + Duration::from_secs(2);
+    while procfs::is_running(pdb as u32) && std::time::Instant::now() < dead_by {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let Ok(process) = PythonProcess::open(target as i32) else {
         return Some(false);
     };
