@@ -606,7 +606,9 @@ impl Client {
                     State::Attaching(Attaching::AskingTarget { chosen: Some(pid) })
                 }
                 Err(e) => {
-                    out.say(&format!("attach: {e} (attach PID, with a pid that heli-client ps lists)"));
+                    out.say(&format!(
+                        "attach: {e} (attach PID, with a pid that heli-client ps lists)"
+                    ));
                     if self.config.one_shot.is_some() {
                         self.failures += 1;
                         return self.finish(out);
@@ -837,22 +839,24 @@ impl Client {
                     quit_fed,
                     cancelled,
                 },
-                input @ (Input::PdbCancelled { .. } | Input::PdbGaveUp { .. }),
-            ) => {
-                if feeding {
-                    out.push(Effect::ClosePdbInput);
-                }
-                let cancel = match input {
-                    Input::PdbGaveUp { waited_ms } => Cancel::GaveUp { waited_ms },
-                    _ => Cancel::Interrupted,
-                };
-                State::Attaching(Attaching::PdbRunning {
+                Input::PdbCancelled { .. },
+            ) => self.pdb_cancelled(interpreter, feeding, quit_fed, cancelled, Cancel::Interrupted, out),
+            (
+                Attaching::PdbRunning {
                     interpreter,
-                    feeding: false,
+                    feeding,
                     quit_fed,
-                    cancelled: cancelled.or(Some(cancel)),
-                })
-            }
+                    cancelled,
+                },
+                Input::PdbGaveUp { waited_ms },
+            ) => self.pdb_cancelled(
+                interpreter,
+                feeding,
+                quit_fed,
+                cancelled,
+                Cancel::GaveUp { waited_ms },
+                out,
+            ),
             (
                 step @ (Attaching::PdbRunning {
                     cancelled: Some(_), ..
@@ -1022,6 +1026,28 @@ impl Client {
                 State::Attaching(step)
             }
         }
+    }
+
+    /// pdb was stopped before its session came up: its exit, which follows, ends the
+    /// attach as cancelled.
+    fn pdb_cancelled(
+        &mut self,
+        interpreter: Interpreter,
+        feeding: bool,
+        quit_fed: bool,
+        cancelled: Option<Cancel>,
+        cancel: Cancel,
+        out: &mut Out,
+    ) -> State {
+        if feeding {
+            out.push(Effect::ClosePdbInput);
+        }
+        State::Attaching(Attaching::PdbRunning {
+            interpreter,
+            feeding: false,
+            quit_fed,
+            cancelled: cancelled.or(Some(cancel)),
+        })
     }
 
     /// The grant is back (or was never ours): the attach ends, said how if it was cut.
@@ -1261,7 +1287,15 @@ pub fn refusal_heading(msg: &str) -> String {
 pub fn in_local_debugger(frames: &[super::stacks::Frame]) -> bool {
     frames.iter().any(|f| {
         (f.filename.ends_with("/pdb.py") || f.filename.ends_with("/cmd.py"))
-            && matches!(f.function.as_str(), "Pdb.interaction" | "interaction" | "Cmd.cmdloop" | "cmdloop" | "Pdb._cmdloop" | "_cmdloop")
+            && matches!(
+                f.function.as_str(),
+                "Pdb.interaction"
+                    | "interaction"
+                    | "Cmd.cmdloop"
+                    | "cmdloop"
+                    | "Pdb._cmdloop"
+                    | "_cmdloop"
+            )
     })
 }
 

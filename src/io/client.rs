@@ -12,8 +12,8 @@
 //! for whichever comes first, together with piped lines while the machine wants one.
 use super::exchange::{facts_of, ExchangeError};
 use super::find_python::resolve_python;
-use super::procfs;
 use super::inject::PythonProcess;
+use super::procfs;
 use super::socket_exchange::{exchange_preferring_socket, exchange_waiting, WaitOutcome};
 use crate::core::client::trust::ExecutableFacts;
 use crate::core::client::{
@@ -29,11 +29,11 @@ use nix::sys::signal::{
 use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::os::fd::IntoRawFd;
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
-use std::sync::Arc;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::core::client::{EXIT_COMMAND_FAILED, EXIT_NO_CONTROLLER, EXIT_OK, EXIT_USAGE};
@@ -199,7 +199,9 @@ impl Driver {
                     }
                 }
             }
-            Effect::Progress { text } => show_progress(&self.progress_open, self.terminal_out, &text),
+            Effect::Progress { text } => {
+                show_progress(&self.progress_open, self.terminal_out, &text)
+            }
             // Reading /proc is quick and never blocks: done in place, the outcome is the
             // next input.
             Effect::InspectTarget { pid } => self.learnt(Input::TargetInspected {

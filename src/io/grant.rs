@@ -110,9 +110,8 @@ impl GrantInjector {
         let script = self.script_path(grant, client)?;
         match self.aims.get(&grant).copied() {
             Some(other) => {
-                if !self.others.contains_key(&other) {
-                    self.others
-                        .insert(other, PythonProcess::open(other as i32)?);
+                if let std::collections::hash_map::Entry::Vacant(slot) = self.others.entry(other) {
+                    slot.insert(PythonProcess::open(other as i32)?);
                 }
                 carry_out(&self.others[&other], &script, action)
             }

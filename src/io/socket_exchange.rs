@@ -177,7 +177,9 @@ pub fn exchange_waiting(
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) => {}
             Err(e) => {
                 return Err(ExchangeError::Io {
@@ -191,11 +193,7 @@ pub fn exchange_waiting(
 
 /// Connects (checking that the listener runs as our uid) and writes `line`, all before
 /// `deadline`.
-fn send_line(
-    dir: &Path,
-    line: &str,
-    deadline: Instant,
-) -> Result<UnixStream, SocketExchangeError> {
+fn send_line(dir: &Path, line: &str, deadline: Instant) -> Result<UnixStream, SocketExchangeError> {
     let started = Instant::now();
     let timed_out = || {
         SocketExchangeError::Failed(ExchangeError::Timeout {

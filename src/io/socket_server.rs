@@ -499,7 +499,8 @@ impl Server {
         match self.conns.get_mut(&id) {
             Some(conn) if matches!(conn.stage, Stage::Waiting) => {
                 if conn.progress.len() + line.len() < MAX_PROGRESS_BACKLOG {
-                    conn.progress.extend_from_slice(format!("{line}\n").as_bytes());
+                    conn.progress
+                        .extend_from_slice(format!("{line}\n").as_bytes());
                 }
                 self.flush_progress(id)
             }

@@ -56,11 +56,12 @@ fn a_child_of_the_target_is_attached_with_attach_pid_and_its_grant_taken_back() 
     let (code, out) = controller.client(&format!("attach {child}\np secret\nq\nquit\n"));
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("✅ Permission granted"), "{out}");
-    assert!(out.contains(&format!("Attaching pdb to target PID {child}")), "{out}");
+    assert!(
+        out.contains(&format!("Attaching pdb to target PID {child}")),
+        "{out}"
+    );
     assert!(out.contains("'child-ticks'"), "{out}");
-    controller
-        .stderr
-        .wait_for("took back the grant of pid");
+    controller.stderr.wait_for("took back the grant of pid");
     assert!(is_alive(child) && is_alive(controller.target_pid));
 }
 
@@ -92,8 +93,11 @@ fn a_pid_outside_the_tree_is_refused_with_where_to_look() {
         .nth(1)
         .unwrap()
         .to_string();
-    assert!(over_socket(&controller, &format!("GRANT_ACCESS {me} {keeper}"))
-        .starts_with(&format!("ERROR: pid {keeper} is not in the supervised tree")));
+    assert!(
+        over_socket(&controller, &format!("GRANT_ACCESS {me} {keeper}")).starts_with(&format!(
+            "ERROR: pid {keeper} is not in the supervised tree"
+        ))
+    );
     let (code, out) = controller.client(&format!("attach {stranger}\nquit\n"));
     assert_eq!(code, 1, "{out}");
     assert!(
@@ -135,7 +139,10 @@ fn a_spawned_child_asleep_is_waited_for_with_progress_then_given_up_cleanly() {
     );
     assert!(!out.contains("Permission denied"), "{out}");
     controller.stderr.wait_for("cancelled after");
-    assert!(!request_pending(child), "the grant still waits in the child");
+    assert!(
+        !request_pending(child),
+        "the grant still waits in the child"
+    );
     assert!(is_alive(child));
 }
 
@@ -143,7 +150,10 @@ fn a_spawned_child_asleep_is_waited_for_with_progress_then_given_up_cleanly() {
 fn a_second_client_is_told_who_holds_the_session_and_since_when() {
     let mut controller = Controller::start("counter.py");
     let me = std::process::id();
-    assert_eq!(over_socket(&controller, &format!("GRANT_ACCESS {me}")), "READY");
+    assert_eq!(
+        over_socket(&controller, &format!("GRANT_ACCESS {me}")),
+        "READY"
+    );
     let (code, out) = controller.client("attach\nquit\n");
     assert_eq!(code, 1, "{out}");
     let refusal = out
@@ -164,10 +174,16 @@ fn a_second_client_is_told_who_holds_the_session_and_since_when() {
             }),
         "{refusal}"
     );
-    assert!(since[8..].starts_with(" (") && since.contains("s ago))"), "{refusal}");
+    assert!(
+        since[8..].starts_with(" (") && since.contains("s ago))"),
+        "{refusal}"
+    );
     assert!(refusal.starts_with("❌ Not attached: "), "{refusal}");
     // Given back, the next client attaches.
-    assert_eq!(over_socket(&controller, &format!("REVOKE_ACCESS {me}")), "READY");
+    assert_eq!(
+        over_socket(&controller, &format!("REVOKE_ACCESS {me}")),
+        "READY"
+    );
     controller.stderr.wait_for("took back the grant");
     let (code, out) = controller.client("attach\np counter > 0\nq\nquit\n");
     assert_eq!(code, 0, "{out}");
@@ -195,7 +211,9 @@ fn a_waiting_grant_sends_progress_and_a_hang_up_withdraws_it() {
     reader.read_line(&mut first).unwrap();
     assert!(first.starts_with("WAITING "), "{first}");
     assert!(
-        first.contains(&format!("pid {target} ran no Python code yet (threads: {target} (main) S")),
+        first.contains(&format!(
+            "pid {target} ran no Python code yet (threads: {target} (main) S"
+        )),
         "{first}"
     );
     let mut second = String::new();
@@ -274,12 +292,18 @@ fn ctrl_c_during_pdbs_wait_cancels_without_a_traceback_and_withdraws_its_request
     term.type_text("attach\n");
     term.wait_for("Permission granted");
     term.wait_for(&format!("pdb waits for pid {target} to run its request"));
-    assert!(request_pending(target), "pdb's request should wait in the target");
+    assert!(
+        request_pending(target),
+        "pdb's request should wait in the target"
+    );
     // The connect script pdb wrote for the target, named in the request.
     let script = {
         let process = PythonProcess::open(target as i32).unwrap();
         let main = process.main_thread_tid().unwrap().unwrap();
-        process.pending_script(main).unwrap().expect("a script path")
+        process
+            .pending_script(main)
+            .unwrap()
+            .expect("a script path")
     };
     assert!(script.exists(), "{}", script.display());
     term.mark();
@@ -294,7 +318,11 @@ fn ctrl_c_during_pdbs_wait_cancels_without_a_traceback_and_withdraws_its_request
         "pdb's request still waits:\n{}",
         term.screen
     );
-    assert!(!script.exists(), "pdb's script was left: {}", script.display());
+    assert!(
+        !script.exists(),
+        "pdb's script was left: {}",
+        script.display()
+    );
     controller.stderr.wait_for("took back the grant");
     assert!(is_alive(target));
     unsafe { libc::kill(target as i32, libc::SIGUSR1) };

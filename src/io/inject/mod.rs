@@ -216,9 +216,7 @@ impl PythonProcess {
             .read(addr, &mut buf)
             .map_err(|e| memory_error(self.pid, e, "reading the script path"))?;
         let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        Ok((len > 0).then(|| {
-            std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&buf[..len]))
-        }))
+        Ok((len > 0).then(|| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&buf[..len]))))
     }
 
     /// The native tid of the main interpreter's main thread, if it has one.
