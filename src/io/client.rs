@@ -568,6 +568,13 @@ fn watch_pdb_request(
     let mut pending_since: Option<std::time::Instant> = None;
     let mut next_progress = Duration::from_secs(1);
     while !done.load(Ordering::Relaxed) {
+        // A fast target takes the request between two looks: the connection that pdb
+        // accepted says the session is up all the same.
+        if pdb_connected(pdb.pdb) {
+            watch.state.store(REQUEST_TAKEN, Ordering::Relaxed);
+            end_progress(progress_open);
+            return;
+        }
         let Ok(Some(main)) = process.main_thread_tid() else {
             return;
         };
@@ -617,7 +624,7 @@ fn watch_pdb_request(
 /// ptracer, so it may write there) and the script file pdb left is removed: nothing
 /// runs later in the target, nothing is printed there. `Some(withdrawn)`.
 fn cancel_pdb(pdb: i32, target: u32, watch: &PdbWatch) -> Option<bool> {
-    if watch.state.load(Ordering::Relaxed) == REQUEST_TAKEN {
+    if watch.state.load(Ordering::Relaxed) == REQUEST_TAKEN || pdb_connected(pdb) {
         return None;
     }
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pdb), Signal::SIGKILL);
@@ -641,6 +648,37 @@ fn cancel_pdb(pdb: i32, target: u32, watch: &PdbWatch) -> Option<bool> {
         }
     }
     Some(withdrawn)
+}
+
+/// Whether the target has connected to pdb (`pdb -p` listens on a localhost TCP port and
+/// the target's script connects back): one of pdb's sockets is an established TCP
+/// connection, read from `/proc/PID/fd` and `/proc/PID/net/tcp{,6}`.
+fn pdb_connected(pdb: i32) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pdb}/fd")) else {
+        return false;
+    };
+    let sockets: std::collections::HashSet<String> = fds
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            link.strip_prefix("socket:[")
+                .and_then(|rest| rest.strip_suffix(']'))
+                .map(str::to_string)
+        })
+        .collect();
+    const ESTABLISHED: &str = "01";
+    ["tcp", "tcp6"].iter().any(|table| {
+        std::fs::read_to_string(format!("/proc/{pdb}/net/{table}"))
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|row| {
+                let fields: Vec<&str> = row.split_whitespace().collect();
+                fields.get(3) == Some(&ESTABLISHED)
+                    && fields.get(9).is_some_and(|inode| sockets.contains(*inode))
+            })
+    })
 }
 
 /// Removes the connect script of a pdb that was stopped before its request ran (pdb
