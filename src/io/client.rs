@@ -583,8 +583,14 @@ fn watch_pdb_request(
                 watch.state.store(REQUEST_PENDING, Ordering::Relaxed);
                 let since = *pending_since.get_or_insert_with(std::time::Instant::now);
                 let waited = since.elapsed();
-                if waited >= next_progress {
-                    next_progress += Duration::from_secs(1);
+                // A sleep about to end by itself (a loop that sleeps in steps, left to
+                // reach its own code) is no wait worth a word.
+                let ends_soon = matches!(
+                    crate::io::wake::blocked_in(pdb.target as i32, main),
+                    crate::io::wake::BlockedIn::Sleep { left } if left < Duration::from_millis(300)
+                );
+                if waited >= next_progress && !ends_soon {
+                    next_progress = waited + Duration::from_secs(1);
                     let (frames, _) = python_frames(pdb.target);
                     let mut text = format!(
                         "   pdb waits for pid {} to run its request ({}, Ctrl-C cancels): threads {}",

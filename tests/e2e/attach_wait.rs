@@ -236,24 +236,44 @@ fn a_waiting_grant_sends_progress_and_a_hang_up_withdraws_it() {
     assert!(!log.contains("ran after its request"), "{log}");
 }
 
+/// What the line editor writes as it enters raw mode (bracketed paste on): keys typed
+/// before it would be taken by the cooked terminal.
+const EDITOR_READY: &str = "\x1b[?2004h";
+
 /// Ctrl-C while the target cannot run the grant (`--no-wake`, main thread in a 300 s
 /// sleep): back at the prompt at once, the request withdrawn, the target untouched.
-#[test]
-fn ctrl_c_during_the_grant_cancels_and_leaves_the_target_as_it_was() {
+/// With the line editor (`xterm`) and without it (`dumb`).
+#[rstest::rstest]
+#[case::plain_prompt("dumb")]
+#[case::line_editor("xterm")]
+fn ctrl_c_during_the_grant_cancels_and_leaves_the_target_as_it_was(#[case] term_type: &str) {
     let mut controller = Controller::start_with("sleep_until_usr1.py", &["--no-wake"]);
     controller.stdout.wait_for("sleeping 300 s");
     let target = controller.target_pid;
     wait_until_asleep(target as i32, target as i32);
-    let mut term = PtyClient::start(&controller.dir, &[]);
-    term.wait_for(">>> ");
-    term.type_text("attach\n");
+    let state = tempfile::tempdir().unwrap();
+    let envs = [
+        ("TERM", term_type),
+        ("XDG_STATE_HOME", state.path().to_str().unwrap()),
+    ];
+    let editor = term_type != "dumb";
+    let mut term = PtyClient::start(&controller.dir, &envs);
+    let prompt = |term: &mut PtyClient| {
+        if editor {
+            term.mark_after(EDITOR_READY);
+        } else {
+            term.wait_for(">>> ");
+        }
+    };
+    prompt(&mut term);
+    term.type_text("attach\r");
     term.wait_for("has not run the grant yet: waiting for it (Ctrl-C cancels)");
     term.wait_for("ran no Python code yet");
     term.mark();
     term.type_text("\x03");
     term.wait_for("attach cancelled");
-    term.wait_for(">>> ");
     assert!(!term.screen.contains("Traceback"), "{}", term.screen);
+    prompt(&mut term);
     controller.stderr.wait_for("cancelled after");
     assert!(!request_pending(target));
     assert!(is_alive(target));
@@ -261,14 +281,14 @@ fn ctrl_c_during_the_grant_cancels_and_leaves_the_target_as_it_was() {
     unsafe { libc::kill(target as i32, libc::SIGUSR1) };
     controller.stdout.wait_for("ticking now");
     term.mark();
-    term.type_text("attach\n");
+    term.type_text("attach\r");
     term.wait_for("(Pdb) ");
     term.type_text("p counter > 0\n");
     term.wait_for("True");
     term.type_text("q\n");
     term.wait_for("Debugger detached");
-    term.wait_for(">>> ");
-    term.type_text("quit\n");
+    prompt(&mut term);
+    term.type_text("quit\r");
     assert_eq!(term.wait(), Some(1), "a cancelled attach counts as failed");
     assert_target_printed_nothing_of_ours(&mut controller);
 }
