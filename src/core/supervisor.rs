@@ -1322,21 +1322,25 @@ impl Supervisor {
     /// never runs later; if the target took it already, its declaration is taken back as
     /// soon as it reports.
     fn on_asker_gone(&mut self, now: Millis, mut grant: Grant, out: &mut Vec<Effect>) -> State {
-        out.push(Effect::Log {
+        let said = Effect::Log {
             message: format!(
                 "grant for pid {} cancelled after {} ms: the client hung up",
                 grant.client,
                 now - grant.asked_at
             ),
-        });
+        };
         if let GrantStep::Delivering(delivery) = &grant.step {
             if let DeliveryStatus::PickedUp { .. } = delivery.status() {
+                out.push(said);
                 grant.cancelled = true;
                 grant.next_progress = None;
                 return State::Granting(grant);
             }
         }
+        // Said once the withdrawal is under way, so that the log line means "no longer
+        // waiting in the target" to whoever reads it.
         self.abandon_grant(grant.clone(), "", out);
+        out.push(said);
         self.back_to(grant.previous)
     }
 

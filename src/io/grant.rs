@@ -219,7 +219,15 @@ pub fn grant_script(client: u32, report: &str, token: &str, grant: GrantId) -> S
             os.close(fd)
     except OSError:
         pass
-_helicopter_parent_grant()
+try:
+    _helicopter_parent_grant()
+except KeyboardInterrupt:
+    # A stop signal (TERMINATE's SIGINT, a Ctrl-C) that came while this ran was raised
+    # here, and CPython would report it in the target and drop it, so the target would
+    # not stop: it is given back to the main thread from another thread, which runs
+    # once this script has let go of the interpreter.
+    import _thread
+    _thread.start_new_thread(_thread.interrupt_main, ())
 "#
     )
 }
@@ -340,6 +348,12 @@ mod tests {
             "{script}"
         );
         assert!(script.contains(r#"b"abcd 7 %d\n" % errno"#), "{script}");
+        // A stop signal raised inside the script is handed back, not dropped.
+        assert!(
+            script.contains("except KeyboardInterrupt:")
+                && script.contains("_thread.start_new_thread(_thread.interrupt_main, ())"),
+            "{script}"
+        );
     }
 
     #[test]
