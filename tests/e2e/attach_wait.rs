@@ -347,6 +347,10 @@ fn ctrl_c_during_pdbs_wait_cancels_without_a_traceback_and_withdraws_its_request
         script.display()
     );
     assert!(is_alive(target));
+    // The revocation's script has reported, and may still be finishing: the fixture's
+    // SIGUSR1 handler must run in the target's own sleep, not inside that script (where
+    // CPython would report its exception and drop it).
+    wait_until_asleep(target as i32, target as i32);
     unsafe { libc::kill(target as i32, libc::SIGUSR1) };
     controller.stdout.wait_for("ticking now");
     term.mark();
