@@ -29,6 +29,7 @@ MORE_PYTHONS = CFG.get("more_pythons", [])
 RIG = CFG["rig"]
 PROBE = os.path.join(RIG, "probe.py")
 FIXTURE = CFG["fixture"]
+FIXTURES = os.path.dirname(FIXTURE)
 BIN = CFG.get("bin")
 CONTROLLER = BIN and os.path.join(BIN, "heli-controller")
 CLIENT = BIN and os.path.join(BIN, "heli-client")
@@ -166,13 +167,14 @@ class Controller:
     Its output goes to a log through a copier thread, which also reports the controller's
     `listening on` line: readiness is that event, not the appearance of files."""
 
-    def __init__(self, tag, env_extra=None, python=PY):
+    def __init__(self, tag, env_extra=None, python=PY, target=(FIXTURE,)):
         self.tag = tag
         self.dir = f"/run/tmp/heli-{tag}"
         self.logpath = os.path.join(LOGS, f"controller-{tag}.log")
         self.log = open(self.logpath, "w", buffering=1)
         self.listening = threading.Event()
-        self.p = subprocess.Popen([CONTROLLER, "--pipe-dir", self.dir, "--python", python, FIXTURE],
+        self.p = subprocess.Popen([CONTROLLER, "--pipe-dir", self.dir, "--python", python,
+                                   *target],
                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, **user_kw(env_extra))
         self.copier = threading.Thread(target=self._copy, daemon=True)
@@ -363,6 +365,78 @@ def heli_scope1(break_grant):
         kill_user_processes()
 
 
+def wait_in_log(ctl, needle, timeout=60):
+    """The line of the controller's log (the target's output too) holding NEEDLE."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in ctl.output().splitlines():
+            if needle in line:
+                return line
+        time.sleep(0.05)
+    return None
+
+
+def heli_scope1_waiting():
+    """Issues 10 and 11 at scope 1, as uid 1000: targets that wait in a system call are
+    woken (SIGURG) for the grant and for pdb's own injection, and a child of the target
+    (a fresh "spawn" interpreter) is attached with `attach PID`."""
+    for tag, script, ready, expr in [
+        ("s1-sleep", "sleep_until_usr1.py", "sleeping 300 s", "counter"),
+        ("s1-asyncio", "wait_asyncio_server.py", "listening on port", "served"),
+    ]:
+        ctl = Controller(tag, target=(os.path.join(FIXTURES, script),))
+        try:
+            err = ctl.wait_ready()
+            line = None if err else wait_in_log(ctl, ready)
+            record(f"scope 1 waiting {script}: the target starts and waits",
+                   line is not None, err or f"no {ready!r}", ctl.output())
+            if line is None:
+                continue
+            # The waker is installed while the target starts; a grant installs it too.
+            wait_in_log(ctl, "SIGURG waker", timeout=20)
+            started = time.monotonic()
+            rc, out = run_user([CLIENT, "--pipe-dir", ctl.dir, "--python", PY,
+                                "--attach-timeout", "60s"],
+                               f"attach\np {expr}\nq\nterminate\n", timeout=150)
+            took = time.monotonic() - started
+            vals = pdb_values(out)
+            record(f"scope 1 waiting {script}: attach, p {expr}, q, terminate exits 0 "
+                   f"with a value ({took:.1f} s under emulation)",
+                   rc == 0 and vals == [0], f"status {rc}, values {vals}", out + ctl.output())
+        finally:
+            ctl.stop()
+            kill_user_processes()
+
+    ctl = Controller("s1-child", target=(os.path.join(FIXTURES, "spawned_child.py"),))
+    try:
+        err = ctl.wait_ready()
+        line = None if err else wait_in_log(ctl, " ready")
+        m = re.search(r"child (\d+) ready", line or "")
+        record("scope 1 child: the target started its spawned child", bool(m),
+               err or "no `child N ready`", ctl.output())
+        if not m:
+            return
+        child = m.group(1)
+        rc, out = run_user([PY, "-m", "pdb", "-p", child], "p secret\nq\n", timeout=60)
+        record("scope 1 child: plain `python3.14 -m pdb -p CHILD` without a grant is refused",
+               rc not in (0, None) and "child-ticks" not in out, f"status {rc}", out)
+        rc, out = run_user([CLIENT, "--pipe-dir", ctl.dir, "--python", PY],
+                           f"attach {child}\np secret\nq\nterminate\n", timeout=150)
+        record("scope 1 child: heli-client `attach CHILD` prints the child's local",
+               rc == 0 and "'child-ticks'" in out, f"status {rc}", out + ctl.output())
+        a = Probe("A")
+        try:
+            r = a.ask(f"send {ctl.dir} GRANT_ACCESS {a.pid} 1")
+        finally:
+            a.close()
+        record("scope 1 child: a grant in a process outside the tree is refused",
+               "not in the supervised tree" in r.get("reply", "") or
+               "is init" in r.get("reply", ""), str(r))
+    finally:
+        ctl.stop()
+        kill_user_processes()
+
+
 def version_of(py):
     rc, out = run_user([py, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
     return out.strip() if rc == 0 else os.path.basename(py)
@@ -540,6 +614,7 @@ def main():
             if scope == 2:
                 phases.append(("heli as root", heli_scope2_root))
             if scope == 1:
+                phases.append(("heli waiting and the tree", heli_scope1_waiting))
                 for py in MORE_PYTHONS:
                     phases.append((f"heli {py}", lambda py=py: heli_scope1_seed(py, CFG["break_grant"])))
         # After the heli phase: the kernel-rule phase kills every uid-1000 process.

@@ -89,6 +89,10 @@ trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/scripts/yama-rig" "$stage/tests/fixtures" "$stage/bin"
 cp "$here"/*.py "$stage/scripts/yama-rig/"
 cp "$fixture" "$stage/tests/fixtures/"
+# The targets of guest_checks.py's waiting and tree phases, beside the main fixture.
+for extra in sleep_until_usr1.py wait_asyncio_server.py spawned_child.py; do
+  cp "$(dirname "$fixture")/$extra" "$stage/tests/fixtures/"
+done
 fixture=$stage/tests/fixtures/${fixture##*/}
 if [[ $only == all ]]; then
   cp "$bin/heli-controller" "$bin/heli-client" "$stage/bin/"

@@ -39,6 +39,11 @@ struct Args {
     /// Wire dialect: seed, or legacy to talk to a helicopter-parent 0.x controller
     #[arg(long, default_value = "seed", global = true)]
     dialect: Dialect,
+    /// How long an attach waits for the target to run the grant and pdb's request (e.g.
+    /// 30s, 5m; a bare number is seconds; `none`: no limit) [default: until Ctrl-C on a
+    /// terminal, 60s otherwise]
+    #[arg(long, value_name = "DURATION", value_parser = attach_timeout, global = true)]
+    attach_timeout: Option<AttachTimeout>,
     #[command(subcommand)]
     command: Option<OneCommand>,
 }
@@ -86,6 +91,23 @@ fn pid_arg(text: &str) -> Result<u32, String> {
     parse_pid(text).map_err(|e| e.to_string())
 }
 
+/// `--attach-timeout`: a duration, or `none` for no limit.
+#[derive(Clone, Copy)]
+struct AttachTimeout(Option<Duration>);
+
+fn attach_timeout(text: &str) -> Result<AttachTimeout, String> {
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(AttachTimeout(None));
+    }
+    parse_duration(
+        text,
+        BareUnit::Seconds,
+        Duration::from_millis(1),
+        Duration::from_secs(24 * 3600),
+    )
+    .map(|d| AttachTimeout(Some(d)))
+}
+
 fn reply_timeout(text: &str) -> Result<Duration, String> {
     parse_duration(
         text,
@@ -131,6 +153,7 @@ fn main() -> ExitCode {
         python: args.python,
         timeout: args.timeout,
         dialect: args.dialect,
+        attach_timeout: args.attach_timeout.map(|t| t.0),
     };
     let code = match args.command {
         None => client::run(opts),

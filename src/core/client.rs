@@ -34,7 +34,7 @@ pub mod trust;
 use super::ptrace_policy::{attach_rule, AttachRule, TracerPrivilege};
 use super::supervisor::Yama;
 use super::tree::render_answer;
-use super::wire::{parse_reply, Command, Dialect, Reply, StackTarget};
+use super::wire::{parse_pid, parse_reply, Command, Dialect, Reply, StackTarget};
 use std::path::PathBuf;
 use trust::{judge_interpreter, ExecutableFacts, InterpreterVerdict};
 
@@ -95,6 +95,12 @@ pub struct Config {
     /// Yama and the client's privilege at start-up, for the note when no controller runs.
     pub yama: Yama,
     pub privilege: TracerPrivilege,
+    /// How long an attach waits for the target to run the grant and pdb's request
+    /// (`--attach-timeout`); `None`: until the user presses Ctrl-C.
+    pub attach_timeout_ms: Option<u64>,
+    /// A line handled as if typed after the probe, after which the session ends (the
+    /// one-shot `heli-client attach [PID]`).
+    pub one_shot: Option<String>,
 }
 
 /// Why a request to the controller got no reply line.
@@ -174,6 +180,33 @@ pub enum Input {
     PdbExited {
         status: PdbExit,
     },
+    /// A `WAITING` line of the grant out, with what the driver saw of the process then.
+    GrantProgress {
+        /// Milliseconds since the controller got the request.
+        elapsed_ms: u64,
+        /// The controller's words (what the grant waits for).
+        controller: String,
+        /// Python frames, one per thread (`tid: file:line function`), when the process's
+        /// stacks could be read.
+        frames: Vec<String>,
+        /// The main thread sits in a `breakpoint()` of its own: its pdb reads the
+        /// target's stdin, and nothing runs until someone answers it there.
+        local_debugger: bool,
+    },
+    /// Ctrl-C while an attach is under way (not at the prompt).
+    Interrupted,
+    /// The request out was given up on [`Effect::CancelRequest`]: its connection closed.
+    RequestCancelled,
+    /// pdb's wait for the target was cancelled: pdb was stopped and its request taken
+    /// back (`withdrawn`), or it had not written one yet. Its exit follows.
+    PdbCancelled {
+        withdrawn: bool,
+    },
+    /// pdb's request waited longer than `--attach-timeout`: the driver cancelled it as on
+    /// Ctrl-C; its exit follows.
+    PdbGaveUp {
+        waited_ms: u64,
+    },
 }
 
 /// How a line of output should look: success and failure lines may be coloured.
@@ -228,6 +261,29 @@ pub enum Effect {
     },
     /// Close pdb's input: it gets EOF.
     ClosePdbInput,
+    /// Send `GRANT_ACCESS ... WAIT` on the socket and report each `WAITING` line as
+    /// [`Input::GrantProgress`] (with what the driver sees of `process`), then the final
+    /// reply; the connection is closed after `timeout_ms` (a timeout failure) or on
+    /// [`Effect::CancelRequest`]. Without a socket, the seed line on the FIFO instead.
+    SendWaiting {
+        command: Command,
+        process: u32,
+        timeout_ms: Option<u64>,
+    },
+    /// Give up the request out: close its connection (the controller then withdraws what
+    /// it had started); answered by [`Input::RequestCancelled`] or its outcome if it came
+    /// first.
+    CancelRequest,
+    /// Ctrl-C while pdb runs: if pdb's session is not up yet (its request still waits in
+    /// the target), stop pdb and take its request back, then report
+    /// [`Input::PdbCancelled`]; once the session is up, Ctrl-C is pdb's own ("Program
+    /// interrupted") and nothing is done.
+    CancelPdb,
+    /// Show the progress line: on a terminal, one line rewritten in place; otherwise a
+    /// plain line. Any later output starts on a fresh line.
+    Progress {
+        text: String,
+    },
     Exit {
         code: i32,
     },
@@ -252,6 +308,7 @@ const HELP: &str = "Available commands:
                every Python process of the tree, read without stopping it
   tasks [PID]
              - The asyncio tasks of PID (default: the target)
+  attach PID - Attach debugger to another process of the supervised tree
   quit       - Exit client (leave controller running)
   terminate  - Stop controller, target, and exit client
   help       - Show this help message";
@@ -298,27 +355,49 @@ fn cut_line(line: &str) -> String {
 /// The steps of one `attach`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attaching {
-    /// `GET_TARGET_PID` is out.
-    AskingTarget,
+    /// `GET_TARGET_PID` is out; `chosen`: the pid typed after `attach`.
+    AskingTarget { chosen: Option<u32> },
     /// The pipes of a controller seen earlier are gone: is its target still running?
     AccountingForGone { target: u32 },
     /// The target's owner and executable are being looked up.
     Inspecting { target: u32 },
     /// `GRANT_ACCESS <own pid>` is out; `interpreter` will run pdb once it is granted.
+    /// `target`: the process pdb attaches to (the target or the pid chosen).
     Granting {
         target: u32,
         interpreter: Interpreter,
+        /// A `WAITING` line came: the user has been told that the attach waits.
+        told_waiting: bool,
     },
+    /// Ctrl-C during the grant: the request is being given up; the grant is taken back
+    /// afterwards in case the target ran it meanwhile.
+    Cancelling,
     /// pdb runs. `feeding`: piped input still goes to pdb (its quit not yet handed over,
     /// input not ended, its input not broken). `quit_fed`: pdb got its quit line.
     PdbRunning {
         interpreter: Interpreter,
         feeding: bool,
         quit_fed: bool,
+        /// Ctrl-C (or `--attach-timeout`) stopped pdb before its session was up: its exit
+        /// is the cancellation's, not a failure of pdb.
+        cancelled: Option<Cancel>,
     },
     /// pdb is gone; `REVOKE_ACCESS <own pid>` is out so the grant ends with the session
     /// (a seed-dialect extension of this project's controller). `ok`: how pdb ended.
-    Revoking { ok: bool, quit_fed: bool },
+    Revoking {
+        ok: bool,
+        quit_fed: bool,
+        cancelled: Option<Cancel>,
+    },
+}
+
+/// Why an attach was stopped before pdb's session was up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancel {
+    /// The user pressed Ctrl-C.
+    Interrupted,
+    /// `--attach-timeout` ran out while pdb's request waited in the target.
+    GaveUp { waited_ms: u64 },
 }
 
 /// The session.
@@ -400,7 +479,8 @@ impl Client {
         match &self.state {
             State::Probing => "Probing",
             State::AtPrompt => "AtPrompt",
-            State::Attaching(Attaching::AskingTarget) => "AskingTarget",
+            State::Attaching(Attaching::AskingTarget { .. }) => "AskingTarget",
+            State::Attaching(Attaching::Cancelling) => "Cancelling",
             State::Attaching(Attaching::AccountingForGone { .. }) => "AccountingForGone",
             State::Attaching(Attaching::Inspecting { .. }) => "Inspecting",
             State::Attaching(Attaching::Granting { .. }) => "Granting",
@@ -423,7 +503,8 @@ impl Client {
             }
             State::Attaching(Attaching::PdbRunning { feeding: false, .. })
             | State::Attaching(
-                Attaching::AskingTarget
+                Attaching::AskingTarget { .. }
+                | Attaching::Cancelling
                 | Attaching::AccountingForGone { .. }
                 | Attaching::Inspecting { .. }
                 | Attaching::Granting { .. }
@@ -467,14 +548,20 @@ impl Client {
             (State::Probing, Input::Replied { line }) => match parse_reply(&line) {
                 Ok(Reply::TargetPid(pid)) => {
                     self.known_target = Some(pid);
-                    out.say("Type 'help' for available commands");
-                    State::AtPrompt
+                    match self.config.one_shot.clone() {
+                        Some(line) => self.on_typed(&line, out),
+                        None => {
+                            out.say("Type 'help' for available commands");
+                            State::AtPrompt
+                        }
+                    }
                 }
                 Ok(Reply::Error(msg)) => {
                     self.no_controller(out, format!("Controller error: {msg}"))
                 }
                 Ok(
                     other @ (Reply::Ready
+                    | Reply::Waiting(_)
                     | Reply::Processes(_)
                     | Reply::Stacks(_)
                     | Reply::Tasks(_)),
@@ -520,7 +607,11 @@ impl Client {
                     self.terminate_failed(out, format!("Controller error: {msg}"))
                 }
                 Ok(
-                    Reply::TargetPid(_) | Reply::Processes(_) | Reply::Stacks(_) | Reply::Tasks(_),
+                    Reply::TargetPid(_)
+                    | Reply::Waiting(_)
+                    | Reply::Processes(_)
+                    | Reply::Stacks(_)
+                    | Reply::Tasks(_),
                 )
                 | Err(_) => self.terminate_failed(
                     out,
@@ -557,6 +648,16 @@ impl Client {
                 self.terminate_failed(out, text)
             }
             (state @ State::Finished, _) => state,
+            // Ctrl-C outside an attach: the prompt's own is PromptInterrupted; a request
+            // in these states is short and bounded by --timeout.
+            (
+                state @ (State::Probing
+                | State::AtPrompt
+                | State::SkippingPdbLines
+                | State::Terminating
+                | State::Asking),
+                Input::Interrupted,
+            ) => state,
             (
                 state @ (State::Probing
                 | State::AtPrompt
@@ -573,7 +674,11 @@ impl Client {
                 | Input::TargetInspected { .. }
                 | Input::PdbNotStarted { .. }
                 | Input::PdbInputBroken
-                | Input::PdbExited { .. }),
+                | Input::PdbExited { .. }
+                | Input::GrantProgress { .. }
+                | Input::RequestCancelled
+                | Input::PdbCancelled { .. }
+                | Input::PdbGaveUp { .. }),
             ) => {
                 debug_assert!(false, "driver bug: {input:?} in state {state:?}");
                 state
@@ -583,13 +688,10 @@ impl Client {
 
     /// A line typed at the prompt.
     fn on_typed(&mut self, text: &str, out: &mut Out) -> State {
-        let words: Vec<String> = text
-            .split_whitespace()
-            .map(str::to_ascii_lowercase)
-            .collect();
-        if let Some(first @ ("ps" | "stack" | "tasks")) = words.first().map(String::as_str) {
-            let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
-            return match tree_question(first, &args, self.known_target) {
+        let lowered = text.trim().to_ascii_lowercase();
+        let words: Vec<&str> = lowered.split_whitespace().collect();
+        if let Some(first @ ("ps" | "stack" | "tasks")) = words.first().copied() {
+            return match tree_question(first, &words[1..], self.known_target) {
                 Ok(command) => {
                     out.push(Effect::Send {
                         command,
@@ -608,11 +710,29 @@ impl Client {
                 }
             };
         }
-        match text.trim().to_ascii_lowercase().as_str() {
+        if let Some(pid) = lowered.strip_prefix("attach ") {
+            return match parse_pid(pid.trim()) {
+                Ok(pid) => {
+                    out.send(&self.config, Command::GetTargetPid);
+                    State::Attaching(Attaching::AskingTarget { chosen: Some(pid) })
+                }
+                Err(e) => {
+                    out.say(&format!(
+                        "attach: {e} (attach PID, with a pid that heli-client ps lists)"
+                    ));
+                    if self.config.one_shot.is_some() {
+                        self.failures += 1;
+                        return self.finish(out);
+                    }
+                    State::AtPrompt
+                }
+            };
+        }
+        match lowered.as_str() {
             "" => State::AtPrompt,
             "attach" => {
                 out.send(&self.config, Command::GetTargetPid);
-                State::Attaching(Attaching::AskingTarget)
+                State::Attaching(Attaching::AskingTarget { chosen: None })
             }
             "quit" | "exit" | "q" => {
                 out.say("Goodbye!");
@@ -645,27 +765,31 @@ impl Client {
 
     fn attaching(&mut self, step: Attaching, input: Input, out: &mut Out) -> State {
         match (step, input) {
-            (Attaching::AskingTarget, Input::Replied { line }) => match parse_reply(&line) {
-                Ok(Reply::TargetPid(pid)) => {
-                    self.known_target = Some(pid);
-                    out.push(Effect::InspectTarget { pid });
-                    State::Attaching(Attaching::Inspecting { target: pid })
+            (Attaching::AskingTarget { chosen }, Input::Replied { line }) => {
+                match parse_reply(&line) {
+                    Ok(Reply::TargetPid(pid)) => {
+                        self.known_target = Some(pid);
+                        let target = chosen.unwrap_or(pid);
+                        out.push(Effect::InspectTarget { pid: target });
+                        State::Attaching(Attaching::Inspecting { target })
+                    }
+                    Ok(Reply::Error(msg)) => {
+                        self.attach_failed(out, format!("Controller error: {msg}"), false)
+                    }
+                    Ok(
+                        other @ (Reply::Ready
+                        | Reply::Waiting(_)
+                        | Reply::Processes(_)
+                        | Reply::Stacks(_)
+                        | Reply::Tasks(_)),
+                    ) => self.attach_failed(
+                        out,
+                        format!("unexpected reply to GET_TARGET_PID: {}", cut_reply(&other)),
+                        false,
+                    ),
+                    Err(e) => self.attach_failed(out, e.to_string(), false),
                 }
-                Ok(Reply::Error(msg)) => {
-                    self.attach_failed(out, format!("Controller error: {msg}"), false)
-                }
-                Ok(
-                    other @ (Reply::Ready
-                    | Reply::Processes(_)
-                    | Reply::Stacks(_)
-                    | Reply::Tasks(_)),
-                ) => self.attach_failed(
-                    out,
-                    format!("unexpected reply to GET_TARGET_PID: {}", cut_reply(&other)),
-                    false,
-                ),
-                Err(e) => self.attach_failed(out, e.to_string(), false),
-            },
+            }
             (Attaching::Inspecting { target }, Input::TargetInspected { pid, facts })
                 if pid == target =>
             {
@@ -675,6 +799,48 @@ impl Client {
                 Attaching::Granting {
                     target,
                     interpreter,
+                    told_waiting,
+                },
+                Input::GrantProgress {
+                    elapsed_ms,
+                    controller,
+                    frames,
+                    local_debugger,
+                },
+            ) => {
+                if !told_waiting {
+                    out.say(&format!(
+                        "⏳ pid {target} has not run the grant yet: waiting for it (Ctrl-C cancels{})",
+                        match self.config.attach_timeout_ms {
+                            Some(ms) => format!(", gives up after {}", seconds(ms)),
+                            None => String::new(),
+                        }
+                    ));
+                    if local_debugger {
+                        out.say(&format!(
+                            "   pid {target}'s main thread is in a debugger of its own (breakpoint()) reading the target's stdin: answer it there, or 'c' it, and the attach goes on"
+                        ));
+                    }
+                }
+                let what = controller
+                    .split_once(' ')
+                    .map_or(controller.as_str(), |(_, what)| what);
+                let mut text = format!("   waiting {}: {what}", seconds(elapsed_ms));
+                if !frames.is_empty() {
+                    text.push_str(&format!("; Python: {}", frames.join(", ")));
+                }
+                out.push(Effect::Progress { text });
+                State::Attaching(Attaching::Granting {
+                    target,
+                    interpreter,
+                    told_waiting: true,
+                })
+            }
+            (
+                Attaching::Granting {
+                    target,
+                    interpreter,
+                    ..
                 },
                 Input::Replied { line },
             ) => match parse_reply(&line) {
@@ -690,11 +856,13 @@ impl Client {
                         interpreter,
                         feeding: self.config.input == InputSource::Piped,
                         quit_fed: false,
+                        cancelled: None,
                     })
                 }
                 Ok(Reply::Error(msg)) => self.attach_failed(out, refusal_heading(&msg), false),
                 Ok(
                     other @ (Reply::TargetPid(_)
+                    | Reply::Waiting(_)
                     | Reply::Processes(_)
                     | Reply::Stacks(_)
                     | Reply::Tasks(_)),
@@ -705,10 +873,8 @@ impl Client {
                 ),
                 Err(e) => self.attach_failed(out, e.to_string(), false),
             },
-            // The controller served this session before and its pipes are gone: look at
-            // the target it served to say why.
             (
-                Attaching::AskingTarget,
+                Attaching::AskingTarget { .. },
                 Input::RequestFailed {
                     failure: RequestFailure::PipesMissing,
                 },
@@ -731,24 +897,102 @@ impl Client {
                 };
                 self.attach_failed(out, why, false)
             }
-            (Attaching::AskingTarget, Input::RequestFailed { failure }) => {
+            (Attaching::AskingTarget { .. }, Input::RequestFailed { failure }) => {
                 let asked = Command::GetTargetPid.to_line(self.config.dialect);
                 let text = self.describe_failure(&failure, &asked);
                 self.attach_failed(out, text, false)
             }
+            (
+                Attaching::Granting { target, .. },
+                Input::RequestFailed {
+                    failure: RequestFailure::TimedOut { waited_ms },
+                },
+            ) if self.config.attach_timeout_ms.is_some() => self.attach_failed(
+                out,
+                format!(
+                    "Not attached: pid {target} did not run the grant within {} (--attach-timeout); the controller took its request back",
+                    seconds(waited_ms)
+                ),
+                false,
+            ),
             (Attaching::Granting { .. }, Input::RequestFailed { failure }) => {
-                let asked = Command::GrantAccess {
-                    pid: self.config.own_pid,
-                }
-                .to_line(self.config.dialect);
+                let asked = Command::grant(self.config.own_pid).to_line(self.config.dialect);
                 let text = self.describe_failure(&failure, &asked);
                 self.attach_failed(out, text, false)
             }
+            // Ctrl-C during a request: it is given up. A grant the target ran meanwhile is
+            // taken back once the request has ended, whatever its outcome.
+            (
+                Attaching::AskingTarget { .. } | Attaching::Granting { .. },
+                Input::Interrupted,
+            ) => {
+                out.push(Effect::CancelRequest);
+                State::Attaching(Attaching::Cancelling)
+            }
+            (
+                Attaching::Cancelling,
+                Input::RequestCancelled
+                | Input::Replied { .. }
+                | Input::RequestFailed { .. },
+            ) => self.give_back_grant(false, false, Some(Cancel::Interrupted), out),
+            (step @ Attaching::Cancelling, Input::Interrupted | Input::GrantProgress { .. }) => {
+                State::Attaching(step)
+            }
+            (
+                Attaching::PdbRunning {
+                    interpreter,
+                    feeding,
+                    quit_fed,
+                    cancelled: None,
+                },
+                Input::Interrupted,
+            ) => {
+                out.push(Effect::CancelPdb);
+                State::Attaching(Attaching::PdbRunning {
+                    interpreter,
+                    feeding,
+                    quit_fed,
+                    cancelled: None,
+                })
+            }
+            (
+                Attaching::PdbRunning {
+                    interpreter,
+                    feeding,
+                    quit_fed,
+                    cancelled,
+                },
+                Input::PdbCancelled { .. },
+            ) => self.pdb_cancelled(interpreter, feeding, quit_fed, cancelled, Cancel::Interrupted, out),
+            (
+                Attaching::PdbRunning {
+                    interpreter,
+                    feeding,
+                    quit_fed,
+                    cancelled,
+                },
+                Input::PdbGaveUp { waited_ms },
+            ) => self.pdb_cancelled(
+                interpreter,
+                feeding,
+                quit_fed,
+                cancelled,
+                Cancel::GaveUp { waited_ms },
+                out,
+            ),
+            (
+                step @ (Attaching::PdbRunning {
+                    cancelled: Some(_), ..
+                }
+                | Attaching::Revoking { .. }),
+                Input::Interrupted,
+            ) => State::Attaching(step),
             (
                 Attaching::PdbRunning {
                     interpreter,
                     feeding: true,
                     quit_fed,
+                    cancelled,
                 },
                 Input::LineRead { text },
             ) => {
@@ -761,6 +1005,7 @@ impl Client {
                     interpreter,
                     feeding: !quit,
                     quit_fed: quit_fed || quit,
+                    cancelled,
                 })
             }
             (
@@ -768,10 +1013,10 @@ impl Client {
                     interpreter,
                     feeding,
                     quit_fed,
+                    cancelled,
                 },
                 Input::InputEnded | Input::PdbInputBroken,
             ) => {
-                // pdb gets EOF and detaches; the user's input is not read for it any more.
                 if feeding {
                     out.push(Effect::ClosePdbInput);
                 }
@@ -779,6 +1024,7 @@ impl Client {
                     interpreter,
                     feeding: false,
                     quit_fed,
+                    cancelled,
                 })
             }
             (
@@ -786,6 +1032,7 @@ impl Client {
                     interpreter,
                     feeding,
                     quit_fed,
+                    ..
                 },
                 Input::PdbNotStarted { error },
             ) => {
@@ -798,11 +1045,28 @@ impl Client {
                 };
                 out.fail(format!("cannot run {python} -m pdb: {error}"));
                 out.say("\nDebugger detached");
-                self.attach_done(false, quit_fed, out)
+                self.give_back_grant(false, quit_fed, None, out)
             }
             (
                 Attaching::PdbRunning {
-                    feeding, quit_fed, ..
+                    feeding,
+                    quit_fed,
+                    cancelled: Some(cancel),
+                    ..
+                },
+                Input::PdbExited { .. },
+            ) => {
+                if feeding {
+                    out.push(Effect::ClosePdbInput);
+                }
+                self.give_back_grant(false, quit_fed, Some(cancel), out)
+            }
+            (
+                Attaching::PdbRunning {
+                    feeding,
+                    quit_fed,
+                    cancelled: None,
+                    ..
                 },
                 Input::PdbExited { status },
             ) => {
@@ -821,9 +1085,16 @@ impl Client {
                     }
                 };
                 out.say("\nDebugger detached");
-                self.give_back_grant(ok, quit_fed, out)
+                self.give_back_grant(ok, quit_fed, None, out)
             }
-            (Attaching::Revoking { ok, quit_fed }, Input::Replied { line }) => {
+            (
+                Attaching::Revoking {
+                    ok,
+                    quit_fed,
+                    cancelled,
+                },
+                Input::Replied { line },
+            ) => {
                 // A grant replaced by another client's, or never needed (CAP_SYS_PTRACE),
                 // is not ours to give back: only other errors are worth a word.
                 if let Ok(Reply::Error(msg)) = parse_reply(&line) {
@@ -831,22 +1102,30 @@ impl Client {
                         out.warn(format!("heli-client: the grant was not taken back: {msg}"));
                     }
                 }
-                self.attach_done(ok, quit_fed, out)
+                self.revoked(ok, quit_fed, cancelled, out)
             }
-            (Attaching::Revoking { ok, quit_fed }, Input::RequestFailed { failure }) => {
+            (
+                Attaching::Revoking {
+                    ok,
+                    quit_fed,
+                    cancelled,
+                },
+                Input::RequestFailed { failure },
+            ) => {
                 let asked = Command::RevokeAccess {
                     pid: self.config.own_pid,
                 }
                 .to_line(self.config.dialect);
                 let text = self.describe_failure(&failure, &asked);
                 out.warn(format!("heli-client: the grant was not taken back: {text}"));
-                self.attach_done(ok, quit_fed, out)
+                self.revoked(ok, quit_fed, cancelled, out)
             }
             (
-                step @ (Attaching::AskingTarget
+                step @ (Attaching::AskingTarget { .. }
                 | Attaching::AccountingForGone { .. }
                 | Attaching::Inspecting { .. }
                 | Attaching::Granting { .. }
+                | Attaching::Cancelling
                 | Attaching::PdbRunning { .. }
                 | Attaching::Revoking { .. }),
                 input @ (Input::Started
@@ -859,12 +1138,58 @@ impl Client {
                 | Input::TargetInspected { .. }
                 | Input::PdbNotStarted { .. }
                 | Input::PdbInputBroken
-                | Input::PdbExited { .. }),
+                | Input::PdbExited { .. }
+                | Input::GrantProgress { .. }
+                | Input::Interrupted
+                | Input::RequestCancelled
+                | Input::PdbCancelled { .. }
+                | Input::PdbGaveUp { .. }),
             ) => {
                 debug_assert!(false, "driver bug: {input:?} while attaching ({step:?})");
                 State::Attaching(step)
             }
         }
+    }
+
+    /// pdb was stopped before its session came up: its exit, which follows, ends the
+    /// attach as cancelled.
+    fn pdb_cancelled(
+        &mut self,
+        interpreter: Interpreter,
+        feeding: bool,
+        quit_fed: bool,
+        cancelled: Option<Cancel>,
+        cancel: Cancel,
+        out: &mut Out,
+    ) -> State {
+        if feeding {
+            out.push(Effect::ClosePdbInput);
+        }
+        State::Attaching(Attaching::PdbRunning {
+            interpreter,
+            feeding: false,
+            quit_fed,
+            cancelled: cancelled.or(Some(cancel)),
+        })
+    }
+
+    /// The grant is back (or was never ours): the attach ends, said how if it was cut.
+    fn revoked(
+        &mut self,
+        ok: bool,
+        quit_fed: bool,
+        cancelled: Option<Cancel>,
+        out: &mut Out,
+    ) -> State {
+        match cancelled {
+            None => {}
+            Some(Cancel::Interrupted) => out.say("\nattach cancelled"),
+            Some(Cancel::GaveUp { waited_ms }) => out.fail(format!(
+                "Not attached: the target did not run pdb's request within {} (--attach-timeout); it was taken back",
+                seconds(waited_ms)
+            )),
+        }
+        self.attach_done(ok, quit_fed, out)
     }
 
     /// The facts about the target decide whether to ask for access, and for which pdb.
@@ -915,15 +1240,23 @@ impl Client {
             "Requesting ptrace permission for client PID {}...",
             self.config.own_pid
         ));
-        out.send(
-            &self.config,
-            Command::GrantAccess {
+        // The socket's waiting grant: the client, not the controller's fixed timeout,
+        // decides how long to wait, and hears how it goes. The process is named only
+        // when it is not the target, so the line stays the seed's in the common case.
+        let process = (Some(target) != self.known_target).then_some(target);
+        out.push(Effect::SendWaiting {
+            command: Command::GrantAccess {
                 pid: self.config.own_pid,
+                process,
+                wait: true,
             },
-        );
+            process: target,
+            timeout_ms: self.config.attach_timeout_ms,
+        });
         State::Attaching(Attaching::Granting {
             target,
             interpreter,
+            told_waiting: false,
         })
     }
 
@@ -935,9 +1268,15 @@ impl Client {
 
     /// After pdb: take the grant back (seed dialect; a 0.x controller knows no such
     /// request), then the attach is done.
-    fn give_back_grant(&mut self, ok: bool, quit_fed: bool, out: &mut Out) -> State {
+    fn give_back_grant(
+        &mut self,
+        ok: bool,
+        quit_fed: bool,
+        cancelled: Option<Cancel>,
+        out: &mut Out,
+    ) -> State {
         if self.config.dialect != Dialect::Seed {
-            return self.attach_done(ok, quit_fed, out);
+            return self.revoked(ok, quit_fed, cancelled, out);
         }
         out.send(
             &self.config,
@@ -945,12 +1284,19 @@ impl Client {
                 pid: self.config.own_pid,
             },
         );
-        State::Attaching(Attaching::Revoking { ok, quit_fed })
+        State::Attaching(Attaching::Revoking {
+            ok,
+            quit_fed,
+            cancelled,
+        })
     }
 
-    fn attach_done(&mut self, ok: bool, quit_fed: bool, _out: &mut Out) -> State {
+    fn attach_done(&mut self, ok: bool, quit_fed: bool, out: &mut Out) -> State {
         if !ok {
             self.failures += 1;
+        }
+        if self.config.one_shot.is_some() {
+            return self.finish(out);
         }
         // Piped lines meant for pdb that it never took are not client commands.
         if self.config.input == InputSource::Piped && !quit_fed {
@@ -1043,12 +1389,27 @@ impl Out {
 
 /// The line for an `ERROR:` reply to `GRANT_ACCESS`. A timeout is no refusal: the target
 /// ran no Python code in time, and saying "Permission denied" would send the user
-/// looking for a permission problem.
+/// looking for a permission problem; nor is a session already open or a pid outside
+/// the tree.
 pub fn refusal_heading(msg: &str) -> String {
     if msg.starts_with("timed out") {
         format!("Not attached, the target did not run the grant: {msg}")
+    } else if msg.starts_with("a debugger session is already attached")
+        || msg.starts_with("another attach is waiting")
+        || msg.contains("is not in the supervised tree")
+    {
+        format!("Not attached: {msg}")
     } else {
         format!("Permission denied: {msg}")
+    }
+}
+
+/// "0.8 s", "12.0 s", "3m 05s": a wait, for people.
+pub fn seconds(ms: u64) -> String {
+    if ms < 60_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m {:02}s", ms / 60_000, ms / 1000 % 60)
     }
 }
 

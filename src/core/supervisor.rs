@@ -85,6 +85,48 @@ pub struct Config {
     /// a grant goes when its holder exits, so this bounds only forgotten ones.
     #[serde(default = "default_grant_expiry")]
     pub grant_expiry_ms: Millis,
+    /// The keeper's pid: orphans of the tree are reparented to it (a child subreaper), so
+    /// a process whose parent chain reaches it belongs to the tree. Absent in journals
+    /// written before grants could go into other processes of the tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keeper_pid: Option<u32>,
+    /// The wall clock when the session started, to name moments in messages ("since
+    /// 10:42:07"). The core reads no clock: this is a fact of the start, like the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<WallClock>,
+}
+
+/// The local wall-clock time at the session's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WallClock {
+    pub started_unix_ms: u64,
+    /// Local time minus UTC, in seconds, at the start.
+    pub utc_offset_s: i32,
+}
+
+impl WallClock {
+    /// "HH:MM:SS", local time, of the moment `at` of the session.
+    pub fn local_time(&self, at: Millis) -> String {
+        let unix_s = (self.started_unix_ms + at) / 1000;
+        let local = unix_s as i64 + i64::from(self.utc_offset_s);
+        let day_s = local.rem_euclid(86_400);
+        format!(
+            "{:02}:{:02}:{:02}",
+            day_s / 3600,
+            day_s % 3600 / 60,
+            day_s % 60
+        )
+    }
+}
+
+/// "45s", "2m", "3h": how long ago, rounded down, for people.
+pub fn human_age(ms: Millis) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
+    }
 }
 
 fn default_grant_expiry() -> Millis {
@@ -104,6 +146,8 @@ impl Config {
             stop_grace_ms: 2000,
             grant_injection: GrantInjection::Injected,
             grant_expiry_ms: default_grant_expiry(),
+            keeper_pid: None,
+            clock: None,
         }
     }
 }
@@ -174,6 +218,18 @@ pub enum Kinship {
     Unrelated,
 }
 
+/// What the edge found out about the process a `GRANT_ACCESS` names as the one that
+/// declares (the second pid), to decide whether it belongs to the supervised tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "found", rename_all = "snake_case")]
+pub enum ProcessFacts {
+    /// Its parent chain, nearest first, up to init (`/proc/PID/stat`).
+    Running {
+        ancestry: Vec<u32>,
+    },
+    NotRunning,
+}
+
 /// Where a control line came from. The FIFO is anonymous: anyone may write, and replies
 /// go, in order, to whoever reads the shared `response` pipe. A socket connection carries
 /// one request, and the kernel names its peer (SO_PEERCRED): who asked is a fact, and the
@@ -202,6 +258,14 @@ impl Origin {
         match self {
             Origin::Fifo => ReplyTo::Fifo,
             Origin::Socket { conn, .. } => ReplyTo::Socket { conn },
+        }
+    }
+
+    /// The socket connection the line came on.
+    pub fn conn(self) -> Option<u64> {
+        match self {
+            Origin::Fifo => None,
+            Origin::Socket { conn, .. } => Some(conn),
         }
     }
 
@@ -250,6 +314,16 @@ pub enum Input {
     ClientInspected {
         pid: u32,
         facts: ClientFacts,
+    },
+    /// The answer to [`Effect::InspectProcess`].
+    ProcessInspected {
+        pid: u32,
+        facts: ProcessFacts,
+    },
+    /// A socket connection whose line has no reply yet was closed by its client: it gave
+    /// up (Ctrl-C, its own deadline) or it died. Nobody waits for the reply any more.
+    ConnectionClosed {
+        conn: u64,
     },
     /// The answer to an [`Effect::Deliver`], or what the edge saw of the grant's request.
     Delivery {
@@ -312,6 +386,17 @@ pub enum Effect {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         asker: Option<u32>,
     },
+    /// Find out whether `pid` runs and its parent chain; answer with
+    /// [`Input::ProcessInspected`].
+    InspectProcess {
+        pid: u32,
+    },
+    /// Every [`Effect::Deliver`] of `grant` goes into `process` (a descendant of the
+    /// target) instead of the target; said once, before the grant's first delivery.
+    AimGrant {
+        grant: GrantId,
+        process: u32,
+    },
     /// Carry out one step of the grant's delivery: its request makes the target run
     /// `prctl(PR_SET_PTRACER, client)` and report back. Answer with [`Input::Delivery`].
     Deliver {
@@ -365,16 +450,42 @@ pub enum Effect {
 struct Grant {
     id: GrantId,
     client: u32,
+    /// The process that declares: the target or one of its descendants.
+    process: u32,
     /// Who asked and where the answer goes.
     origin: Origin,
     asked_at: Millis,
-    deadline: Millis,
-    /// The client that held the grant before, and when its grant expires; it keeps the
-    /// grant if this one fails.
-    previous: Option<(u32, Millis)>,
+    /// `None`: the asker waits until it hangs up (`WAIT`).
+    deadline: Option<Millis>,
+    /// When the next `WAITING` progress line is due (waiting grants only).
+    next_progress: Option<Millis>,
+    /// The asker hung up after the target took the request: when it reports, the
+    /// declaration is taken back at once.
+    cancelled: bool,
+    /// The client that held the grant before; it keeps the grant if this one fails.
+    previous: Option<Holder>,
     step: GrantStep,
     purpose: Purpose,
 }
+
+/// Who holds the grant, in which process, since when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Holder {
+    client: u32,
+    process: u32,
+    since: Millis,
+    /// When the grant is taken back if nobody took it back before.
+    expires_at: Millis,
+    /// The socket peer that asked (this project's client, which takes its grant back
+    /// when pdb detaches): while it holds the grant a debugger session is open. `None`
+    /// for the anonymous FIFO.
+    asker: Option<u32>,
+}
+
+/// The first `WAITING` line comes this long after the request, so that the client can
+/// say within a second that it waits; then one a second.
+const FIRST_PROGRESS_MS: Millis = 500;
+const PROGRESS_EVERY_MS: Millis = 1000;
 
 /// What a grant's injection declares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -394,6 +505,8 @@ enum RevokeReason {
     Detached,
     ClientExited,
     Expired,
+    /// Its asker hung up while the target was running it.
+    Cancelled,
 }
 
 impl fmt::Display for RevokeReason {
@@ -402,6 +515,7 @@ impl fmt::Display for RevokeReason {
             RevokeReason::Detached => "its client detached",
             RevokeReason::ClientExited => "its client exited",
             RevokeReason::Expired => "it expired",
+            RevokeReason::Cancelled => "its client cancelled the attach",
         })
     }
 }
@@ -416,6 +530,10 @@ impl Grant {
         }
     }
 
+    fn is_delivering(&self) -> bool {
+        matches!(self.step, GrantStep::Delivering(_))
+    }
+
     /// The pid the target's prctl names: the client, or 0 (nobody) for a revocation.
     fn declared(&self) -> u32 {
         match self.purpose {
@@ -427,6 +545,8 @@ impl Grant {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum GrantStep {
+    /// Waiting for [`Input::ProcessInspected`]: is the named process in the tree?
+    InspectingProcess,
     /// Waiting for [`Input::ClientInspected`].
     Inspecting,
     /// The request is on its way into the target (or taken: its report is on the way).
@@ -509,15 +629,14 @@ impl StopReason {
 ///
 /// Whenever the target exits (stopped or by itself), `StopTree{SIGKILL}` ends whatever it
 /// left behind: its children and grandchildren are part of the session.
+// One value per controller, moved only between its own states: a box for the grant
+// would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     Idle,
     Granting(Grant),
-    Attached {
-        client: u32,
-        /// When the grant is taken back if nobody took it back before.
-        expires_at: Millis,
-    },
+    Attached(Holder),
     Stopping {
         reason: StopReason,
         kill_at: Option<Millis>,
@@ -601,11 +720,14 @@ impl Supervisor {
             State::Granting(g) => Phase::Granting {
                 client: g.client,
                 step: match &g.step {
+                    GrantStep::InspectingProcess => "inspecting the process".into(),
                     GrantStep::Inspecting => "inspecting".into(),
                     GrantStep::Delivering(d) => d.phase_name(),
                 },
             },
-            State::Attached { client, .. } => Phase::Attached { client: *client },
+            State::Attached(holder) => Phase::Attached {
+                client: holder.client,
+            },
             State::Stopping { .. } => Phase::Stopping,
             State::Terminated { exit } => Phase::Terminated { code: exit.code() },
         }
@@ -618,18 +740,22 @@ impl Supervisor {
     /// The earliest moment at which [`Input::DeadlineReached`] must be fed, if any.
     pub fn poll_timeout(&self) -> Option<Millis> {
         match &self.state {
-            State::Granting(g) => match &g.step {
-                GrantStep::Delivering(d) => {
-                    Some(d.poll_timeout().map_or(g.deadline, |at| at.min(g.deadline)))
-                }
-                GrantStep::Inspecting => Some(g.deadline),
-            },
+            State::Granting(g) => {
+                let delivery = match &g.step {
+                    GrantStep::Delivering(d) => d.poll_timeout(),
+                    GrantStep::Inspecting | GrantStep::InspectingProcess => None,
+                };
+                [delivery, g.deadline, g.next_progress]
+                    .into_iter()
+                    .flatten()
+                    .min()
+            }
             State::Stopping {
                 kill_at,
                 give_up_at,
                 ..
             } => Some(kill_at.unwrap_or(*give_up_at)),
-            State::Attached { expires_at, .. } => Some(*expires_at),
+            State::Attached(holder) => Some(holder.expires_at),
             State::Idle | State::Terminated { .. } => None,
         }
     }
@@ -684,12 +810,11 @@ impl Supervisor {
                 | Input::TasksRead { .. }),
             ) => self.on_survey_fact(state, input, out),
             (State::Granting(grant), Input::LineReceived { frame, origin }) => {
-                self.queued.push_back((frame, origin));
-                State::Granting(grant)
+                self.line_while_granting(now, grant, frame, origin, out)
             }
             (
                 state @ (State::Idle
-                | State::Attached { .. }
+                | State::Attached(_)
                 | State::Stopping { .. }
                 | State::Terminated { .. }),
                 Input::LineReceived { frame, origin },
@@ -700,10 +825,42 @@ impl Supervisor {
             {
                 self.on_client_inspected(now, grant, facts, out)
             }
+            (State::Granting(grant), Input::ProcessInspected { pid, facts })
+                if grant.process == pid && grant.step == GrantStep::InspectingProcess =>
+            {
+                self.on_process_inspected(now, grant, facts, out)
+            }
             (
                 state @ (State::Idle
                 | State::Granting(_)
-                | State::Attached { .. }
+                | State::Attached(_)
+                | State::Stopping { .. }
+                | State::Terminated { .. }),
+                input @ Input::ProcessInspected { .. },
+            ) => misuse(state, &input, out),
+
+            (State::Granting(grant), Input::ConnectionClosed { conn })
+                if grant.reply_owed() && grant.origin.conn() == Some(conn) =>
+            {
+                self.on_asker_gone(now, grant, out)
+            }
+            (
+                state @ (State::Idle
+                | State::Granting(_)
+                | State::Attached(_)
+                | State::Stopping { .. }
+                | State::Terminated { .. }),
+                Input::ConnectionClosed { conn },
+            ) => {
+                // A line still queued behind a grant: nobody waits for its reply now.
+                self.queued
+                    .retain(|(_, origin)| origin.conn() != Some(conn));
+                state
+            }
+            (
+                state @ (State::Idle
+                | State::Granting(_)
+                | State::Attached(_)
                 | State::Stopping { .. }
                 | State::Terminated { .. }),
                 input @ Input::ClientInspected { .. },
@@ -715,7 +872,7 @@ impl Supervisor {
             (
                 state @ (State::Idle
                 | State::Granting(_)
-                | State::Attached { .. }
+                | State::Attached(_)
                 | State::Stopping { .. }
                 | State::Terminated { .. }),
                 Input::Delivery { grant, fact },
@@ -732,7 +889,7 @@ impl Supervisor {
             }
 
             (State::Granting(grant), Input::GrantRan { grant: id, errno })
-                if grant.id == id && grant.step != GrantStep::Inspecting =>
+                if grant.id == id && grant.is_delivering() =>
             {
                 out.push(Effect::ForgetGrant { grant: id });
                 let outcome = self.grant_outcome(grant.declared(), errno);
@@ -741,7 +898,7 @@ impl Supervisor {
             (
                 state @ (State::Idle
                 | State::Granting(_)
-                | State::Attached { .. }
+                | State::Attached(_)
                 | State::Stopping { .. }
                 | State::Terminated { .. }),
                 Input::GrantRan { grant, errno },
@@ -765,7 +922,7 @@ impl Supervisor {
                 self.terminate(reason.exit(), out)
             }
             (
-                state @ (State::Idle | State::Attached { .. } | State::Granting(_)),
+                state @ (State::Idle | State::Attached(_) | State::Granting(_)),
                 Input::TargetExited { status },
             ) => {
                 self.log_target_exit(status, out);
@@ -792,7 +949,7 @@ impl Supervisor {
                 Input::SignalReceived { .. },
             ) => state,
             (
-                state @ (State::Idle | State::Attached { .. } | State::Granting(_)),
+                state @ (State::Idle | State::Attached(_) | State::Granting(_)),
                 Input::SignalReceived { signal, by_kernel },
             ) => {
                 out.push(Effect::Log {
@@ -819,7 +976,7 @@ impl Supervisor {
             (state @ State::Terminated { .. }, Input::AdaptersGone) => state,
             (
                 state @ (State::Idle
-                | State::Attached { .. }
+                | State::Attached(_)
                 | State::Granting(_)
                 | State::Stopping { .. }),
                 Input::AdaptersGone,
@@ -839,7 +996,7 @@ impl Supervisor {
                     },
                     other @ (State::Idle
                     | State::Granting(_)
-                    | State::Attached { .. }
+                    | State::Attached(_)
                     | State::Terminated { .. }) => {
                         self.begin_stop(now, other, StopReason::AdaptersGone, true, out)
                     }
@@ -891,35 +1048,24 @@ impl Supervisor {
             }
             // A deadline that came early (the driver's timer is coarse): nothing is due.
             (state @ State::Stopping { .. }, Input::DeadlineReached) => state,
-            (State::Attached { client, expires_at }, Input::DeadlineReached)
-                if now >= expires_at =>
-            {
-                self.begin_revoke(now, client, expires_at, RevokeReason::Expired, false, out)
+            (State::Attached(holder), Input::DeadlineReached) if now >= holder.expires_at => {
+                self.begin_revoke(now, holder, RevokeReason::Expired, false, out)
             }
             // Early: nothing is due yet.
-            (state @ State::Attached { .. }, Input::DeadlineReached) => state,
+            (state @ State::Attached(_), Input::DeadlineReached) => state,
             (state @ (State::Idle | State::Terminated { .. }), input @ Input::DeadlineReached) => {
                 misuse(state, &input, out)
             }
 
-            (State::Attached { client, expires_at }, Input::ClientExited { pid })
-                if client == pid =>
-            {
-                self.begin_revoke(
-                    now,
-                    client,
-                    expires_at,
-                    RevokeReason::ClientExited,
-                    false,
-                    out,
-                )
+            (State::Attached(holder), Input::ClientExited { pid }) if holder.client == pid => {
+                self.begin_revoke(now, holder, RevokeReason::ClientExited, false, out)
             }
             // A client that no longer holds the grant (it was replaced, taken back, or the
             // controller is stopping): nothing to take back.
             (
                 state @ (State::Idle
                 | State::Granting(_)
-                | State::Attached { .. }
+                | State::Attached(_)
                 | State::Stopping { .. }
                 | State::Terminated { .. }),
                 Input::ClientExited { .. },
@@ -1034,7 +1180,9 @@ impl Supervisor {
                 });
                 self.begin_stop(now, state, StopReason::Requested, true, out)
             }
-            (state, Command::GrantAccess { pid }) => self.begin_grant(now, state, pid, origin, out),
+            (state, Command::GrantAccess { pid, process, wait }) => {
+                self.begin_grant(now, state, pid, process, wait, origin, out)
+            }
             (state, Command::Ps) => self.begin_survey(state, Question::Processes, to, out),
             (state, Command::Stack { which }) => {
                 self.begin_survey(state, Question::Stacks(which), to, out)
@@ -1042,18 +1190,16 @@ impl Supervisor {
             (state, Command::Tasks { pid }) => {
                 self.begin_survey(state, Question::Tasks(pid), to, out)
             }
-            (State::Attached { client, expires_at }, Command::RevokeAccess { pid })
-                if client == pid =>
-            {
+            (State::Attached(holder), Command::RevokeAccess { pid }) if holder.client == pid => {
                 // Answered at once: the client has detached and need not wait for a target
                 // that may be slow to run the revocation; lines that come meanwhile wait
                 // behind it as behind any grant, and its outcome is logged.
                 reply(out, to, Reply::Ready);
-                self.begin_revoke(now, client, expires_at, RevokeReason::Detached, true, out)
+                self.begin_revoke(now, holder, RevokeReason::Detached, true, out)
             }
             (state, Command::RevokeAccess { pid }) => {
                 let holder = match &state {
-                    State::Attached { client, .. } => format!(" (pid {client} does)"),
+                    State::Attached(holder) => format!(" (pid {} does)", holder.client),
                     State::Idle
                     | State::Granting(_)
                     | State::Stopping { .. }
@@ -1186,61 +1332,237 @@ impl Supervisor {
         state
     }
 
+    /// A line while a grant is in flight. FIFO lines share one response pipe, so they
+    /// are answered in order: they wait behind the grant. A waiting grant (`WAIT`) may
+    /// last as long as its asker wants, so while it runs the lines that need no grant are
+    /// answered at once (a socket reply is private, and a FIFO line with none queued
+    /// before it keeps its order); another grant from the socket is told who waits.
+    fn line_while_granting(
+        &mut self,
+        now: Millis,
+        grant: Grant,
+        frame: Frame,
+        origin: Origin,
+        out: &mut Vec<Effect>,
+    ) -> State {
+        let command = match &frame {
+            Frame::Text { text, .. } => parse_command(text).ok(),
+            Frame::NotUtf8 { .. } | Frame::Oversized { .. } => None,
+        };
+        let waits_for_long = grant.deadline.is_none();
+        match command {
+            _ if !waits_for_long || !self.queued.is_empty() => {
+                self.queued.push_back((frame, origin));
+                State::Granting(grant)
+            }
+            Some(Command::GrantAccess { .. }) if origin.is_fifo() => {
+                self.queued.push_back((frame, origin));
+                State::Granting(grant)
+            }
+            Some(Command::GrantAccess { .. }) => {
+                let since = self.moment(now, grant.asked_at);
+                reply(
+                    out,
+                    origin.reply_to(),
+                    Reply::Error(format!(
+                        "another attach is waiting for pid {} (client pid {}, since {since}); try again when it is done",
+                        grant.process, grant.client
+                    )),
+                );
+                State::Granting(grant)
+            }
+            Some(
+                Command::GetTargetPid
+                | Command::Terminate
+                | Command::RevokeAccess { .. }
+                | Command::Ps
+                | Command::Stack { .. }
+                | Command::Tasks { .. },
+            )
+            | None => self.on_line(now, State::Granting(grant), frame, origin, out),
+        }
+    }
+
+    /// "10:42:07 (2m ago)", or "2m ago" without a wall clock (old journals).
+    fn moment(&self, now: Millis, at: Millis) -> String {
+        let age = human_age(now.saturating_sub(at));
+        match self.config.clock {
+            Some(clock) => format!("{} ({age} ago)", clock.local_time(at)),
+            None => format!("{age} ago"),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn begin_grant(
         &mut self,
         now: Millis,
         state: State,
         client: u32,
+        process: Option<u32>,
+        wait: bool,
         origin: Origin,
         out: &mut Vec<Effect>,
     ) -> State {
+        let target = self.config.target_pid;
+        let process = process.unwrap_or(target);
+        let refuse =
+            |out: &mut Vec<Effect>, why: String| reply(out, origin.reply_to(), Reply::Error(why));
         if client == 1 {
-            reply(
+            refuse(
                 out,
-                origin.reply_to(),
-                Reply::Error("pid 1 is init: it is never declared the target's ptracer".into()),
+                "pid 1 is init: it is never declared the target's ptracer".into(),
             );
             return state;
         }
-        if client == self.config.target_pid {
-            reply(
+        if client == target {
+            refuse(out, format!("pid {client} is the target itself"));
+            return state;
+        }
+        if client == process {
+            refuse(
                 out,
-                origin.reply_to(),
-                Reply::Error(format!("pid {client} is the target itself")),
+                format!("pid {client} is the process it asks access to"),
             );
+            return state;
+        }
+        if wait && origin.is_fifo() {
+            refuse(out, "WAIT needs the control socket: progress lines on the shared response pipe would reach other clients".into());
             return state;
         }
         let previous = match state {
-            State::Attached { client, expires_at } => Some((client, expires_at)),
+            State::Attached(holder) => Some(holder),
             State::Idle
             | State::Granting(_)
             | State::Stopping { .. }
             | State::Terminated { .. } => None,
         };
+        if let Some(holder) = previous {
+            // One grant at a time, and a session open is not taken over: a second
+            // client would find pdb refused or, worse, take the declaration away from a
+            // session in use. The seed's FIFO clients never give their grant back, so
+            // theirs is replaced, as the seed does.
+            let other_client = holder.asker.is_some_and(|holder_asker| {
+                holder.client != client && origin.asker() != Some(holder_asker)
+            });
+            if other_client || holder.process != process {
+                let to = if holder.process == target {
+                    String::new()
+                } else {
+                    format!(" to pid {}", holder.process)
+                };
+                refuse(
+                    out,
+                    format!(
+                        "a debugger session is already attached{to} (client pid {}, since {}); it ends when that client detaches or exits",
+                        holder.client,
+                        self.moment(now, holder.since)
+                    ),
+                );
+                return State::Attached(holder);
+            }
+        }
         let id = self.next_grant;
         self.next_grant += 1;
-        out.push(Effect::InspectClient {
-            pid: client,
-            asker: origin.asker(),
-        });
+        let step = if process == target {
+            out.push(Effect::InspectClient {
+                pid: client,
+                asker: origin.asker(),
+            });
+            GrantStep::Inspecting
+        } else {
+            out.push(Effect::InspectProcess { pid: process });
+            GrantStep::InspectingProcess
+        };
         State::Granting(Grant {
             id,
             client,
+            process,
             origin,
             asked_at: now,
-            deadline: now + self.config.grant_timeout_ms,
+            deadline: (!wait).then_some(now + self.config.grant_timeout_ms),
+            next_progress: wait.then_some(now + FIRST_PROGRESS_MS),
+            cancelled: false,
             previous,
-            step: GrantStep::Inspecting,
+            step,
             purpose: Purpose::Declare,
         })
     }
 
-    /// Takes back the grant `holder` has: the target declares nobody.
+    /// Whether the named process belongs to the tree: the target, or a process whose
+    /// parent chain reaches the target or the keeper (which inherits the tree's orphans).
+    fn on_process_inspected(
+        &mut self,
+        now: Millis,
+        mut grant: Grant,
+        facts: ProcessFacts,
+        out: &mut Vec<Effect>,
+    ) -> State {
+        let (pid, target) = (grant.process, self.config.target_pid);
+        let in_tree = match &facts {
+            ProcessFacts::NotRunning => {
+                return self.finish_grant(
+                    now,
+                    grant,
+                    Err(format!("pid {pid} is not a running process")),
+                    out,
+                )
+            }
+            ProcessFacts::Running { ancestry } => {
+                Some(pid) != self.config.keeper_pid
+                    && ancestry
+                        .iter()
+                        .any(|&a| a == target || Some(a) == self.config.keeper_pid)
+            }
+        };
+        if !in_tree {
+            return self.finish_grant(
+                now,
+                grant,
+                Err(format!(
+                    "pid {pid} is not in the supervised tree (target {target}; heli-client ps lists it)"
+                )),
+                out,
+            );
+        }
+        out.push(Effect::InspectClient {
+            pid: grant.client,
+            asker: grant.origin.asker(),
+        });
+        grant.step = GrantStep::Inspecting;
+        State::Granting(grant)
+    }
+
+    /// The asker of the grant in flight hung up: the request is taken back so that it
+    /// never runs later; if the target took it already, its declaration is taken back as
+    /// soon as it reports.
+    fn on_asker_gone(&mut self, now: Millis, mut grant: Grant, out: &mut Vec<Effect>) -> State {
+        let said = Effect::Log {
+            message: format!(
+                "grant for pid {} cancelled after {} ms: the client hung up",
+                grant.client,
+                now - grant.asked_at
+            ),
+        };
+        if let GrantStep::Delivering(delivery) = &grant.step {
+            if let DeliveryStatus::PickedUp { .. } = delivery.status() {
+                out.push(said);
+                grant.cancelled = true;
+                grant.next_progress = None;
+                return State::Granting(grant);
+            }
+        }
+        // Said once the withdrawal is under way, so that the log line means "no longer
+        // waiting in the target" to whoever reads it.
+        self.abandon_grant(grant.clone(), "", out);
+        out.push(said);
+        self.back_to(grant.previous)
+    }
+
+    /// Takes back the grant `holder` has: its process declares nobody.
     fn begin_revoke(
         &mut self,
         now: Millis,
-        holder: u32,
-        expires_at: Millis,
+        holder: Holder,
         reason: RevokeReason,
         requested: bool,
         out: &mut Vec<Effect>,
@@ -1249,6 +1571,7 @@ impl Supervisor {
         self.next_grant += 1;
         let deadline = now + self.config.grant_timeout_ms;
         let (delivery, action) = Delivery::start(self.config.delivery, deadline);
+        self.aim(id, holder.process, out);
         out.push(Effect::Deliver {
             grant: id,
             client: 0,
@@ -1256,22 +1579,42 @@ impl Supervisor {
         });
         State::Granting(Grant {
             id,
-            client: holder,
+            client: holder.client,
+            process: holder.process,
             // No reply is owed at its end (a REVOKE_ACCESS was answered when it began), so
             // where it came from does not matter here.
             origin: Origin::Fifo,
             asked_at: now,
-            deadline,
-            previous: Some((holder, expires_at)),
+            deadline: Some(deadline),
+            next_progress: None,
+            cancelled: false,
+            previous: Some(holder),
             step: GrantStep::Delivering(delivery),
             purpose: Purpose::Revoke { reason, requested },
         })
     }
 
-    fn attached(&self, now: Millis, client: u32) -> State {
-        State::Attached {
-            client,
+    /// A grant for another process than the target: the edge is told once where it goes.
+    fn aim(&self, grant: GrantId, process: u32, out: &mut Vec<Effect>) {
+        if process != self.config.target_pid {
+            out.push(Effect::AimGrant { grant, process });
+        }
+    }
+
+    fn attached(&self, now: Millis, grant: &Grant) -> State {
+        State::Attached(Holder {
+            client: grant.client,
+            process: grant.process,
+            since: now,
             expires_at: now + self.config.grant_expiry_ms,
+            asker: grant.origin.asker(),
+        })
+    }
+
+    fn back_to(&self, previous: Option<Holder>) -> State {
+        match previous {
+            Some(holder) => State::Attached(holder),
+            None => State::Idle,
         }
     }
 
@@ -1319,10 +1662,7 @@ impl Supervisor {
                 });
                 reply(out, grant.origin.reply_to(), Reply::Ready);
                 // Nothing was declared: whoever held the grant keeps it.
-                match grant.previous {
-                    Some((client, expires_at)) => State::Attached { client, expires_at },
-                    None => State::Idle,
-                }
+                self.back_to(grant.previous)
             }
             AttachRule::Grant => match self.config.grant_injection {
                 GrantInjection::SkippedForDiagnostics => {
@@ -1332,7 +1672,9 @@ impl Supervisor {
                     self.finish_grant(now, grant, Ok("answered READY without a grant".into()), out)
                 }
                 GrantInjection::Injected => {
-                    let (delivery, action) = Delivery::start(self.config.delivery, grant.deadline);
+                    let deadline = grant.deadline.unwrap_or(Millis::MAX);
+                    let (delivery, action) = Delivery::start(self.config.delivery, deadline);
+                    self.aim(grant.id, grant.process, out);
                     out.push(Effect::Deliver {
                         grant: grant.id,
                         client: pid,
@@ -1385,7 +1727,12 @@ impl Supervisor {
 
     fn on_grant_deadline(&mut self, now: Millis, mut grant: Grant, out: &mut Vec<Effect>) -> State {
         let timeout = self.config.grant_timeout_ms;
-        if now < grant.deadline {
+        if grant.next_progress.is_some_and(|at| now >= at) {
+            grant.next_progress = Some(now + PROGRESS_EVERY_MS);
+            let text = self.progress(now, &grant);
+            reply(out, grant.origin.reply_to(), Reply::Waiting(text));
+        }
+        if grant.deadline.map_or(true, |deadline| now < deadline) {
             if let GrantStep::Delivering(delivery) = &mut grant.step {
                 if let Some(action) = delivery.on_deadline(now) {
                     out.push(Effect::Deliver {
@@ -1399,6 +1746,7 @@ impl Supervisor {
         }
         let message = match &grant.step {
             GrantStep::Inspecting => format!("timed out after {timeout} ms inspecting pid {}", grant.client),
+            GrantStep::InspectingProcess => format!("timed out after {timeout} ms inspecting pid {}", grant.process),
             GrantStep::Delivering(d) => match (d.status(), d.last_failure(), d.threads_seen()) {
                 (DeliveryStatus::PickedUp { tid }, _, _) => format!(
                     "timed out after {timeout} ms: thread {tid} of the target took the grant but never reported back"
@@ -1417,6 +1765,31 @@ impl Supervisor {
         };
         self.abandon_grant(grant.clone(), "", out);
         self.finish_grant(now, grant, Err(message), out)
+    }
+
+    /// The text of a `WAITING` line: the milliseconds since the request, then what the
+    /// grant waits for, in words.
+    fn progress(&self, now: Millis, grant: &Grant) -> String {
+        let elapsed = now - grant.asked_at;
+        let pid = grant.process;
+        let what = match &grant.step {
+            GrantStep::InspectingProcess => format!("inspecting pid {pid}"),
+            GrantStep::Inspecting => format!("inspecting pid {}", grant.client),
+            GrantStep::Delivering(d) => match (d.status(), d.last_failure(), d.threads_seen()) {
+                (DeliveryStatus::PickedUp { tid }, _, _) => {
+                    format!("thread {tid} of pid {pid} took the grant; waiting for its report")
+                }
+                (_, Some(failure), None) => {
+                    format!("cannot inject into pid {pid} yet: {}", failure.detail())
+                }
+                (_, _, Some(threads)) => format!(
+                    "pid {pid} ran no Python code yet (threads: {})",
+                    describe_threads(threads)
+                ),
+                (_, _, None) => format!("pid {pid} ran no Python code yet"),
+            },
+        };
+        format!("{elapsed} {what}")
     }
 
     /// Takes back a request still waiting in the target, so it can never run later.
@@ -1461,14 +1834,26 @@ impl Supervisor {
         outcome: Result<String, String>,
         out: &mut Vec<Effect>,
     ) -> State {
-        let back_to_previous = |this: &Self| match grant.previous {
-            Some((client, expires_at)) => State::Attached { client, expires_at },
-            None => {
-                let _ = this;
-                State::Idle
-            }
-        };
         match (grant.purpose, outcome) {
+            (Purpose::Declare, Ok(message)) if grant.cancelled => {
+                out.push(Effect::Log {
+                    message: format!("{message}, but its client hung up: taking it back"),
+                });
+                let holder = Holder {
+                    client: grant.client,
+                    process: grant.process,
+                    since: now,
+                    expires_at: now,
+                    asker: grant.origin.asker(),
+                };
+                self.begin_revoke(now, holder, RevokeReason::Cancelled, false, out)
+            }
+            (Purpose::Declare, Err(message)) if grant.cancelled => {
+                out.push(Effect::Log {
+                    message: format!("cancelled grant for pid {} failed: {message}", grant.client),
+                });
+                self.back_to(grant.previous)
+            }
             (Purpose::Declare, Ok(message)) => {
                 out.push(Effect::Log {
                     message: match asker_note(grant.origin) {
@@ -1477,8 +1862,10 @@ impl Supervisor {
                     },
                 });
                 // Only one ptracer can be declared per process: this one replaces it.
-                if let Some((before, _)) =
-                    grant.previous.filter(|(before, _)| *before != grant.client)
+                if let Some(before) = grant
+                    .previous
+                    .map(|holder| holder.client)
+                    .filter(|before| *before != grant.client)
                 {
                     out.push(Effect::Log {
                         message: format!(
@@ -1489,7 +1876,7 @@ impl Supervisor {
                 }
                 reply(out, grant.origin.reply_to(), Reply::Ready);
                 out.push(Effect::WatchClient { pid: grant.client });
-                self.attached(now, grant.client)
+                self.attached(now, &grant)
             }
             (Purpose::Declare, Err(message)) => {
                 out.push(Effect::Log {
@@ -1500,7 +1887,7 @@ impl Supervisor {
                     ),
                 });
                 reply(out, grant.origin.reply_to(), Reply::Error(message));
-                back_to_previous(self)
+                self.back_to(grant.previous)
             }
             (Purpose::Revoke { reason, .. }, Ok(_)) => {
                 out.push(Effect::Log {
@@ -1519,8 +1906,14 @@ impl Supervisor {
                         grant.client
                     ),
                 });
+                if grant.process != self.config.target_pid {
+                    // Not the target: a worker that exited cannot be written into; one
+                    // that still runs keeps the declaration, said above. Either way no
+                    // session is open any more, so the tree is free for the next.
+                    return State::Idle;
+                }
                 // Still declared: tried again when it expires next.
-                self.attached(now, grant.client)
+                self.attached(now, &grant)
             }
         }
     }
@@ -1671,6 +2064,20 @@ impl fmt::Display for Input {
                     }
                 }
             }
+            Input::ProcessInspected {
+                pid,
+                facts: ProcessFacts::NotRunning,
+            } => write!(f, "process {pid} is not running"),
+            Input::ProcessInspected {
+                pid,
+                facts: ProcessFacts::Running { ancestry },
+            } => {
+                let chain: Vec<String> = ancestry.iter().map(u32::to_string).collect();
+                write!(f, "process {pid} runs, parents {}", chain.join(" < "))
+            }
+            Input::ConnectionClosed { conn } => {
+                write!(f, "connection {conn} closed before its reply")
+            }
             Input::Delivery { grant, fact } => write!(f, "grant {grant} {fact}"),
             Input::GrantRan { grant, errno } => write!(f, "grant {grant} ran, prctl errno {errno}"),
             Input::TargetExited { status } => write!(f, "target {status}"),
@@ -1734,6 +2141,10 @@ impl fmt::Display for Effect {
                 action,
             } => write!(f, "grant {grant} for pid {client}: {action}"),
             Effect::ForgetGrant { grant } => write!(f, "forget grant {grant}"),
+            Effect::InspectProcess { pid } => write!(f, "inspect process {pid} and its parents"),
+            Effect::AimGrant { grant, process } => {
+                write!(f, "grant {grant} goes into process {process}")
+            }
             Effect::WatchClient { pid } => write!(f, "watch pid {pid} until it exits"),
             Effect::SignalTarget { signal } => {
                 write!(f, "signal target ({})", signal_display(*signal))

@@ -13,9 +13,14 @@ const UID: u32 = 501;
 const CLIENT: u32 = 2000;
 /// A socket peer (the process that connected).
 const ASKER: u32 = 1990;
+/// A child of the target, and the keeper above the target (the tree's root).
+const CHILD: u32 = 1500;
+const KEEPER: u32 = 999;
 
 fn config(yama: Yama) -> Config {
-    Config::new(TARGET, UID, yama)
+    let mut config = Config::new(TARGET, UID, yama);
+    config.keeper_pid = Some(KEEPER);
+    config
 }
 
 fn line(text: &str) -> Input {
@@ -689,6 +694,24 @@ fn reach(state: &str) -> Harness {
                 status: ExitStatus::Signal(15),
             });
         }
+        // A socket grant with WAIT whose request sits in thread 1.
+        "waiting_socket" => {
+            h.on(input_named("socket_grant_wait"));
+            h.on(Input::ClientInspected {
+                pid: CLIENT,
+                facts: running_as(Kinship::Descendant),
+            });
+            h.on(delivered(1, DeliveryFact::Scheduled { tid: 1 }));
+        }
+        "inspecting_process" => {
+            h.on(input_named("socket_grant_child"));
+        }
+        "attached_socket" => {
+            h.on(input_named("socket_grant"));
+            h.on(input_named("inspected_descendant"));
+            h.on(delivered(1, DeliveryFact::Scheduled { tid: 1 }));
+            h.on(Input::GrantRan { grant: 1, errno: 0 });
+        }
         other => panic!("no such state {other}"),
     }
     h
@@ -745,6 +768,25 @@ fn input_named(name: &str) -> Input {
         "deadline" => Input::DeadlineReached,
         "client_exited" => Input::ClientExited { pid: CLIENT },
         "revoke" => line(&format!("REVOKE_ACCESS {CLIENT}")),
+        "socket_grant_wait" => line_from(&format!("GRANT_ACCESS {CLIENT} WAIT"), socket(2, ASKER)),
+        "socket_grant_child" => line_from(
+            &format!("GRANT_ACCESS {CLIENT} {CHILD} WAIT"),
+            socket(2, ASKER),
+        ),
+        "other_asker_grant" => line_from("GRANT_ACCESS 3000", socket(4, 3000)),
+        "process_in_tree" => Input::ProcessInspected {
+            pid: CHILD,
+            facts: ProcessFacts::Running {
+                ancestry: vec![TARGET, KEEPER, 1],
+            },
+        },
+        "process_outside" => Input::ProcessInspected {
+            pid: CHILD,
+            facts: ProcessFacts::Running {
+                ancestry: vec![77, 1],
+            },
+        },
+        "hang_up" => Input::ConnectionClosed { conn: 2 },
         other => panic!("no such input {other}"),
     }
 }
@@ -816,6 +858,23 @@ fn input_named(name: &str) -> Input {
 #[case("terminated", "adapters_gone", Phase::Terminated { code: 0 })]
 #[case("terminated", "stale_ran", Phase::Terminated { code: 0 })]
 #[case("terminated", "socket_get_pid", Phase::Terminated { code: 0 })]
+#[case("idle", "socket_grant_child", granting("inspecting the process"))]
+#[case("idle", "hang_up", Phase::Idle)]
+#[case("inspecting_process", "process_in_tree", granting("inspecting"))]
+#[case("inspecting_process", "process_outside", Phase::Idle)]
+#[case("inspecting_process", "hang_up", Phase::Idle)]
+#[case("inspecting_process", "exited", Phase::Terminated { code: 0 })]
+#[case("waiting_socket", "hang_up", Phase::Idle)]
+#[case("waiting_socket", "deadline", granting("waiting in thread 1"))]
+#[case("waiting_socket", "socket_get_pid", granting("waiting in thread 1"))]
+#[case("waiting_socket", "get_pid", granting("waiting in thread 1"))]
+#[case("waiting_socket", "other_asker_grant", granting("waiting in thread 1"))]
+#[case("waiting_socket", "picked_up", granting("picked up by thread 1"))]
+#[case("waiting_socket", "signal", Phase::Stopping)]
+#[case("attached", "hang_up", attached(CLIENT))]
+#[case("attached_socket", "other_asker_grant", attached(CLIENT))]
+#[case("attached_socket", "socket_grant", granting("inspecting"))]
+#[case("stopping", "hang_up", Phase::Stopping)]
 fn transition_matrix(#[case] state: &str, #[case] input: &str, #[case] expected: Phase) {
     let mut h = reach(state);
     h.on(input_named(input));
@@ -832,6 +891,8 @@ fn transition_matrix(#[case] state: &str, #[case] input: &str, #[case] expected:
 #[case("idle", "deadline")]
 #[case("terminated", "deadline")]
 #[case::socket_grant_without_kinship("inspecting_socket", "inspected")]
+#[case("idle", "process_in_tree")]
+#[case("attached", "process_outside")]
 #[should_panic(expected = "driver misuse")]
 fn driver_misuse_is_caught(#[case] state: &str, #[case] input: &str) {
     let mut h = reach(state);
@@ -1355,4 +1416,309 @@ mod tree_questions {
         );
         assert_eq!(h.state(), Phase::Terminated { code: 0 });
     }
+}
+
+/// Drives a socket `GRANT_ACCESS CLIENT [CHILD] WAIT` (conn 2) to its request in thread 1.
+fn waiting_grant(h: &mut Harness, process: Option<u32>) -> GrantId {
+    let text = match process {
+        Some(p) => format!("GRANT_ACCESS {CLIENT} {p} WAIT"),
+        None => format!("GRANT_ACCESS {CLIENT} WAIT"),
+    };
+    let effects = h.on(line_from(&text, socket(2, ASKER)));
+    if let Some(p) = process {
+        assert_eq!(effects, vec![Effect::InspectProcess { pid: p }]);
+        let effects = h.on(input_named("process_in_tree"));
+        assert_eq!(
+            effects,
+            vec![Effect::InspectClient {
+                pid: CLIENT,
+                asker: Some(ASKER)
+            }]
+        );
+    }
+    let effects = h.on(Input::ClientInspected {
+        pid: CLIENT,
+        facts: running_as(Kinship::Descendant),
+    });
+    let grant = effects
+        .iter()
+        .find_map(|e| {
+            if let Effect::Deliver { grant, .. } = e {
+                Some(*grant)
+            } else {
+                None
+            }
+        })
+        .unwrap_or_else(|| panic!("no delivery in {effects:?}"));
+    h.on(delivered(grant, DeliveryFact::Scheduled { tid: 1 }));
+    grant
+}
+
+#[test]
+fn a_waiting_grant_never_times_out_and_says_how_it_goes_every_second() {
+    let mut h = Harness::new(Yama::Scope(1));
+    let grant = waiting_grant(&mut h, None);
+    // The first WAITING line half a second after the request, then one a second.
+    assert_eq!(
+        h.poll_timeout(),
+        Some(20),
+        "the delivery's own survey comes first"
+    );
+    let mut progress = Vec::new();
+    for now in (10..=10_000).step_by(10) {
+        for effect in h.at(now, Input::DeadlineReached) {
+            match effect {
+                Effect::Reply {
+                    reply: Reply::Waiting(text),
+                    to: ReplyTo::Socket { conn: 2 },
+                } => progress.push((now, text)),
+                Effect::Reply { reply, .. } => panic!("a final reply {reply:?} at {now} ms"),
+                Effect::Deliver {
+                    action: DeliveryAction::Survey { tid },
+                    ..
+                } => {
+                    h.on(delivered(
+                        grant,
+                        DeliveryFact::Surveyed {
+                            request: RequestSeen::Pending,
+                            threads: vec![thread(tid, true, 'S', Some("hrtimer_nanosleep"))],
+                        },
+                    ));
+                }
+                Effect::Deliver { .. }
+                | Effect::InspectClient { .. }
+                | Effect::InspectProcess { .. }
+                | Effect::AimGrant { .. }
+                | Effect::ForgetGrant { .. }
+                | Effect::WatchClient { .. }
+                | Effect::SignalTarget { .. }
+                | Effect::StopTree { .. }
+                | Effect::RemovePipes
+                | Effect::ListTree
+                | Effect::ReadStacks { .. }
+                | Effect::ReadTasks { .. }
+                | Effect::Log { .. }
+                | Effect::Exit { .. } => {}
+            }
+        }
+    }
+    let times: Vec<Millis> = progress.iter().map(|(at, _)| *at).collect();
+    assert_eq!(times[..3], [500, 1500, 2500], "{progress:?}");
+    assert_eq!(times.len(), 10, "{progress:?}");
+    assert!(
+        progress[2].1.starts_with(
+            "2500 pid 1000 ran no Python code yet (threads: 1 (main) S in hrtimer_nanosleep)"
+        ),
+        "{progress:?}"
+    );
+    assert!(matches!(h.state(), Phase::Granting { .. }));
+}
+
+#[test]
+fn a_hang_up_withdraws_a_waiting_grant_and_answers_nobody() {
+    let mut h = Harness::new(Yama::Scope(1));
+    let grant = waiting_grant(&mut h, None);
+    let effects = h.at(700, Input::ConnectionClosed { conn: 2 });
+    assert!(replies(&effects).is_empty(), "{effects:?}");
+    assert!(
+        effects.contains(&Effect::Deliver {
+            grant,
+            client: CLIENT,
+            action: DeliveryAction::Withdraw { tid: 1 }
+        }),
+        "{effects:?}"
+    );
+    assert!(
+        effects.iter().any(|e| matches!(e, Effect::Log { message } if message == "grant for pid 2000 cancelled after 700 ms: the client hung up")),
+        "{effects:?}"
+    );
+    assert_eq!(h.state(), Phase::Idle);
+    // The withdrawal's answer is a grant that is over: forgotten.
+    let effects = h.on(delivered(grant, DeliveryFact::Withdrawn));
+    assert_eq!(effects, vec![Effect::ForgetGrant { grant }]);
+    // Another connection's hang-up changes nothing.
+    assert!(h.on(Input::ConnectionClosed { conn: 9 }).is_empty());
+}
+
+#[test]
+fn a_grant_taken_as_its_asker_hangs_up_is_taken_back_when_it_reports() {
+    let mut h = Harness::new(Yama::Scope(1));
+    let grant = waiting_grant(&mut h, None);
+    h.on(delivered(grant, DeliveryFact::PickedUp));
+    let effects = h.at(40, Input::ConnectionClosed { conn: 2 });
+    assert!(replies(&effects).is_empty(), "{effects:?}");
+    assert!(matches!(h.state(), Phase::Granting { .. }));
+    let effects = h.at(45, Input::GrantRan { grant, errno: 0 });
+    assert!(replies(&effects).is_empty(), "{effects:?}");
+    assert!(
+        effects.iter().any(|e| matches!(
+            e,
+            Effect::Deliver {
+                client: 0,
+                action: DeliveryAction::Schedule { .. },
+                ..
+            }
+        )),
+        "a revocation must begin: {effects:?}"
+    );
+    assert!(
+        effects.iter().any(|e| matches!(e, Effect::Log { message } if message.ends_with("but its client hung up: taking it back"))),
+        "{effects:?}"
+    );
+}
+
+#[test]
+fn a_grant_goes_into_a_process_of_the_tree_and_is_taken_back_there() {
+    let mut h = Harness::new(Yama::Scope(1));
+    let effects = h.on(line_from(
+        &format!("GRANT_ACCESS {CLIENT} {CHILD}"),
+        socket(2, ASKER),
+    ));
+    assert_eq!(effects, vec![Effect::InspectProcess { pid: CHILD }]);
+    h.on(input_named("process_in_tree"));
+    let effects = h.on(Input::ClientInspected {
+        pid: CLIENT,
+        facts: running_as(Kinship::Descendant),
+    });
+    let [Effect::AimGrant { grant, process }, Effect::Deliver {
+        grant: delivered_grant,
+        client,
+        ..
+    }] = effects.as_slice()
+    else {
+        panic!("expected the grant aimed at the child, then delivered: {effects:?}");
+    };
+    assert_eq!((*process, *client, delivered_grant), (CHILD, CLIENT, grant));
+    let grant = *grant;
+    h.on(delivered(grant, DeliveryFact::Scheduled { tid: 7 }));
+    let effects = h.on(Input::GrantRan { grant, errno: 0 });
+    assert_eq!(replies(&effects), vec![Reply::Ready]);
+    // Given back: the revocation goes into the same process.
+    let effects = h.at(
+        100,
+        line_from(&format!("REVOKE_ACCESS {CLIENT}"), socket(3, ASKER)),
+    );
+    assert!(
+        matches!(
+            effects.as_slice(),
+            [
+                Effect::Reply {
+                    reply: Reply::Ready,
+                    ..
+                },
+                Effect::AimGrant { process: CHILD, .. },
+                Effect::Deliver { client: 0, .. }
+            ]
+        ),
+        "{effects:?}"
+    );
+}
+
+#[rstest]
+#[case::a_grandchild(vec![CHILD + 1, TARGET, KEEPER, 1], true)]
+#[case::an_orphan_the_keeper_took(vec![KEEPER, 1], true)]
+#[case::a_stranger(vec![77, 1], false)]
+fn only_processes_of_the_tree_may_declare(#[case] ancestry: Vec<u32>, #[case] in_tree: bool) {
+    let mut h = Harness::new(Yama::Scope(1));
+    h.on(line_from(
+        &format!("GRANT_ACCESS {CLIENT} {CHILD}"),
+        socket(2, ASKER),
+    ));
+    let effects = h.on(Input::ProcessInspected {
+        pid: CHILD,
+        facts: ProcessFacts::Running { ancestry },
+    });
+    if in_tree {
+        assert!(
+            matches!(effects.as_slice(), [Effect::InspectClient { .. }]),
+            "{effects:?}"
+        );
+    } else {
+        assert_eq!(
+            error_text(&effects),
+            format!("pid {CHILD} is not in the supervised tree (target {TARGET}; heli-client ps lists it)")
+        );
+        assert_eq!(h.state(), Phase::Idle);
+    }
+}
+
+#[test]
+fn the_keeper_itself_and_a_gone_process_are_refused() {
+    for (pid, facts, why) in [
+        (
+            KEEPER,
+            ProcessFacts::Running { ancestry: vec![1] },
+            format!("pid {KEEPER} is not in the supervised tree"),
+        ),
+        (
+            CHILD,
+            ProcessFacts::NotRunning,
+            format!("pid {CHILD} is not a running process"),
+        ),
+    ] {
+        let mut h = Harness::new(Yama::Scope(1));
+        h.on(line_from(
+            &format!("GRANT_ACCESS {CLIENT} {pid}"),
+            socket(2, ASKER),
+        ));
+        let message = error_text(&h.on(Input::ProcessInspected { pid, facts }));
+        assert!(message.starts_with(&why), "{message}");
+    }
+    let mut h = Harness::new(Yama::Scope(1));
+    assert_eq!(
+        error_text(&h.on(line_from(
+            &format!("GRANT_ACCESS {CHILD} {CHILD}"),
+            socket(2, ASKER)
+        ))),
+        format!("pid {CHILD} is the process it asks access to")
+    );
+}
+
+#[test]
+fn a_second_client_is_told_whose_session_is_open_and_since_when() {
+    let mut config = config(Yama::Scope(1));
+    // 2026-12-01 10:00:00 UTC, an hour ahead locally.
+    config.clock = Some(WallClock {
+        started_unix_ms: 1_796_119_200_000,
+        utc_offset_s: 3600,
+    });
+    let mut h = Harness::with(config);
+    h.at(0, input_named("socket_grant"));
+    h.on(input_named("inspected_descendant"));
+    h.on(delivered(1, DeliveryFact::Scheduled { tid: 1 }));
+    h.at(5_000, Input::GrantRan { grant: 1, errno: 0 });
+    let message = error_text(&h.at(125_000, input_named("other_asker_grant")));
+    assert_eq!(
+        message,
+        "a debugger session is already attached (client pid 2000, since 11:00:05 (2m ago)); it ends when that client detaches or exits"
+    );
+    assert_eq!(h.state(), attached(CLIENT));
+    // The same asker (the client that holds it) is not refused.
+    assert_eq!(
+        h.on(input_named("socket_grant")),
+        vec![Effect::InspectClient {
+            pid: CLIENT,
+            asker: Some(ASKER)
+        }]
+    );
+}
+
+#[test]
+fn wait_needs_the_socket_and_lines_do_not_queue_behind_a_waiting_grant() {
+    let mut h = Harness::new(Yama::Scope(1));
+    assert!(
+        error_text(&h.on(line(&format!("GRANT_ACCESS {CLIENT} WAIT"))))
+            .starts_with("WAIT needs the control socket")
+    );
+    waiting_grant(&mut h, None);
+    // Answered at once, not after a grant that may wait for minutes.
+    assert_eq!(
+        replies(&h.on(line("GET_TARGET_PID"))),
+        vec![Reply::TargetPid(TARGET)]
+    );
+    assert!(error_text(&h.on(input_named("other_asker_grant")))
+        .starts_with("another attach is waiting for pid 1000 (client pid 2000, since "));
+    // A FIFO grant waits its turn, and so does every FIFO line after it.
+    assert!(h.on(line("GRANT_ACCESS 3000")).is_empty());
+    assert!(h.on(line("GET_TARGET_PID")).is_empty());
 }

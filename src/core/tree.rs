@@ -337,7 +337,7 @@ pub fn render_answer(reply: &super::wire::Reply) -> Result<Vec<String>, String> 
             .map(|r| render_tasks(&r))
             .map_err(|e| bad_json("TASKS", e)),
         Reply::Error(message) => Err(format!("Controller error: {message}")),
-        other @ (Reply::TargetPid(_) | Reply::Ready) => {
+        other @ (Reply::TargetPid(_) | Reply::Ready | Reply::Waiting(_)) => {
             Err(format!("unexpected reply from the controller: {other}"))
         }
     }

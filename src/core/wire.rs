@@ -6,7 +6,10 @@
 //! in the legacy dialect spoken by the published Python helicopter-parent 0.x.
 //!
 //! This project's extensions (a seed-only client never sends them): `REVOKE_ACCESS <pid>`
-//! (answered `READY`), and the questions about the supervised tree `PS`, `STACK <pid>`,
+//! (answered `READY`); `GRANT_ACCESS <pid> [<process pid>] [WAIT]`: a grant in another
+//! process of the supervised tree, and (on the socket) no deadline: `WAITING <text>`
+//! progress lines come before the final reply, until the target runs the grant or the
+//! client hangs up; and the questions about the supervised tree `PS`, `STACK <pid>`,
 //! `STACK ALL` and `TASKS <pid>`, answered with one line `PROCESSES <json>`,
 //! `STACKS <json>` or `TASKS <json>` (lower-case words in the legacy dialect).
 use serde::{Deserialize, Serialize};
@@ -48,6 +51,13 @@ pub enum Command {
     GetTargetPid,
     GrantAccess {
         pid: u32,
+        /// The process of the supervised tree that declares `pid` its ptracer; `None`:
+        /// the target, as in the seed.
+        process: Option<u32>,
+        /// No deadline: the asker waits (with `WAITING` progress lines) until the grant
+        /// ran or it hangs up. Only the socket can carry it: a FIFO client shares the
+        /// response pipe, so progress lines there would reach other clients.
+        wait: bool,
     },
     Terminate,
     /// An extension for this project's client: take back the grant `pid` holds (sent after
@@ -77,12 +87,25 @@ pub enum StackTarget {
     All,
 }
 
+/// The word that asks a `GRANT_ACCESS` to wait without a deadline.
+pub const WAIT_WORD: &str = "WAIT";
+
 impl Command {
+    /// The seed's `GRANT_ACCESS <pid>`: the target declares `pid`, within the controller's
+    /// grant timeout.
+    pub const fn grant(pid: u32) -> Command {
+        Command::GrantAccess {
+            pid,
+            process: None,
+            wait: false,
+        }
+    }
+
     /// The line a client sends, without the newline.
     pub fn to_line(self, dialect: Dialect) -> String {
         let (word, argument) = match self {
             Command::GetTargetPid => ("GET_TARGET_PID", None),
-            Command::GrantAccess { pid } => ("GRANT_ACCESS", Some(pid.to_string())),
+            Command::GrantAccess { pid, .. } => ("GRANT_ACCESS", Some(pid.to_string())),
             Command::Terminate => ("TERMINATE", None),
             Command::RevokeAccess { pid } => ("REVOKE_ACCESS", Some(pid.to_string())),
             Command::Ps => ("PS", None),
@@ -94,14 +117,25 @@ impl Command {
             } => ("STACK", Some("ALL".to_string())),
             Command::Tasks { pid } => ("TASKS", Some(pid.to_string())),
         };
-        let line = match argument {
-            Some(argument) => format!("{word} {argument}"),
-            None => word.to_string(),
+        let cased = |word: &str| match dialect {
+            Dialect::Seed => word.to_string(),
+            Dialect::Legacy => word.to_ascii_lowercase(),
         };
-        match dialect {
-            Dialect::Seed => line,
-            Dialect::Legacy => line.to_ascii_lowercase(),
+        let mut line = cased(word);
+        if let Some(argument) = argument {
+            line.push(' ');
+            line.push_str(&cased(&argument));
         }
+        if let Command::GrantAccess { process, wait, .. } = self {
+            if let Some(process) = process {
+                line.push_str(&format!(" {process}"));
+            }
+            if wait {
+                line.push(' ');
+                line.push_str(&cased(WAIT_WORD));
+            }
+        }
+        line
     }
 }
 
@@ -117,6 +151,16 @@ pub enum Reply {
     Stacks(String),
     /// `TASKS <json>`: the answer to `TASKS` (a [`super::tree::TasksReport`]).
     Tasks(String),
+    /// A progress line of a waiting `GRANT_ACCESS` (socket only): more lines follow, the
+    /// last one is `READY` or `ERROR:`.
+    Waiting(String),
+}
+
+impl Reply {
+    /// Whether more lines follow this one on its connection.
+    pub fn is_progress(&self) -> bool {
+        matches!(self, Reply::Waiting(_))
+    }
 }
 
 impl Reply {
@@ -137,6 +181,8 @@ impl Reply {
             (Reply::Stacks(json), Dialect::Legacy) => format!("stacks {}", one_line(json)),
             (Reply::Tasks(json), Dialect::Seed) => format!("TASKS {}", one_line(json)),
             (Reply::Tasks(json), Dialect::Legacy) => format!("tasks {}", one_line(json)),
+            (Reply::Waiting(msg), Dialect::Seed) => format!("WAITING {}", one_line(msg)),
+            (Reply::Waiting(msg), Dialect::Legacy) => format!("waiting : {}", one_line(msg)),
         }
     }
 }
@@ -185,7 +231,7 @@ impl fmt::Display for CommandError {
             CommandError::Blank => f.write_str("blank command line"),
             CommandError::Unknown { word } => write!(
                 f,
-                "unknown command '{word}' (expected GET_TARGET_PID, GRANT_ACCESS <pid> or TERMINATE)"
+                "unknown command '{word}' (expected GET_TARGET_PID, GRANT_ACCESS <pid> [<process pid>] [WAIT], REVOKE_ACCESS <pid> or TERMINATE)"
             ),
             CommandError::MissingPid { command: "STACK" } => {
                 f.write_str("STACK needs a pid of the supervised tree, or ALL")
@@ -236,11 +282,24 @@ pub fn parse_command(line: &str) -> Result<Command, CommandError> {
             [] => Err(CommandError::MissingPid {
                 command: "GRANT_ACCESS",
             }),
-            [pid] => parse_pid(pid).map(|pid| Command::GrantAccess { pid }),
-            [_, extra @ ..] => Err(CommandError::ExtraArguments {
-                command: "GRANT_ACCESS <pid>",
-                extra: extra.join(" "),
-            }),
+            [pid, more @ ..] => {
+                let pid = parse_pid(pid)?;
+                let (wait, more) = match more {
+                    [before @ .., last] if last.eq_ignore_ascii_case(WAIT_WORD) => (true, before),
+                    other => (false, other),
+                };
+                let process = match more {
+                    [] => None,
+                    [process] => Some(parse_pid(process)?),
+                    [_, extra @ ..] => {
+                        return Err(CommandError::ExtraArguments {
+                            command: "GRANT_ACCESS <pid> [<process pid>] [WAIT]",
+                            extra: extra.join(" "),
+                        })
+                    }
+                };
+                Ok(Command::GrantAccess { pid, process, wait })
+            }
         },
         "PS" => no_arguments("PS", Command::Ps),
         "STACK" => match rest.as_slice() {
@@ -341,6 +400,12 @@ pub fn parse_reply(line: &str) -> Result<Reply, ReplyError> {
         .or_else(|| line.strip_prefix("error :"))
     {
         return Ok(Reply::Error(msg.trim().to_string()));
+    }
+    if let Some(msg) = line
+        .strip_prefix("WAITING ")
+        .or_else(|| line.strip_prefix("waiting : "))
+    {
+        return Ok(Reply::Waiting(msg.trim().to_string()));
     }
     let mut words = line.split_ascii_whitespace();
     let word = words.next().ok_or_else(err)?;
@@ -443,10 +508,13 @@ mod tests {
     #[case("GET_TARGET_PID", Command::GetTargetPid)]
     #[case("get_target_pid", Command::GetTargetPid)]
     #[case("Get_Target_Pid\r", Command::GetTargetPid)]
-    #[case("GRANT_ACCESS 4242", Command::GrantAccess { pid: 4242 })]
-    #[case("  grant_access   17  ", Command::GrantAccess { pid: 17 })]
-    #[case("GRANT_ACCESS 007", Command::GrantAccess { pid: 7 })]
-    #[case("GRANT_ACCESS 4194304", Command::GrantAccess { pid: PID_MAX_LIMIT })]
+    #[case("GRANT_ACCESS 4242", Command::grant(4242))]
+    #[case("  grant_access   17  ", Command::grant(17))]
+    #[case("GRANT_ACCESS 007", Command::grant(7))]
+    #[case("GRANT_ACCESS 4194304", Command::grant(PID_MAX_LIMIT))]
+    #[case("GRANT_ACCESS 12 34", Command::GrantAccess { pid: 12, process: Some(34), wait: false })]
+    #[case("GRANT_ACCESS 12 34 WAIT", Command::GrantAccess { pid: 12, process: Some(34), wait: true })]
+    #[case("grant_access 12 wait", Command::GrantAccess { pid: 12, process: None, wait: true })]
     #[case("terminate", Command::Terminate)]
     #[case("PS", Command::Ps)]
     #[case("ps", Command::Ps)]
@@ -464,9 +532,12 @@ mod tests {
     #[case("HELLO", "unknown command 'HELLO'")]
     #[case("GRANT_ACCESS", "needs the client's pid")]
     #[case(
-        "GRANT_ACCESS 1 2",
-        "unexpected argument after GRANT_ACCESS <pid>: '2'"
+        "GRANT_ACCESS 1 2 3",
+        "unexpected argument after GRANT_ACCESS <pid> [<process pid>] [WAIT]: '3'"
     )]
+    #[case("GRANT_ACCESS 1 soon", "invalid pid 'soon': not a decimal number")]
+    #[case("GRANT_ACCESS 1 0 WAIT", "invalid pid '0'")]
+    #[case("GRANT_ACCESS 1 WAIT 2", "unexpected argument after GRANT_ACCESS")]
     #[case(
         "GET_TARGET_PID now",
         "unexpected argument after GET_TARGET_PID: 'now'"
@@ -510,6 +581,7 @@ mod tests {
             Reply::Processes(r#"{"target":1,"processes":[]}"#.into()),
             Reply::Stacks(r#"{"a":"ERROR: not an error"}"#.into()),
             Reply::Tasks("[]".into()),
+            Reply::Waiting("1.0 s: the target ran no Python code yet".into()),
         ] {
             for dialect in [Dialect::Seed, Dialect::Legacy] {
                 assert_eq!(parse_reply(&reply.to_line(dialect)), Ok(reply.clone()));
@@ -538,10 +610,20 @@ mod tests {
             Reply::Processes("{}".into()).to_line(Dialect::Legacy),
             "processes {}"
         );
-        let grant = Command::GrantAccess { pid: 9 };
+        let grant = Command::grant(9);
         assert_eq!(grant.to_line(Dialect::Seed), "GRANT_ACCESS 9");
         assert_eq!(grant.to_line(Dialect::Legacy), "grant_access 9");
         assert_eq!(parse_command(&grant.to_line(Dialect::Legacy)), Ok(grant));
+        let waiting = Command::GrantAccess {
+            pid: 9,
+            process: Some(10),
+            wait: true,
+        };
+        assert_eq!(waiting.to_line(Dialect::Seed), "GRANT_ACCESS 9 10 WAIT");
+        assert_eq!(waiting.to_line(Dialect::Legacy), "grant_access 9 10 wait");
+        for dialect in [Dialect::Seed, Dialect::Legacy] {
+            assert_eq!(parse_command(&waiting.to_line(dialect)), Ok(waiting));
+        }
     }
 
     fn text(s: &str) -> Frame {

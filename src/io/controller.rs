@@ -13,7 +13,7 @@ use crate::core::journal::{Header, Record, JOURNAL_FORMAT};
 use crate::core::ptrace_policy::controller_may_start;
 use crate::core::supervisor::{
     Config, ControllerExit, Effect, ExitStatus, GrantInjection, Input, Origin, ReplyTo, StopSignal,
-    Supervisor,
+    Supervisor, WallClock,
 };
 use crate::core::wire::{Dialect, LineFramer};
 use crossbeam_channel::{select, Receiver, Sender};
@@ -120,6 +120,19 @@ struct LogState {
     suppressed: u64,
 }
 
+/// Local time minus UTC now, in seconds (0 when the C library cannot tell).
+fn local_utc_offset() -> i32 {
+    // SAFETY: time(NULL) and localtime_r into a zeroed tm that we own.
+    unsafe {
+        let now = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&now, &mut tm).is_null() {
+            return 0;
+        }
+        i32::try_from(tm.tm_gmtoff).unwrap_or(0)
+    }
+}
+
 /// Runs a whole controller session; returns the exit code.
 pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     let yama = procfs::yama();
@@ -188,6 +201,13 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     config.stop_grace_ms = opts.stop_grace_ms;
     config.stop_signal = opts.stop_signal;
     config.delivery.wake = opts.wake;
+    config.keeper_pid = Some(keeper.pid());
+    config.clock = Some(WallClock {
+        started_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        utc_offset_s: local_utc_offset(),
+    });
     if std::env::var_os("HELI_DISABLE_GRANT").is_some_and(|v| v == "1") {
         config.grant_injection = GrantInjection::SkippedForDiagnostics;
     }
@@ -313,7 +333,9 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
             match effect {
                 Effect::Reply { reply, to } => match to {
                     ReplyTo::Fifo => responses.send(reply.to_line(opts.dialect)),
-                    ReplyTo::Socket { conn } => sockets.reply(conn, reply.to_line(opts.dialect)),
+                    ReplyTo::Socket { conn } => {
+                        sockets.reply(conn, reply.to_line(opts.dialect), !reply.is_progress())
+                    }
                 },
                 Effect::InspectClient { pid, asker } => {
                     immediate.push_back(Input::ClientInspected {
@@ -330,6 +352,11 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
                     fact: injector.carry_out(grant, client, &action),
                 }),
                 Effect::ForgetGrant { grant } => injector.forget(grant),
+                Effect::InspectProcess { pid } => immediate.push_back(Input::ProcessInspected {
+                    pid,
+                    facts: procfs::ancestry(pid),
+                }),
+                Effect::AimGrant { grant, process } => injector.aim(grant, process),
                 Effect::WatchClient { pid } => watcher.watch(pid),
                 Effect::SignalTarget { signal } => keeper.signal_target(signal),
                 Effect::StopTree { signal } => keeper.signal_tree(signal),

@@ -37,6 +37,10 @@ pub struct GrantInjector {
     _report_writer: OwnedFd,
     /// The opened target, reused between actions (opening costs a maps and ELF read).
     process: Option<PythonProcess>,
+    /// Grants that go into another process of the tree than the target
+    /// ([`crate::core::supervisor::Effect::AimGrant`]), and those processes, opened.
+    aims: HashMap<GrantId, u32>,
+    others: HashMap<u32, PythonProcess>,
     /// Each grant's sealed script, open until the core forgets the grant.
     scripts: HashMap<GrantId, File>,
     /// Grant scripts install the waker first (see [`crate::io::wake`]).
@@ -58,6 +62,8 @@ impl GrantInjector {
             report_path,
             _report_writer: writer,
             process: None,
+            aims: HashMap::new(),
+            others: HashMap::new(),
             scripts: HashMap::new(),
             wake: false,
             gate: InjectionGate::default(),
@@ -75,6 +81,11 @@ impl GrantInjector {
         self.gate.clone()
     }
 
+    /// Every later action of `grant` goes into `process`.
+    pub fn aim(&mut self, grant: GrantId, process: u32) {
+        self.aims.insert(grant, process);
+    }
+
     /// Carries out one action and says what it found.
     pub fn carry_out(
         &mut self,
@@ -85,7 +96,7 @@ impl GrantInjector {
         match self.try_carry_out(grant, client, action) {
             Ok(fact) => fact,
             Err(error) => DeliveryFact::NotScheduled {
-                failure: self.failure(error),
+                failure: self.failure(grant, error),
             },
         }
     }
@@ -97,13 +108,29 @@ impl GrantInjector {
         action: &DeliveryAction,
     ) -> Result<DeliveryFact, InjectError> {
         let script = self.script_path(grant, client)?;
-        let gate = self.gate.clone();
-        gate.grant(|| carry_out(self.process()?, &script, action))
+        match self.aims.get(&grant).copied() {
+            Some(other) => {
+                if let std::collections::hash_map::Entry::Vacant(slot) = self.others.entry(other) {
+                    slot.insert(PythonProcess::open(other as i32)?);
+                }
+                carry_out(&self.others[&other], &script, action)
+            }
+            None => {
+                let gate = self.gate.clone();
+                gate.grant(|| carry_out(self.process()?, &script, action))
+            }
+        }
     }
 
-    /// The grant is over: its script goes.
+    /// The grant is over: its script goes, and the process it went into is closed when
+    /// no other grant goes there.
     pub fn forget(&mut self, grant: GrantId) {
         self.scripts.remove(&grant);
+        if let Some(process) = self.aims.remove(&grant) {
+            if !self.aims.values().any(|&p| p == process) {
+                self.others.remove(&process);
+            }
+        }
     }
 
     fn process(&mut self) -> Result<&PythonProcess, InjectError> {
@@ -140,9 +167,21 @@ impl GrantInjector {
 
     /// The injector's error as facts for the core; a target that failed is opened afresh
     /// next time (its runtime may have been read before it was complete).
-    fn failure(&mut self, error: InjectError) -> crate::core::delivery::InjectFailure {
-        self.process = None;
-        failure_of(&error, self.target as i32)
+    fn failure(
+        &mut self,
+        grant: GrantId,
+        error: InjectError,
+    ) -> crate::core::delivery::InjectFailure {
+        match self.aims.get(&grant).copied() {
+            Some(other) => {
+                self.others.remove(&other);
+                failure_of(&error, other as i32)
+            }
+            None => {
+                self.process = None;
+                failure_of(&error, self.target as i32)
+            }
+        }
     }
 }
 
@@ -180,7 +219,15 @@ pub fn grant_script(client: u32, report: &str, token: &str, grant: GrantId) -> S
             os.close(fd)
     except OSError:
         pass
-_helicopter_parent_grant()
+try:
+    _helicopter_parent_grant()
+except KeyboardInterrupt:
+    # A stop signal (TERMINATE's SIGINT, a Ctrl-C) that came while this ran was raised
+    # here, and CPython would report it in the target and drop it, so the target would
+    # not stop: it is given back to the main thread from another thread, which runs
+    # once this script has let go of the interpreter.
+    import _thread
+    _thread.start_new_thread(_thread.interrupt_main, ())
 "#
     )
 }
@@ -301,6 +348,12 @@ mod tests {
             "{script}"
         );
         assert!(script.contains(r#"b"abcd 7 %d\n" % errno"#), "{script}");
+        // A stop signal raised inside the script is handed back, not dropped.
+        assert!(
+            script.contains("except KeyboardInterrupt:")
+                && script.contains("_thread.start_new_thread(_thread.interrupt_main, ())"),
+            "{script}"
+        );
     }
 
     #[test]

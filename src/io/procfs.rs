@@ -2,7 +2,7 @@
 //! executable and ancestry, thread run states, dumpability. Best effort: a process can
 //! vanish between two reads, so every function tolerates missing files.
 use crate::core::ptrace_policy::TracerPrivilege;
-use crate::core::supervisor::{ClientFacts, Kinship, Yama};
+use crate::core::supervisor::{ClientFacts, Kinship, ProcessFacts, Yama};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -88,6 +88,29 @@ pub fn kinship(pid: u32, asker: u32) -> Kinship {
         }
     }
     Kinship::Unrelated
+}
+
+/// Whether `pid` runs (a zombie does not) and its parent chain, nearest first, up to
+/// init: the facts the core needs to tell whether it belongs to the supervised tree.
+pub fn ancestry(pid: u32) -> ProcessFacts {
+    if !is_running(pid) {
+        return ProcessFacts::NotRunning;
+    }
+    let mut chain = Vec::new();
+    let mut current = pid;
+    for _ in 0..MAX_ANCESTRY {
+        match parent(current) {
+            Some(parent) if parent > 0 => {
+                chain.push(parent);
+                if parent == 1 {
+                    break;
+                }
+                current = parent;
+            }
+            Some(_) | None => break,
+        }
+    }
+    ProcessFacts::Running { ancestry: chain }
 }
 
 /// The parent pid of `pid`.

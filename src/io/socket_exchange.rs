@@ -93,14 +93,108 @@ pub fn exchange_socket(
     parse_reply(&raw).map_err(|_| ExchangeError::BadReply(raw).into())
 }
 
-/// Sends `line` (without newline) and returns the reply line (without newline).
-pub fn exchange_socket_raw(
+/// How a waiting request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitOutcome {
+    /// The final reply line.
+    Reply(String),
+    /// The caller gave up: the connection was closed before the final reply (the
+    /// controller hears it and takes back what it had started).
+    Cancelled,
+    /// No control socket: a controller that serves only the FIFOs.
+    NoSocket,
+}
+
+/// A request whose reply may take as long as the caller wants (`GRANT_ACCESS ... WAIT`):
+/// the connection is opened within `connect_timeout`, then every `WAITING` line goes to
+/// `on_progress` until the final line comes, `cancel` is set (checked every 100 ms), or
+/// `timeout` (if any) has passed since the request was sent: then the connection is
+/// closed and the wait reported as a timeout.
+pub fn exchange_waiting(
     dir: &Path,
     line: &str,
-    timeout: Duration,
-) -> Result<String, SocketExchangeError> {
+    connect_timeout: Duration,
+    timeout: Option<Duration>,
+    cancel: &std::sync::atomic::AtomicBool,
+    mut on_progress: impl FnMut(String),
+) -> Result<WaitOutcome, ExchangeError> {
+    use std::sync::atomic::Ordering;
+    TrustedPipeDir::open(dir, nix::unistd::getuid().as_raw())?;
+    let mut stream = match send_line(dir, line, Instant::now() + connect_timeout) {
+        Ok(stream) => stream,
+        Err(SocketExchangeError::NoSocket(_)) => return Ok(WaitOutcome::NoSocket),
+        Err(SocketExchangeError::Failed(e)) => return Err(e),
+    };
+    let sent = Instant::now();
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 1024];
+    let step = Duration::from_millis(100);
+    loop {
+        while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+            let text = String::from_utf8_lossy(&pending[..nl]).into_owned();
+            pending.drain(..=nl);
+            match parse_reply(&text) {
+                Ok(Reply::Waiting(progress)) => on_progress(progress),
+                Ok(_) | Err(_) => return Ok(WaitOutcome::Reply(text)),
+            }
+        }
+        if pending.len() > MAX_REPLY {
+            return Err(ExchangeError::BadReply(format!(
+                "{} bytes without a newline",
+                pending.len()
+            )));
+        }
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(WaitOutcome::Cancelled);
+        }
+        if timeout.is_some_and(|t| sent.elapsed() >= t) {
+            return Err(ExchangeError::Timeout {
+                waited: sent.elapsed(),
+                line: line.to_string(),
+            });
+        }
+        stream
+            .set_read_timeout(Some(step))
+            .map_err(|e| ExchangeError::Io {
+                what: "the control socket".into(),
+                error: e,
+            })?;
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                return Err(if pending.is_empty() {
+                    ExchangeError::Io {
+                        what: "reading the reply".into(),
+                        error: io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the controller closed the connection without replying",
+                        ),
+                    }
+                } else {
+                    ExchangeError::Truncated(String::from_utf8_lossy(&pending).into_owned())
+                })
+            }
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                return Err(ExchangeError::Io {
+                    what: "reading the reply".into(),
+                    error: e,
+                })
+            }
+        }
+    }
+}
+
+/// Connects (checking that the listener runs as our uid) and writes `line`, all before
+/// `deadline`.
+fn send_line(dir: &Path, line: &str, deadline: Instant) -> Result<UnixStream, SocketExchangeError> {
     let started = Instant::now();
-    let deadline = started + timeout;
     let timed_out = || {
         SocketExchangeError::Failed(ExchangeError::Timeout {
             waited: started.elapsed(),
@@ -141,6 +235,24 @@ pub fn exchange_socket_raw(
         }
         Err(e) => return Err(io_err("writing to the control socket", e)),
     }
+    Ok(stream)
+}
+
+/// Sends `line` (without newline) and returns the reply line (without newline).
+pub fn exchange_socket_raw(
+    dir: &Path,
+    line: &str,
+    timeout: Duration,
+) -> Result<String, SocketExchangeError> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let timed_out = || {
+        SocketExchangeError::Failed(ExchangeError::Timeout {
+            waited: started.elapsed(),
+            line: line.to_string(),
+        })
+    };
+    let mut stream = send_line(dir, line, deadline)?;
     let mut reply = Vec::new();
     let mut buf = [0u8; 1024];
     loop {

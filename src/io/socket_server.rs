@@ -9,6 +9,11 @@
 //! peer (SO_PEERCRED), so the core knows who asks ([`Origin::Socket`]) and the journal
 //! records the real requester.
 //!
+//! A waiting `GRANT_ACCESS ... WAIT` gets `WAITING` progress lines before its reply: those
+//! are written as they come and the connection stays open; only the final line closes it.
+//! A client that hangs up before its final reply is reported ([`Input::ConnectionClosed`]):
+//! the core then takes back what it had started for it.
+//!
 //! One thread owns the listener and every connection, polling them all with a wake socket
 //! for replies: lines go to the owner loop as [`Input::LineReceived`]; the owner loop's
 //! replies come back through [`SocketServer::reply`]. Nothing is shared between threads
@@ -42,6 +47,10 @@ const REQUEST_WAIT: Duration = Duration::from_secs(5);
 /// How long a reply may wait for room in its connection. A reply is one short line and a
 /// fresh connection's buffer holds far more, so this is a bound, not a wait that happens.
 const REPLY_HOLD: Duration = Duration::from_secs(5);
+
+/// Progress lines held for a client that does not read them; beyond it new ones are
+/// dropped whole (they only say how the wait goes), never cut.
+const MAX_PROGRESS_BACKLOG: usize = 64 * 1024;
 
 /// Connections served at once. Beyond it the listener is not polled: further clients wait
 /// in the kernel's backlog (within their own deadlines) instead of being turned away.
@@ -87,7 +96,7 @@ pub struct SocketServer {
     /// never through the directory's path (which someone may have swapped since).
     dir: PipeHandle,
     path: PathBuf,
-    replies: Option<Sender<(u64, String)>>,
+    replies: Option<Sender<(u64, String, bool)>>,
     wake: UnixStream,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -105,7 +114,7 @@ impl SocketServer {
         let listener = bind(&dir).map_err(|e| {
             io::Error::new(e.kind(), format!("control socket {}: {e}", path.display()))
         })?;
-        let (replies, queue) = crossbeam_channel::unbounded::<(u64, String)>();
+        let (replies, queue) = crossbeam_channel::unbounded::<(u64, String, bool)>();
         let (wake, woken) = UnixStream::pair()?;
         wake.set_nonblocking(true)?;
         woken.set_nonblocking(true)?;
@@ -143,10 +152,11 @@ impl SocketServer {
         &self.path
     }
 
-    /// Sends `line` (without newline) on connection `conn`. Never blocks.
-    pub fn reply(&self, conn: u64, line: String) {
+    /// Sends `line` (without newline) on connection `conn`; `last`: the connection's final
+    /// line, after which it closes (a progress line keeps it open). Never blocks.
+    pub fn reply(&self, conn: u64, line: String, last: bool) {
         match &self.replies {
-            Some(replies) if replies.send((conn, line.clone())).is_ok() => self.wake(),
+            Some(replies) if replies.send((conn, line.clone(), last)).is_ok() => self.wake(),
             Some(_) | None => log(&format!(
                 "reply '{line}' on connection {conn} not delivered: the socket is closed"
             )),
@@ -222,6 +232,8 @@ struct Conn {
     pid: u32,
     uid: u32,
     stage: Stage,
+    /// Progress lines not yet written (while `Waiting`).
+    progress: Vec<u8>,
 }
 
 enum Stage {
@@ -244,7 +256,7 @@ enum Stage {
 struct Server {
     listener: UnixListener,
     woken: UnixStream,
-    queue: Receiver<(u64, String)>,
+    queue: Receiver<(u64, String, bool)>,
     inputs: Sender<Input>,
     dialect: Dialect,
     conns: BTreeMap<u64, Conn>,
@@ -312,6 +324,7 @@ impl Server {
                 // that the client gave up.
                 let events = match conn.stage {
                     Stage::Reading { .. } => PollFlags::POLLIN,
+                    Stage::Waiting if !conn.progress.is_empty() => PollFlags::POLLOUT,
                     Stage::Waiting => PollFlags::empty(),
                     Stage::Writing { .. } => PollFlags::POLLOUT,
                 };
@@ -345,7 +358,8 @@ impl Server {
         // Replies first: they may free connection slots.
         loop {
             match self.queue.try_recv() {
-                Ok((conn, line)) => self.send_reply(conn, line),
+                Ok((conn, line, true)) => self.send_reply(conn, line),
+                Ok((conn, line, false)) => self.send_progress(conn, line)?,
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => return Err(Stop::Finished),
             }
@@ -402,6 +416,7 @@ impl Server {
                         framer: LineFramer::default(),
                         deadline: Instant::now() + REQUEST_WAIT,
                     },
+                    progress: Vec::new(),
                 },
             );
         }
@@ -457,10 +472,12 @@ impl Server {
             }
             Stage::Waiting => {
                 if events.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
-                    // The client gave up (its deadline passed, or it was killed). Its
-                    // line stays with the controller; the reply, when decided, is
-                    // dropped and said to be.
-                    self.conns.remove(&id);
+                    // The client gave up (Ctrl-C, its deadline passed, or it was
+                    // killed). The core hears of it, so that it takes back what it
+                    // started for this line; the reply, when decided, is dropped.
+                    self.hung_up(id)?;
+                } else if events.contains(PollFlags::POLLOUT) {
+                    self.flush_progress(id)?;
                 }
             }
             Stage::Writing { .. } => self.write_some(id),
@@ -468,11 +485,54 @@ impl Server {
         Ok(())
     }
 
+    /// A client whose line waits for its reply has gone.
+    fn hung_up(&mut self, id: u64) -> Result<(), Stop> {
+        self.conns.remove(&id);
+        self.inputs
+            .send(Input::ConnectionClosed { conn: id })
+            .map_err(|_| Stop::OwnerGone)
+    }
+
+    /// A progress line for a connection still waiting: written now as far as the socket
+    /// takes it, the rest when it has room.
+    fn send_progress(&mut self, id: u64, line: String) -> Result<(), Stop> {
+        match self.conns.get_mut(&id) {
+            Some(conn) if matches!(conn.stage, Stage::Waiting) => {
+                if conn.progress.len() + line.len() < MAX_PROGRESS_BACKLOG {
+                    conn.progress
+                        .extend_from_slice(format!("{line}\n").as_bytes());
+                }
+                self.flush_progress(id)
+            }
+            // Gone, or its final reply is already out: a progress line no longer matters.
+            Some(_) | None => Ok(()),
+        }
+    }
+
+    fn flush_progress(&mut self, id: u64) -> Result<(), Stop> {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return Ok(());
+        };
+        while !conn.progress.is_empty() {
+            match (&conn.stream).write(&conn.progress) {
+                Ok(n) => {
+                    conn.progress.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(_) => return self.hung_up(id),
+            }
+        }
+        Ok(())
+    }
+
     fn send_reply(&mut self, id: u64, line: String) {
         match self.conns.get_mut(&id) {
             Some(conn) if matches!(conn.stage, Stage::Waiting) => {
+                let mut bytes = std::mem::take(&mut conn.progress);
+                bytes.extend_from_slice(format!("{line}\n").as_bytes());
                 conn.stage = Stage::Writing {
-                    bytes: format!("{line}\n").into_bytes(),
+                    bytes,
                     written: 0,
                     deadline: Instant::now() + REPLY_HOLD,
                 };
@@ -577,13 +637,19 @@ impl Server {
     /// The end: replies already decided are written (a short line always fits an
     /// unread connection), the others are told `why`, every connection is closed.
     fn close_all(&mut self, why: &str) {
-        while let Ok((conn, line)) = self.queue.try_recv() {
-            self.send_reply(conn, line);
+        while let Ok((conn, line, last)) = self.queue.try_recv() {
+            if last {
+                self.send_reply(conn, line);
+            }
         }
         let last = Reply::Error(why.to_string()).to_line(self.dialect);
         for (_, conn) in std::mem::take(&mut self.conns) {
             let bytes = match conn.stage {
-                Stage::Reading { .. } | Stage::Waiting => format!("{last}\n").into_bytes(),
+                Stage::Reading { .. } | Stage::Waiting => {
+                    let mut bytes = conn.progress;
+                    bytes.extend_from_slice(format!("{last}\n").as_bytes());
+                    bytes
+                }
                 Stage::Writing { bytes, written, .. } => bytes[written..].to_vec(),
             };
             let _ = (&conn.stream).write(&bytes);

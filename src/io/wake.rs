@@ -363,7 +363,6 @@ pub fn wake_for_pdb(
     };
     let mut woke = false;
     let mut pending_since: Option<Instant> = None;
-    let mut said_waiting = false;
     while begun.elapsed() < within && !done.load(Ordering::Relaxed) {
         let main = match process.main_thread_tid() {
             Ok(Some(tid)) => tid,
@@ -373,19 +372,9 @@ pub fn wake_for_pdb(
         match pending {
             Ok(true) => {
                 let since = *pending_since.get_or_insert_with(Instant::now);
-                // Never in silence: a request that waits a second says where the target
-                // is (a C call that does not return on EINTR, a target that ignores
-                // SIGURG, a sleep that is left to end).
+                // The client's progress line says where the target is while this waits
+                // (io::client's watcher of pdb's request).
                 let blocked = blocked_in(target, main);
-                let ends_soon = matches!(blocked, BlockedIn::Sleep { left } if left < Duration::from_millis(300));
-                if !said_waiting && since.elapsed() >= Duration::from_secs(1) && !ends_soon {
-                    said_waiting = true;
-                    eprintln!(
-                        "heli-client: pdb is waiting for the target to run Python code \
-                         (threads: {}); still waiting",
-                        super::inject::describe_threads(target)
-                    );
-                }
                 let delay = pdb_wake_delay(blocked, grace);
                 if since.elapsed() >= delay && wake_thread(target, main).is_none() {
                     woke = true;

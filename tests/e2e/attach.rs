@@ -58,9 +58,15 @@ fn lines_after_a_failed_attach_are_not_run_as_client_commands() {
     controller.stdout.wait_for("sleeping in C");
     let target = controller.target_pid as i32;
     wait_until_asleep(target, target);
-    let (code, out) = controller.client("attach\np counter\nterminate\nq\nhelp\nquit\n");
+    let (code, out) = run_client(
+        &controller.dir,
+        "attach\np counter\nterminate\nq\nhelp\nquit\n",
+        &["--attach-timeout", "300ms"],
+    );
     assert!(
-        out.contains("❌ Not attached, the target did not run the grant: timed out after 300 ms"),
+        out.contains(&format!(
+            "❌ Not attached: pid {target} did not run the grant within 0.3 s (--attach-timeout)"
+        )),
         "{out}"
     );
     for line in ["p counter", "terminate", "q"] {

@@ -3,6 +3,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod attach;
+mod attach_wait;
 mod builds;
 mod cli_durations;
 mod client_pty;

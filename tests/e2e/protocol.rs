@@ -23,8 +23,8 @@ fn get_target_pid_names_the_running_target() {
 #[case::unknown("FLY_AWAY", "ERROR: unknown command 'FLY_AWAY'")]
 #[case::missing_pid("GRANT_ACCESS", "ERROR: GRANT_ACCESS needs the client's pid")]
 #[case::extra_pid(
-    "GRANT_ACCESS 12 13",
-    "ERROR: unexpected argument after GRANT_ACCESS <pid>: '13'"
+    "GRANT_ACCESS 12 13 14",
+    "ERROR: unexpected argument after GRANT_ACCESS <pid> [<process pid>] [WAIT]: '14'"
 )]
 #[case::extra_on_get(
     "GET_TARGET_PID x",

@@ -75,7 +75,8 @@ fn heli_replay_check_reports_a_divergence_with_both_sides() {
     );
 }
 
-/// Records one session: starts the controller with a journal, runs `drive`, waits for
+/// Records one session: starts the controller with a journal on `script` (a fixture,
+/// then its arguments, separated by spaces), runs `drive`, waits for
 /// the controller to end, and copies the journal into the fixtures. With
 /// `HELI_RECORD_ONLY=NAME` only that session is recorded (the others stay as they are).
 fn record(name: &str, script: &str, extra: &[&str], drive: impl FnOnce(&mut Controller)) {
@@ -87,7 +88,10 @@ fn record(name: &str, script: &str, extra: &[&str], drive: impl FnOnce(&mut Cont
     let journal_arg = journal.to_str().unwrap().to_string();
     let mut args = vec!["--journal", journal_arg.as_str()];
     args.extend_from_slice(extra);
-    let mut controller = Controller::start_with(script, &args);
+    let mut words = script.split(' ');
+    let script = words.next().unwrap_or_default();
+    let script_args: Vec<&str> = words.collect();
+    let mut controller = Controller::start_args(&args, script, &script_args);
     drive(&mut controller);
     controller.wait();
     std::fs::copy(&journal, sessions_dir().join(format!("{name}.jsonl"))).unwrap();
@@ -106,7 +110,7 @@ fn record_sessions() {
         for line in [
             "FLY_AWAY",
             "GRANT_ACCESS",
-            "GRANT_ACCESS 1 2",
+            "GRANT_ACCESS 1 2 3",
             "GET_TARGET_PID x",
             "GRANT_ACCESS abc",
             "GRANT_ACCESS 0",
@@ -184,6 +188,41 @@ fn record_sessions() {
         c.send(&format!("TASKS {}", c.target_pid));
         assert_eq!(c.send("TERMINATE"), "READY");
     });
+    // Issues 10 and 11: a waiting grant into a child of the target that cannot run it
+    // (a fresh interpreter asleep), its progress lines, the client hanging up; a pid
+    // outside the tree.
+    record(
+        "waiting_grant_in_a_child",
+        "spawned_child.py sleeps",
+        &["--no-wake"],
+        |c| {
+            use helicopter_parent::io::socket_exchange::exchange_socket_raw;
+            use std::io::{BufRead, BufReader, Write};
+            let line = c.stdout.wait_for(" ready");
+            let child: u32 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+            let me = std::process::id();
+            let mut stream =
+                std::os::unix::net::UnixStream::connect(c.dir.join("control.sock")).unwrap();
+            stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+            stream
+                .write_all(format!("GRANT_ACCESS {me} {child} WAIT\n").as_bytes())
+                .unwrap();
+            let mut progress = String::new();
+            BufReader::new(&stream).read_line(&mut progress).unwrap();
+            assert!(progress.starts_with("WAITING "), "{progress}");
+            drop(stream);
+            c.stderr.wait_for("cancelled after");
+            let parent = unsafe { libc::getppid() };
+            let reply = exchange_socket_raw(
+                &c.dir,
+                &format!("GRANT_ACCESS {me} {parent}"),
+                std::time::Duration::from_secs(10),
+            )
+            .unwrap();
+            assert!(reply.contains("is not in the supervised tree"), "{reply}");
+            assert_eq!(c.send("TERMINATE"), "READY");
+        },
+    );
 }
 
 #[test]

@@ -102,6 +102,14 @@ fn load_worker() {
         };
         match reply {
             Ok(reply) if reply == expected => tally.ok += 1,
+            // A grant while another client's is held: that client's session is open and
+            // is not taken over (issue 10). Still this request's own reply.
+            Ok(reply)
+                if expected == "READY"
+                    && reply.starts_with("ERROR: a debugger session is already attached") =>
+            {
+                tally.ok += 1
+            }
             Ok(reply) => {
                 tally.mismatched += 1;
                 if tally.mismatched <= 2 {

@@ -46,7 +46,7 @@ use helicopter_parent::core::journal::Transcribed;
 use helicopter_parent::core::ptrace_policy::{attach_rule, AttachRule, TracerPrivilege};
 use helicopter_parent::core::supervisor::{
     ClientFacts, Config, Effect, ExitStatus, GrantId, GrantInjection, Input, Kinship, Millis,
-    Origin, Phase, StopSignal, Supervisor, Yama,
+    Origin, Phase, ProcessFacts, StopSignal, Supervisor, Yama,
 };
 use helicopter_parent::core::wire::{
     parse_command, Command, Dialect, Frame, LineFramer, Reply, MAX_LINE, PID_MAX_LIMIT,
@@ -160,6 +160,12 @@ struct Driver {
     grant_asked_at: Millis,
     /// The pid to inspect and, for a socket request, the asker it must be related to.
     pending_inspect: Option<(u32, Option<u32>)>,
+    /// The process a `GRANT_ACCESS <pid> <process>` names, to be inspected.
+    pending_process: Option<u32>,
+    /// Grants that go into another process of the tree than the target.
+    aimed: BTreeSet<GrantId>,
+    /// When the grant in flight asked about its process (its deadline counts from there).
+    process_asked_at: Option<Millis>,
     /// The pid the current grant's inspection found running as our uid.
     inspected_ok: Option<u32>,
     /// The asker of the grant in flight (socket requests only).
@@ -406,6 +412,9 @@ impl Driver {
             flight: None,
             grant_asked_at: 0,
             pending_inspect: None,
+            pending_process: None,
+            aimed: BTreeSet::new(),
+            process_asked_at: None,
             inspected_ok: None,
             flight_asker: None,
             kin_ok: false,
@@ -619,6 +628,9 @@ impl Driver {
                             Some(line) => break line,
                         }
                     };
+                    if matches!(expect, Expect::Command(Command::GrantAccess { .. })) {
+                        self.process_asked_at = None;
+                    }
                     if *to != origin.reply_to() {
                         return Err(format!(
                             "reply {reply:?} goes to {to:?}; its line {expect:?} came from {origin:?}"
@@ -646,7 +658,7 @@ impl Driver {
                         (Reply::Ready, Expect::Command(Command::Terminate)) => {
                             self.config.dialect == Dialect::Seed || !origin.is_fifo()
                         }
-                        (Reply::Ready, Expect::Command(Command::GrantAccess { pid })) => {
+                        (Reply::Ready, Expect::Command(Command::GrantAccess { pid, .. })) => {
                             self.stats.readies_for_grants += 1;
                             let stranger = origin.asker().is_some() && !self.kin_ok;
                             self.stats.socket_readies += u64::from(origin.asker().is_some());
@@ -686,6 +698,8 @@ impl Driver {
                             | Reply::Tasks(_),
                             Expect::Command(_) | Expect::Bad | Expect::QueuedBlank,
                         ) => false,
+                        // The generator writes no `WAIT`: no line here asks for progress.
+                        (Reply::Waiting(_), _) => false,
                     };
                     if !fits {
                         return Err(format!("reply {reply:?} answers a line {expect:?}"));
@@ -718,18 +732,29 @@ impl Driver {
                 }
                 Effect::Log { .. } => {}
                 Effect::InspectClient { pid, asker } => {
-                    self.grants += 1;
+                    // A grant that named its process began (and was counted) when that
+                    // was inspected.
+                    match self.process_asked_at.take() {
+                        Some(at) => self.grant_asked_at = at,
+                        None => {
+                            self.grant_asked_at = self.now;
+                            self.grants += 1;
+                            self.stats.grants += 1;
+                        }
+                    }
                     self.flight = Some(Flight::Declare(*pid));
-                    self.stats.grants += 1;
-                    self.grant_asked_at = self.now;
                     self.inspected_ok = None;
                     self.kin_ok = false;
                     self.flight_asker = *asker;
                     self.pending_inspect = Some((*pid, *asker));
                     self.drop_queued_blanks();
                     let asked = self.waiting.front().map(|(e, o)| (*e, o.asker()));
-                    if asked != Some((Expect::Command(Command::GrantAccess { pid: *pid }), *asker))
-                    {
+                    let names_pid = matches!(
+                        asked,
+                        Some((Expect::Command(Command::GrantAccess { pid: p, .. }), a))
+                            if p == *pid && a == *asker
+                    );
+                    if !names_pid {
                         return Err(format!(
                             "inspect {pid}, but the line waiting is {:?}",
                             self.waiting.front()
@@ -784,6 +809,24 @@ impl Driver {
                         return Err(format!("exit {code} while {after}"));
                     }
                 }
+                Effect::InspectProcess { pid } => {
+                    // The grant begins with the process it names; its client is the
+                    // line's first pid.
+                    self.drop_queued_blanks();
+                    if let Some((Expect::Command(Command::GrantAccess { pid: client, .. }), _)) =
+                        self.waiting.front()
+                    {
+                        self.flight = Some(Flight::Declare(*client));
+                    }
+                    self.process_asked_at = Some(self.now);
+                    self.grant_asked_at = self.now;
+                    self.grants += 1;
+                    self.stats.grants += 1;
+                    self.pending_process = Some(*pid);
+                }
+                Effect::AimGrant { grant, .. } => {
+                    self.aimed.insert(*grant);
+                }
                 Effect::ForgetGrant { .. } | Effect::RemovePipes => {}
                 Effect::ListTree | Effect::ReadStacks { .. } | Effect::ReadTasks { .. } => {
                     return Err(format!("{effect:?}, but no line asked about the tree"));
@@ -820,6 +863,12 @@ impl Driver {
             if over && self.holder == Some(h) {
                 self.expiry = Some(self.now + self.config.grant_expiry_ms);
                 self.stats.revocations_failed += 1;
+                // In another process of the tree than the target (a worker that may have
+                // exited), a failed revocation ends the holding: no session is open there.
+                if self.aimed.contains(&batch.grants_before) {
+                    self.holder = None;
+                    self.expiry = None;
+                }
             }
         }
         match after {
@@ -1145,12 +1194,25 @@ impl Driver {
         if self.pending_inspect.is_some() && u.below(8) != 0 {
             return self.inspect(u);
         }
+        if let Some(pid) = self.pending_process.take() {
+            // In the tree (below the target), a stranger, or gone.
+            let facts = match u.below(3) {
+                0 => ProcessFacts::Running {
+                    ancestry: vec![self.config.target_pid, 1],
+                },
+                1 => ProcessFacts::Running { ancestry: vec![1] },
+                _ => ProcessFacts::NotRunning,
+            };
+            let current = matches!(self.sup.phase(), Phase::Granting { step, .. } if step == "inspecting the process");
+            if current {
+                return self.feed(Input::ProcessInspected { pid, facts });
+            }
+        }
         if self.pending_deliver.is_some() && u.below(4) != 0 {
             return self.deliver(u);
         }
         // A request delivered mostly runs soon: the target reports prctl's result.
-        let delivered =
-            matches!(self.sup.phase(), Phase::Granting { step, .. } if step != "inspecting");
+        let delivered = matches!(self.sup.phase(), Phase::Granting { step, .. } if step != "inspecting" && step != "inspecting the process");
         if delivered && self.pending_deliver.is_none() && u.below(3) == 0 {
             let errno = u.pick(&[0, 0, 0, 0, EINVAL, 1]);
             return self.feed(Input::GrantRan {

@@ -100,7 +100,7 @@ pub fn run(data: &[u8]) -> Result<(), String> {
 fn check_line(text: &str) -> Result<(), String> {
     match parse_command(text) {
         Ok(command) => {
-            if let Command::GrantAccess { pid } | Command::RevokeAccess { pid } = command {
+            if let Command::GrantAccess { pid, .. } | Command::RevokeAccess { pid } = command {
                 if pid == 0 || pid > PID_MAX_LIMIT {
                     return Err(format!("{text:?} parsed to an impossible pid {pid}"));
                 }
@@ -131,6 +131,7 @@ fn check_reply(reply: &Reply) -> Result<(), String> {
         }
         Reply::Stacks(json) => Reply::Stacks(json.replace(['\n', '\r'], " ").trim().to_string()),
         Reply::Tasks(json) => Reply::Tasks(json.replace(['\n', '\r'], " ").trim().to_string()),
+        Reply::Waiting(msg) => Reply::Waiting(msg.replace(['\n', '\r'], " ").trim().to_string()),
         Reply::TargetPid(_) | Reply::Ready => reply.clone(),
     };
     for dialect in [Dialect::Seed, Dialect::Legacy] {

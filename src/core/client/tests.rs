@@ -19,6 +19,8 @@ fn config(input: InputSource) -> Config {
         python: None,
         yama: Yama::Scope(1),
         privilege: TracerPrivilege::Ordinary,
+        attach_timeout_ms: None,
+        one_shot: None,
     }
 }
 
@@ -67,6 +69,20 @@ fn line(text: &str) -> Input {
 
 fn replied(text: &str) -> Input {
     Input::Replied { line: text.into() }
+}
+
+/// The grant the client asks for: it waits (with progress) for as long as `timeout_ms`
+/// allows; `process` names a process other than the target.
+fn grant_waiting(process: Option<u32>, timeout_ms: Option<u64>) -> Effect {
+    Effect::SendWaiting {
+        command: Command::GrantAccess {
+            pid: ME,
+            process,
+            wait: true,
+        },
+        process: process.unwrap_or(TARGET),
+        timeout_ms,
+    }
 }
 
 fn send(command: Command) -> Effect {
@@ -122,7 +138,11 @@ fn texts(effects: &[Effect]) -> Vec<String> {
         .iter()
         .filter_map(|e| match e {
             Effect::Say { text, .. } | Effect::Warn { text } => Some(text.clone()),
+            Effect::Progress { text } => Some(text.clone()),
             Effect::Send { .. }
+            | Effect::SendWaiting { .. }
+            | Effect::CancelRequest
+            | Effect::CancelPdb
             | Effect::InspectTarget { .. }
             | Effect::RunPdb { .. }
             | Effect::FeedPdb { .. }
@@ -138,6 +158,10 @@ fn exit_code(effects: &[Effect]) -> Option<i32> {
         Effect::Say { .. }
         | Effect::Warn { .. }
         | Effect::Send { .. }
+        | Effect::SendWaiting { .. }
+        | Effect::CancelRequest
+        | Effect::CancelPdb
+        | Effect::Progress { .. }
         | Effect::InspectTarget { .. }
         | Effect::RunPdb { .. }
         | Effect::FeedPdb { .. }
@@ -222,7 +246,7 @@ fn a_piped_attach_hands_pdb_its_lines_up_to_quit() {
         texts(&effects),
         ["Requesting ptrace permission for client PID 4242..."]
     );
-    assert_eq!(effects[1], send(Command::GrantAccess { pid: ME }));
+    assert_eq!(effects[1], grant_waiting(None, None));
     let effects = given.when(replied("READY"));
     assert_eq!(texts(&effects)[0], "✅ Permission granted");
     assert_eq!(
@@ -362,6 +386,8 @@ fn pdb_that_cannot_start_is_reported() {
             "\nDebugger detached"
         ]
     );
+    // The grant is given back all the same.
+    given.when(replied("READY"));
     assert_eq!(given.client.exit_code(), EXIT_COMMAND_FAILED);
 }
 
@@ -714,4 +740,195 @@ fn a_malformed_tree_question_asks_nothing_and_is_no_failure(
     assert!(texts(&effects)[0].contains(usage), "{effects:?}");
     assert!(!effects.iter().any(|e| matches!(e, Effect::Send { .. })));
     assert_eq!(exit_code(&given.when(line("quit"))), Some(EXIT_OK));
+}
+
+/// A client whose grant for `attach [chosen]` is out.
+fn granting(config: Config, chosen: Option<u32>) -> (Given, Vec<Effect>) {
+    let mut given = Given::at_prompt_with(config);
+    let typed = chosen.map_or("attach".to_string(), |pid| format!("attach {pid}"));
+    given.when(line(&typed));
+    let pid = chosen.unwrap_or(TARGET);
+    assert_eq!(
+        given.when(replied(&format!("TARGET_PID {TARGET}"))),
+        vec![Effect::InspectTarget { pid }]
+    );
+    let effects = given.when(Input::TargetInspected {
+        pid,
+        facts: target_facts(UID, trusted_exe(), Yama::Scope(1)),
+    });
+    assert_eq!(given.state(), "Granting");
+    (given, effects)
+}
+
+fn progress(elapsed_ms: u64) -> Input {
+    Input::GrantProgress {
+        elapsed_ms,
+        controller: format!("{elapsed_ms} pid 777 ran no Python code yet (threads: 777 (main) S)"),
+        frames: vec![],
+        local_debugger: false,
+    }
+}
+
+#[test]
+fn attach_pid_asks_a_grant_in_that_process_and_runs_pdb_on_it() {
+    let (mut given, effects) = granting(config(InputSource::Terminal), Some(900));
+    assert_eq!(effects[1], grant_waiting(Some(900), None));
+    let effects = given.when(replied("READY"));
+    assert_eq!(
+        effects.last(),
+        Some(&Effect::RunPdb {
+            interpreter: Interpreter::Path(PYTHON.into()),
+            target: 900
+        })
+    );
+}
+
+#[rstest]
+#[case("attach x", "attach: invalid pid 'x': not a decimal number")]
+#[case("attach 0", "attach: invalid pid '0'")]
+fn attach_with_a_bad_pid_says_what_is_wrong(#[case] typed: &str, #[case] said: &str) {
+    let mut given = Given::at_prompt(InputSource::Terminal);
+    let effects = given.when(line(typed));
+    assert!(texts(&effects)[0].starts_with(said), "{effects:?}");
+    assert_eq!(given.state(), "AtPrompt");
+    assert_eq!(
+        given.client.exit_code(),
+        EXIT_OK,
+        "a typo is no failed attach"
+    );
+}
+
+#[test]
+fn progress_says_once_that_it_waits_then_updates_one_line() {
+    let config = Config {
+        attach_timeout_ms: Some(60_000),
+        ..config(InputSource::Terminal)
+    };
+    let (mut given, effects) = granting(config, None);
+    assert_eq!(effects[1], grant_waiting(None, Some(60_000)));
+    let first = given.when(progress(500));
+    assert_eq!(
+        texts(&first),
+        [
+            "⏳ pid 777 has not run the grant yet: waiting for it (Ctrl-C cancels, gives up after 1m 00s)",
+            "   waiting 0.5 s: pid 777 ran no Python code yet (threads: 777 (main) S)"
+        ]
+    );
+    assert!(matches!(first.last(), Some(Effect::Progress { .. })));
+    let second = given.when(progress(1500));
+    assert_eq!(
+        second,
+        vec![Effect::Progress {
+            text: "   waiting 1.5 s: pid 777 ran no Python code yet (threads: 777 (main) S)".into()
+        }]
+    );
+    let local = given.when(Input::GrantProgress {
+        elapsed_ms: 2500,
+        controller: "2500 pid 777 ran no Python code yet (threads: 777 (main) S)".into(),
+        frames: vec!["777 /app/x.py:3 main".into()],
+        local_debugger: true,
+    });
+    assert_eq!(
+        texts(&local),
+        ["   waiting 2.5 s: pid 777 ran no Python code yet (threads: 777 (main) S); Python: 777 /app/x.py:3 main"]
+    );
+}
+
+#[test]
+fn the_clients_own_timeout_is_not_called_a_permission_problem() {
+    let config = Config {
+        attach_timeout_ms: Some(2_000),
+        ..config(InputSource::Piped)
+    };
+    let (mut given, _) = granting(config, None);
+    let effects = given.when(Input::RequestFailed {
+        failure: RequestFailure::TimedOut { waited_ms: 2_000 },
+    });
+    assert_eq!(
+        texts(&effects),
+        ["❌ Not attached: pid 777 did not run the grant within 2.0 s (--attach-timeout); the controller took its request back"]
+    );
+    assert_eq!(given.client.exit_code(), EXIT_COMMAND_FAILED);
+}
+
+#[test]
+fn ctrl_c_during_the_grant_cancels_then_gives_the_grant_back() {
+    let (mut given, _) = granting(config(InputSource::Terminal), None);
+    assert_eq!(given.when(Input::Interrupted), vec![Effect::CancelRequest]);
+    assert_eq!(given.state(), "Cancelling");
+    // A second Ctrl-C while it ends changes nothing.
+    assert!(given.when(Input::Interrupted).is_empty());
+    // Whatever ended the request (here a READY that crossed the cancel), the grant is
+    // given back before the prompt.
+    assert_eq!(
+        given.when(replied("READY")),
+        vec![send(Command::RevokeAccess { pid: ME })]
+    );
+    let effects = given.when(replied("ERROR: pid 4242 holds no grant"));
+    assert_eq!(texts(&effects), ["\nattach cancelled"]);
+    assert_eq!(given.state(), "AtPrompt");
+    assert_eq!(given.client.exit_code(), EXIT_COMMAND_FAILED);
+}
+
+#[test]
+fn ctrl_c_while_pdb_waits_stops_it_and_its_exit_is_the_cancellation() {
+    let mut given = Given::pdb_running(InputSource::Terminal);
+    assert_eq!(given.when(Input::Interrupted), vec![Effect::CancelPdb]);
+    // The session was up: the driver left Ctrl-C to pdb, nothing came back; pdb ends
+    // normally later.
+    assert_eq!(given.state(), "PdbRunning");
+    assert!(given
+        .when(Input::PdbCancelled { withdrawn: true })
+        .is_empty());
+    let effects = given.when(Input::PdbExited {
+        status: PdbExit::Signal(9),
+    });
+    assert!(
+        texts(&effects).is_empty(),
+        "no 'killed by signal 9': {effects:?}"
+    );
+    assert_eq!(effects, vec![send(Command::RevokeAccess { pid: ME })]);
+    let effects = given.when(replied("READY"));
+    assert_eq!(texts(&effects), ["\nattach cancelled"]);
+}
+
+#[test]
+fn pdb_given_up_after_the_attach_timeout_says_so() {
+    let mut given = Given::pdb_running(InputSource::Piped);
+    given.when(Input::PdbGaveUp { waited_ms: 3_000 });
+    given.when(Input::PdbExited {
+        status: PdbExit::Signal(9),
+    });
+    let effects = given.when(replied("READY"));
+    assert_eq!(
+        texts(&effects),
+        ["❌ Not attached: the target did not run pdb's request within 3.0 s (--attach-timeout); it was taken back"]
+    );
+}
+
+#[test]
+fn the_one_shot_attach_ends_the_session_when_the_attach_ends() {
+    let config = Config {
+        one_shot: Some("attach 900".into()),
+        ..config(InputSource::Piped)
+    };
+    let mut client = Client::new(config);
+    client.handle(Input::Started);
+    assert_eq!(
+        client.handle(replied(&format!("TARGET_PID {TARGET}"))),
+        vec![send(Command::GetTargetPid)]
+    );
+    client.handle(replied(&format!("TARGET_PID {TARGET}")));
+    client.handle(Input::TargetInspected {
+        pid: 900,
+        facts: target_facts(UID, trusted_exe(), Yama::Scope(1)),
+    });
+    let effects = client.handle(replied(
+        "ERROR: pid 900 is not in the supervised tree (target 777; heli-client ps lists it)",
+    ));
+    assert_eq!(
+        texts(&effects),
+        ["❌ Not attached: pid 900 is not in the supervised tree (target 777; heli-client ps lists it)"]
+    );
+    assert_eq!(exit_code(&effects), Some(EXIT_COMMAND_FAILED));
 }

@@ -257,6 +257,24 @@ impl PythonProcess {
         Ok(true)
     }
 
+    /// The script path of the request pending in thread `tid` (read before a
+    /// withdrawal: the client removes the file pdb left behind for a request that will
+    /// now never run). `None` when nothing is pending.
+    pub fn pending_script(&self, tid: i32) -> Result<Option<std::path::PathBuf>, InjectError> {
+        use std::os::unix::ffi::OsStrExt;
+        let tstate = self.find_tstate(tid)?;
+        if self.pending_flag(tstate)? == 0 {
+            return Ok(None);
+        }
+        let addr = self.addr(self.offsets.script_path_addr(tstate))?;
+        let mut buf = vec![0u8; self.offsets.max_script_path_len() + 1];
+        self.memory
+            .read(addr, &mut buf)
+            .map_err(|e| memory_error(self.pid, e, "reading the script path"))?;
+        let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        Ok((len > 0).then(|| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&buf[..len]))))
+    }
+
     /// The native tid of the main interpreter's main thread, if it has one.
     pub fn main_thread_tid(&self) -> Result<Option<i32>, InjectError> {
         match self.main_tstate()? {
