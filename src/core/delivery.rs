@@ -32,6 +32,7 @@
 //! handler makes the call return EINTR; CPython then runs the handler on the main thread
 //! and retries the call (PEP 475), passing the eval breaker on the way, where the pending
 //! request runs. The edge sends [`WAKE_SIGNAL`] to exactly the request's thread.
+use super::stacks::Frame;
 use super::supervisor::Millis;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -64,6 +65,15 @@ pub struct ThreadFact {
     /// The kernel function it waits in, when it waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wchan: Option<String>,
+    /// Its innermost Python frame, when its stack could be read (the controller reads
+    /// it from outside; a client at `ptrace_scope=1` could not before its grant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame: Option<Frame>,
+    /// Where its program stopped, when the thread sits in a debugger of its own (a
+    /// `breakpoint()` reading the process's stdin): nothing runs there until someone
+    /// answers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_by_debugger_at: Option<Frame>,
 }
 
 impl ThreadFact {
@@ -82,11 +92,38 @@ impl fmt::Display for ThreadFact {
         if let Some(wchan) = &self.wchan {
             write!(f, " in {wchan}")?;
         }
+        if let Some(frame) = &self.frame {
+            write!(f, " at {}", frame_text(frame))?;
+        }
         Ok(())
     }
 }
 
-/// "1234 (main) S in do_sys_poll, 1235 R".
+/// `app.py:12 handle`: a frame in a progress line (the file's last component: the line
+/// is about what the thread does, and a full path would push the rest off the screen).
+fn frame_text(frame: &Frame) -> String {
+    let file = frame.filename.rsplit('/').next().unwrap_or(&frame.filename);
+    match frame.line {
+        Some(line) => format!("{file}:{line} {}", frame.function),
+        None => format!("{file} {}", frame.function),
+    }
+}
+
+/// What holds a process whose thread sits in a debugger of its own, in words; `None`
+/// when no thread does.
+pub fn held_by_debugger(threads: &[ThreadFact]) -> Option<String> {
+    threads.iter().find_map(|t| {
+        t.held_by_debugger_at.as_ref().map(|at| {
+            format!(
+                "thread {} is stopped in a debugger of its own (breakpoint() at {}), waiting for an answer on the target's stdin",
+                t.tid,
+                frame_text(at)
+            )
+        })
+    })
+}
+
+/// "1234 (main) S in do_sys_poll at app.py:12 serve, 1235 R".
 pub fn describe_threads(threads: &[ThreadFact]) -> String {
     threads
         .iter()
@@ -111,6 +148,10 @@ pub enum InjectFailure {
     /// Anything trying again cannot mend: permission, not Python, an unknown version, a
     /// process that exited, memory that cannot be read.
     Refused { detail: String },
+    /// Thread `tid` sits in a debugger of the process's own (a `breakpoint()` waiting for
+    /// an answer on its stdin), stopped at `at`. A request written now would run inside
+    /// that debugger's prompt, so none was written.
+    HeldByDebugger { tid: i32, at: Frame, detail: String },
 }
 
 impl InjectFailure {
@@ -119,7 +160,8 @@ impl InjectFailure {
             InjectFailure::NotReady { detail }
             | InjectFailure::RemoteDebugOff { detail, .. }
             | InjectFailure::ThreadGone { detail, .. }
-            | InjectFailure::Refused { detail } => detail,
+            | InjectFailure::Refused { detail }
+            | InjectFailure::HeldByDebugger { detail, .. } => detail,
         }
     }
 
@@ -130,7 +172,9 @@ impl InjectFailure {
         match self {
             InjectFailure::NotReady { .. } => true,
             InjectFailure::RemoteDebugOff { opted_out, .. } => !opted_out,
-            InjectFailure::ThreadGone { .. } | InjectFailure::Refused { .. } => false,
+            InjectFailure::ThreadGone { .. }
+            | InjectFailure::Refused { .. }
+            | InjectFailure::HeldByDebugger { .. } => false,
         }
     }
 }
@@ -630,6 +674,8 @@ mod tests {
 
     fn thread(tid: i32, main: bool, state: char) -> ThreadFact {
         ThreadFact {
+            frame: None,
+            held_by_debugger_at: None,
             tid,
             main,
             python: true,

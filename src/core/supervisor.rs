@@ -8,7 +8,8 @@
 //! ([`ReplyTo`]), so no socket client can read another's reply; the socket also names
 //! the asker ([`Origin`]), which the grant policy uses.
 use super::delivery::{
-    describe_threads, Delivery, DeliveryAction, DeliveryFact, DeliveryStatus, DeliveryTiming,
+    describe_threads, held_by_debugger, Delivery, DeliveryAction, DeliveryFact, DeliveryStatus,
+    DeliveryTiming, InjectFailure,
 };
 use super::ptrace_policy::{attach_rule, AttachRule, TracerPrivilege};
 pub use super::signals::{parse_signal, signal_name, ExitStatus, StopSignal, DEFAULT_STOP_SIGNAL};
@@ -1708,16 +1709,24 @@ impl Supervisor {
         }
         match delivery.status() {
             DeliveryStatus::Failed => {
-                let why = delivery
-                    .last_failure()
-                    .map_or("unknown failure".to_string(), |f| f.detail().to_string());
+                let message = match delivery.last_failure() {
+                    // Said as the seed's second-session case is: someone is at a debugger
+                    // prompt of this process already, here its own.
+                    Some(InjectFailure::HeldByDebugger { tid, at, .. }) => format!(
+                        "a debugger session is already attached to pid {}: its own (breakpoint() at {}:{} in {}, thread {tid}), waiting for an answer on its stdin; answer or continue it there, then attach",
+                        grant.process,
+                        at.filename,
+                        at.line.map_or("?".to_string(), |l| l.to_string()),
+                        at.function
+                    ),
+                    Some(failure) => format!(
+                        "cannot inject the grant into the target: {}",
+                        failure.detail()
+                    ),
+                    None => "cannot inject the grant into the target: unknown failure".into(),
+                };
                 out.push(Effect::ForgetGrant { grant: grant.id });
-                self.finish_grant(
-                    now,
-                    grant,
-                    Err(format!("cannot inject the grant into the target: {why}")),
-                    out,
-                )
+                self.finish_grant(now, grant, Err(message), out)
             }
             DeliveryStatus::InFlight
             | DeliveryStatus::PickedUp { .. }
@@ -1755,6 +1764,11 @@ impl Supervisor {
                     "timed out after {timeout} ms: cannot inject the grant into the target: {}",
                     failure.detail()
                 ),
+                (_, _, Some(threads)) if held_by_debugger(threads).is_some() => format!(
+                    "timed out after {timeout} ms: the target's {} (threads: {}); answer it there, or continue it, and try again",
+                    held_by_debugger(threads).unwrap_or_default(),
+                    describe_threads(threads)
+                ),
                 (_, _, threads) => {
                     let seen = threads.map_or(String::new(), |t| format!(" (threads: {})", describe_threads(t)));
                     format!(
@@ -1782,10 +1796,16 @@ impl Supervisor {
                 (_, Some(failure), None) => {
                     format!("cannot inject into pid {pid} yet: {}", failure.detail())
                 }
-                (_, _, Some(threads)) => format!(
-                    "pid {pid} ran no Python code yet (threads: {})",
-                    describe_threads(threads)
-                ),
+                (_, _, Some(threads)) => match held_by_debugger(threads) {
+                    Some(held) => format!(
+                        "pid {pid} ran no Python code yet: its {held} (threads: {})",
+                        describe_threads(threads)
+                    ),
+                    None => format!(
+                        "pid {pid} ran no Python code yet (threads: {})",
+                        describe_threads(threads)
+                    ),
+                },
                 (_, _, None) => format!("pid {pid} ran no Python code yet"),
             },
         };

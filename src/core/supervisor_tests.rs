@@ -100,6 +100,8 @@ fn schedule_main(grant: GrantId, client: u32) -> Effect {
 
 fn thread(tid: i32, main: bool, state: char, wchan: Option<&str>) -> ThreadFact {
     ThreadFact {
+        frame: None,
+        held_by_debugger_at: None,
         tid,
         main,
         python: true,
@@ -1721,4 +1723,60 @@ fn wait_needs_the_socket_and_lines_do_not_queue_behind_a_waiting_grant() {
     // A FIFO grant waits its turn, and so does every FIFO line after it.
     assert!(h.on(line("GRANT_ACCESS 3000")).is_empty());
     assert!(h.on(line("GET_TARGET_PID")).is_empty());
+}
+
+#[test]
+fn a_target_held_by_its_own_debugger_is_refused_at_once_and_named() {
+    let mut h = Harness::new(Yama::Scope(1));
+    h.on(line(&format!("GRANT_ACCESS {CLIENT}")));
+    h.on(Input::ClientInspected {
+        pid: CLIENT,
+        facts: running(UID),
+    });
+    let at = crate::core::stacks::Frame {
+        filename: "/srv/app.py".into(),
+        line: Some(12),
+        function: "handle".into(),
+    };
+    let effects = h.on(delivered(
+        1,
+        DeliveryFact::NotScheduled {
+            failure: InjectFailure::HeldByDebugger {
+                tid: 1000,
+                at,
+                detail: "thread 1000 is stopped in its own debugger".into(),
+            },
+        },
+    ));
+    assert_eq!(
+        error_text(&effects),
+        "a debugger session is already attached to pid 1000: its own (breakpoint() at /srv/app.py:12 in handle, thread 1000), waiting for an answer on its stdin; answer or continue it there, then attach"
+    );
+    assert!(effects.contains(&Effect::ForgetGrant { grant: 1 }));
+    assert_eq!(
+        h.state(),
+        Phase::Idle,
+        "nothing was written: nothing to wait for"
+    );
+}
+
+#[test]
+fn progress_names_a_thread_held_by_its_own_debugger() {
+    let frame = |line| crate::core::stacks::Frame {
+        filename: "/srv/app.py".into(),
+        line: Some(line),
+        function: "handle".into(),
+    };
+    let mut held = thread(7, true, 'S', Some("pipe_read"));
+    held.frame = Some(frame(40));
+    held.held_by_debugger_at = Some(frame(12));
+    let threads = [held, thread(8, false, 'R', None)];
+    assert_eq!(
+        crate::core::delivery::describe_threads(&threads),
+        "7 (main) S in pipe_read at app.py:40 handle, 8 R"
+    );
+    assert_eq!(
+        crate::core::delivery::held_by_debugger(&threads).as_deref(),
+        Some("thread 7 is stopped in a debugger of its own (breakpoint() at app.py:12 handle), waiting for an answer on the target's stdin")
+    );
 }

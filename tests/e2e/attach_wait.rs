@@ -4,6 +4,7 @@
 //! pending-call flag is clear (read from its memory), it printed nothing, and the next
 //! attach works.
 use crate::support::*;
+use helicopter_parent::core::client::ClientExit;
 use helicopter_parent::io::inject::PythonProcess;
 use helicopter_parent::io::socket_exchange::exchange_socket_raw;
 use std::io::{BufRead, BufReader, Write};
@@ -363,5 +364,51 @@ fn ctrl_c_during_pdbs_wait_cancels_without_a_traceback_and_withdraws_its_request
     term.wait_for(">>> ");
     term.type_text("quit\n");
     assert_eq!(term.wait(), Some(1));
+    assert_target_printed_nothing_of_ours(&mut controller);
+}
+
+/// Issue 10: a target held by its own `breakpoint()` (pdb at its prompt on the target's
+/// stdin) is not a target that "ran no Python code": the controller reads where it
+/// stopped and refuses at once, saying so; nothing is written into the target.
+#[test]
+fn a_target_held_by_its_own_breakpoint_is_named_not_timed_out() {
+    let script = "held_by_breakpoint.py";
+    let mut controller = Controller::start(script);
+    controller.stdout.wait_for("ready ");
+    let target = controller.target_pid as i32;
+    // pdb's prompt is up once the main thread sits in pdb's command loop.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !helicopter_parent::io::stack_reader::read_stacks(target).is_ok_and(|s| {
+        s.threads
+            .iter()
+            .any(|t| t.is_main && helicopter_parent::core::stacks::local_debugger(t).is_some())
+    }) {
+        assert!(std::time::Instant::now() < deadline, "pdb never stopped");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let started = std::time::Instant::now();
+    let (code, out) = run_client(
+        &controller.dir,
+        "attach\nquit\n",
+        &["--attach-timeout", "20s"],
+    );
+    assert_eq!(code, ClientExit::CommandFailed.code(), "{out}");
+    let line = crate::stack_reader::marker_line(&fixture(script), "held-here");
+    assert!(
+        out.contains(&format!(
+            "a debugger session is already attached to pid {target}: its own (breakpoint() at {}:{line} in handle",
+            fixture(script).display()
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("Permission denied"), "{out}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the refusal waited for the attach timeout: {out}"
+    );
+    assert!(
+        !request_pending(target as u32),
+        "a request was left in the target"
+    );
     assert_target_printed_nothing_of_ours(&mut controller);
 }

@@ -342,6 +342,8 @@ fn tid(u: &mut Bytes) -> i32 {
 fn threads(u: &mut Bytes) -> Vec<ThreadFact> {
     (0..u.below(5))
         .map(|_| ThreadFact {
+            frame: None,
+            held_by_debugger_at: None,
             tid: tid(u),
             main: u.bool(),
             python: u.below(4) != 0,

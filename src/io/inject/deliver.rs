@@ -67,6 +67,9 @@ pub fn carry_out(
 ) -> Result<DeliveryFact, InjectError> {
     match *action {
         DeliveryAction::Schedule { on } => {
+            if let Some(failure) = held_by_debugger(process, on) {
+                return Ok(DeliveryFact::NotScheduled { failure });
+            }
             let tid = process.schedule(injector_thread(on), script)?;
             Ok(DeliveryFact::Scheduled { tid })
         }
@@ -103,6 +106,29 @@ pub fn carry_out(
     }
 }
 
+/// Whether the thread a request would go to sits in a debugger of the process's own
+/// (`breakpoint()` at its prompt), read from outside; `None` when it does not or its
+/// stack cannot be read (the request then goes ahead as before).
+fn held_by_debugger(process: &PythonProcess, on: ThreadChoice) -> Option<InjectFailure> {
+    let stacks = crate::io::stack_reader::read_stacks(process.pid()).ok()?;
+    let thread = stacks.threads.iter().find(|t| match on {
+        ThreadChoice::Main => t.is_main,
+        ThreadChoice::Tid(tid) => t.tid == tid,
+    })?;
+    let at = crate::core::stacks::local_debugger(thread)?;
+    Some(InjectFailure::HeldByDebugger {
+        tid: thread.tid,
+        detail: format!(
+            "thread {} of pid {} is stopped in its own debugger at {}:{}",
+            thread.tid,
+            process.pid(),
+            at.filename,
+            at.line.map_or("?".to_string(), |l| l.to_string())
+        ),
+        at,
+    })
+}
+
 fn injector_thread(choice: ThreadChoice) -> InjectorThread {
     match choice {
         ThreadChoice::Main => InjectorThread::Main,
@@ -118,14 +144,24 @@ pub fn survey_threads(process: &PythonProcess) -> Vec<ThreadFact> {
         .map(|threads| threads.iter().map(|t| t.native_tid).collect())
         .unwrap_or_default();
     let main = process.main_thread_tid().ok().flatten();
+    // Read from outside, never stopping the target; a reading that fails (a process
+    // changing too fast, another build) leaves the frames out, nothing else.
+    let stacks = crate::io::stack_reader::read_stacks(process.pid())
+        .map(|s| s.threads)
+        .unwrap_or_default();
     crate::io::procfs::thread_states(process.pid())
         .into_iter()
-        .map(|(tid, state, wchan)| ThreadFact {
-            tid,
-            main: Some(tid) == main,
-            python: python.contains(&tid),
-            state,
-            wchan,
+        .map(|(tid, state, wchan)| {
+            let stack = stacks.iter().find(|t| t.tid == tid);
+            ThreadFact {
+                tid,
+                main: Some(tid) == main,
+                python: python.contains(&tid),
+                state,
+                wchan,
+                frame: stack.and_then(|t| t.frames.first().cloned()),
+                held_by_debugger_at: stack.and_then(crate::core::stacks::local_debugger),
+            }
         })
         .collect()
 }
