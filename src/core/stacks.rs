@@ -140,6 +140,17 @@ pub fn local_debugger(thread: &ThreadStack) -> Option<Frame> {
     thread.frames.get(debugger.len()).cloned()
 }
 
+/// Whether a thread is stopped at a *remote* pdb session's prompt (`python -m pdb -p`):
+/// pdb's server (`_PdbServer`, in `pdb.py`) runs its command loop on the thread, talking
+/// to the client. Not while the server is being set up (`_PdbServer.__init__`, called by
+/// the injected script before the debugger has stopped anywhere).
+pub fn in_remote_debugger(thread: &ThreadStack) -> bool {
+    thread
+        .frames
+        .iter()
+        .any(|f| is_debugger_frame(f) && f.function == "_PdbServer.cmdloop")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +184,28 @@ mod tests {
             user,
             frame("/app/main.py", 30, "<module>"),
         ]
+    }
+
+    #[test]
+    fn a_remote_session_is_recognised_by_pdbs_server_on_the_stack() {
+        let mut remote = pdb_waiting(frame("/app/x.py", 1, "f"));
+        assert!(!in_remote_debugger(&thread(remote.clone())));
+        remote.insert(
+            1,
+            frame(&format!("{LIB}/pdb.py"), 2925, "_PdbServer.cmdloop"),
+        );
+        assert!(in_remote_debugger(&thread(remote)));
+        // Being set up by pdb's injected script is not being at its prompt.
+        assert!(!in_remote_debugger(&thread(vec![
+            frame(&format!("{LIB}/pdb.py"), 2740, "_PdbServer.__init__"),
+            frame(&format!("{LIB}/pdb.py"), 3100, "_connect"),
+        ])));
+        // A program's own class of that name elsewhere is not pdb's.
+        assert!(!in_remote_debugger(&thread(vec![frame(
+            "/app/server.py",
+            3,
+            "_PdbServer.cmdloop"
+        )])));
     }
 
     #[test]

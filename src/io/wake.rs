@@ -385,14 +385,18 @@ pub fn wake_for_pdb(
             }
             // Taken: pdb's script ran and armed the debugger, which stops at the next
             // Python event of the main thread; a blocked thread produces none, so it is
-            // woken a little longer: the next handler call is that event (measured: the
-            // prompt comes at the second wake). At the prompt a wake is harmless: the
-            // handler runs inside pdb's own loop, where nothing is traced.
+            // woken until pdb's session has it (its server on the main thread's stack),
+            // pdb exits or `within` ends: how long pdb's script takes to connect depends
+            // on the machine's load (a fixed 150 ms left a loaded target asleep, 1 in
+            // 40). At the prompt a wake is harmless: the handler runs inside pdb's own
+            // loop, where nothing is traced.
             Ok(false) if pending_since.is_some() => {
                 if woke {
                     let settle = Instant::now();
-                    while settle.elapsed() < Duration::from_millis(150)
+                    while settle.elapsed() < PDB_SETTLE_LIMIT
+                        && begun.elapsed() < within
                         && !done.load(Ordering::Relaxed)
+                        && !stopped_in_remote_pdb(target, main)
                     {
                         let _ = wake_thread(target, main);
                         std::thread::sleep(Duration::from_millis(10));
@@ -406,6 +410,22 @@ pub fn wake_for_pdb(
         }
     }
     woke
+}
+
+/// How long the main thread is woken, at most, after pdb's request was taken and before
+/// pdb's session shows on its stack. A bound, so that a session this client fails to
+/// recognise is not woken while the user steps through it.
+const PDB_SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Whether thread `tid` of `pid` sits in a remote pdb session (read from outside; an
+/// unreadable stack counts as not yet).
+fn stopped_in_remote_pdb(pid: i32, tid: i32) -> bool {
+    crate::io::stack_reader::read_stacks(pid).is_ok_and(|stacks| {
+        stacks
+            .threads
+            .iter()
+            .any(|t| t.tid == tid && crate::core::stacks::in_remote_debugger(t))
+    })
 }
 
 #[cfg(test)]
