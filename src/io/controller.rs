@@ -448,14 +448,15 @@ fn stop_signal_set() -> SigSet {
 fn spawn_waker_installer(target: u32, gate: super::wake::InjectionGate) -> io::Result<()> {
     use super::wake::{install_at_start, waker_script, InstallOutcome};
     let script = super::grant::sealed_memfd("heli-waker", waker_script().as_bytes())?;
+    let script_path = PathBuf::from(format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        std::os::fd::AsRawFd::as_raw_fd(&script)
+    ));
+    let path = script_path.clone();
     std::thread::Builder::new()
         .name("waker-install".into())
         .spawn(move || {
-            let path = PathBuf::from(format!(
-                "/proc/{}/fd/{}",
-                std::process::id(),
-                std::os::fd::AsRawFd::as_raw_fd(&script)
-            ));
             let outcome = install_at_start(
                 target as i32,
                 &path,
@@ -481,6 +482,14 @@ fn spawn_waker_installer(target: u32, gate: super::wake::InjectionGate) -> io::R
             // open, like the controller's other scripts, for the controller's life.
             std::mem::forget(script);
         })?;
+    // The rest of the tree: fresh interpreters it starts get the waker too. It runs for
+    // the controller's life (the sender is never dropped).
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    std::mem::forget(stop_tx);
+    let tree_script = script_path.clone();
+    std::thread::Builder::new()
+        .name("tree-waker".into())
+        .spawn(move || super::tree_waker::watch(target, tree_script, stop_rx, log))?;
     Ok(())
 }
 

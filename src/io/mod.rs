@@ -17,4 +17,5 @@ pub mod socket_exchange;
 pub mod socket_server;
 pub mod stack_reader;
 pub mod tree;
+pub mod tree_waker;
 pub mod wake;

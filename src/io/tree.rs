@@ -56,7 +56,7 @@ pub fn list_tree(root: u32) -> TreeListing {
 }
 
 /// The children of every thread of `pid` (a child belongs to the thread that forked it).
-fn children(pid: u32) -> Vec<u32> {
+pub fn children(pid: u32) -> Vec<u32> {
     let mut found = Vec::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return found;

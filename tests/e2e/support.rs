@@ -172,7 +172,6 @@ impl Lines {
         self.seen.clear();
     }
 
-    /// Everything until the writer closes.
     /// Every line received so far, without waiting for more.
     pub fn received(&mut self) -> &[String] {
         while let Ok(line) = self.rx.try_recv() {
@@ -181,6 +180,7 @@ impl Lines {
         &self.seen
     }
 
+    /// Everything until the writer closes.
     pub fn drain(&mut self) -> &[String] {
         let deadline = Instant::now() + TIMEOUT;
         while let Ok(line) = self.rx.recv_deadline(deadline) {

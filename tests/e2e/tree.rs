@@ -491,3 +491,142 @@ fn stack_shows_a_sleeping_main_thread_and_a_computing_worker_while_the_target_ru
         .stdout
         .wait_for(&format!("progress {}", before + 3));
 }
+
+/// `heli-client attach PID -c CMD...`, bounded, its output as text.
+fn scripted_attach(dir: &std::path::Path, pid: u32, commands: &[&str]) -> (Option<i32>, String) {
+    let mut args = vec!["attach".to_string(), pid.to_string()];
+    for command in commands {
+        args.push("-c".into());
+        args.push((*command).into());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = client(dir, &args);
+    (
+        out.status.code(),
+        format!("{}{}", text(&out.stdout), text(&out.stderr)),
+    )
+}
+
+// Issue 11: a worker of a multiprocessing pool (a forkserver child, a fresh interpreter
+// that the controller gave the waker while it started), idle in a long sleep, is attached
+// by pid and a local of its task printed; then `terminate` leaves no process of the tree.
+#[test]
+fn a_pool_worker_waiting_in_its_task_is_attached_by_pid_and_a_local_printed() {
+    let mut controller = Controller::start("pool_parked.py");
+    let mut parked: Vec<(u32, String)> = (0..3)
+        .map(|_| {
+            let line = controller
+                .stdout
+                .next_starting_with("parked worker-", TIMEOUT)
+                .expect("three workers parked");
+            let words: Vec<&str> = line.split_whitespace().collect();
+            (words[4].parse().unwrap(), words[1].to_string())
+        })
+        .collect();
+    parked.sort();
+    let tree = Tree::of(controller.child.id());
+    let (_, workers) = forkserver_and_workers(controller.target_pid);
+    assert_eq!(
+        workers,
+        parked.iter().map(|(pid, _)| *pid).collect::<Vec<_>>()
+    );
+    let (worker, name) = &parked[1];
+    wait_until_asleep(*worker as i32, *worker as i32);
+    let (code, out) = scripted_attach(&controller.dir, *worker, &["up", "p parked_as"]);
+    assert_eq!(code, Some(ClientExit::Ok.code()), "{out}");
+    assert!(out.contains(&format!("(Pdb) '{name}'")), "{out}");
+    assert!(out.contains("Debugger detached"), "{out}");
+    let out = client(&controller.dir, &["terminate"]);
+    assert_eq!(out.status.code(), Some(ClientExit::Ok.code()));
+    assert_eq!(controller.wait(), ControllerExit::Terminated.code());
+    tree.wait_gone(TREE_GONE_WITHIN);
+    for pid in tree.pids() {
+        assert!(!is_alive(pid), "pid {pid} of the tree is still running");
+    }
+}
+
+// Issue 11: a pre-fork HTTP server's worker (forked by the master): attached by pid, a
+// breakpoint in the request handler is hit by a real HTTP request, a local printed, the
+// client detaches and the server goes on serving.
+#[test]
+fn a_prefork_http_worker_stops_at_a_breakpoint_hit_by_a_real_request_and_keeps_serving() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let script = "prefork_http.py";
+    let mut controller = Controller::start(script);
+    let line = controller.stdout.wait_for("serving on ");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (worker, port): (u32, u16) = (words[1].parse().unwrap(), words[4].parse().unwrap());
+    let get = move || -> String {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let line = crate::stack_reader::marker_line(&fixture(script), "handler-body");
+    let mut client = Command::new(bin("heli-client"))
+        .arg("--pipe-dir")
+        .arg(&controller.dir)
+        .args(["attach", &worker.to_string()])
+        .args(["-c", &format!("break {}:{line}", fixture(script).display())])
+        .args(["-c", "continue", "-c", "p greeting"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let guard_pid = client.id();
+    let _kill = scopeguard(guard_pid);
+    let stdout = client.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let mut request = None;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .unwrap_or_else(|_| panic!("the client stopped early: {seen:#?}"));
+        // The breakpoint is set: a request now hits it.
+        if line.contains("Breakpoint 1 at") && request.is_none() {
+            request = Some(std::thread::spawn(get));
+        }
+        seen.push(line);
+        if seen.last().is_some_and(|l| l.contains("Debugger detached")) {
+            break;
+        }
+    }
+    let status = wait_with_deadline(&mut client, TIMEOUT);
+    assert_eq!(status.code(), Some(ClientExit::Ok.code()), "{seen:#?}");
+    let all = seen.join("\n");
+    assert!(
+        all.contains(&format!("(Pdb) 'hello number 1 from {worker}'")),
+        "{all}"
+    );
+    let first = request.expect("the breakpoint was set").join().unwrap();
+    assert!(
+        first.ends_with(&format!("hello number 1 from {worker}")),
+        "{first}"
+    );
+    // Detached: the worker serves the next request by itself.
+    assert!(get().ends_with(&format!("hello number 2 from {worker}")));
+}
+
+/// Kills `pid` when dropped (the client of a test that fails midway).
+fn scopeguard(pid: u32) -> impl Drop {
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            // SAFETY: plain kill(2) of a child this test started.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+    Kill(pid)
+}
