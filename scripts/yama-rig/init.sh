@@ -35,7 +35,7 @@ mount -t sysfs sysfs /host/sys || die "mount sysfs"
 mount -t securityfs securityfs /host/sys/kernel/security 2>/dev/null || true
 mount -t devtmpfs devtmpfs /host/dev || die "mount devtmpfs"
 mount -t devpts devpts /host/dev/pts 2>/dev/null || true
-mount -t tmpfs -o mode=1777 tmpfs /host/dev/shm 2>/dev/null || true
+mkdir -p /host/dev/shm && mount -t tmpfs -o mode=1777 tmpfs /host/dev/shm || die "mount /dev/shm (multiprocessing's semaphores live there)"
 # The host root is read-only: everything the job writes goes to this tmpfs (pipe dirs,
 # temp files) or to the work share (results).
 mount -t tmpfs -o mode=755 tmpfs /host/run || die "mount tmpfs on /run"

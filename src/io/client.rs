@@ -23,7 +23,7 @@ use crate::core::client::{
 use crate::core::supervisor::ClientFacts;
 use crate::core::tree::render_answer;
 use crate::core::wire::{parse_reply, Command, Dialect, Reply, StackTarget};
-use crossbeam_channel::{never, Receiver};
+use crossbeam_channel::{never, Receiver, Sender};
 use nix::sys::signal::{
     pthread_sigmask, sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal,
 };
@@ -261,6 +261,10 @@ struct PdbRun {
     watch: Arc<PdbWatch>,
     /// What the watcher reports (it gave up after `--attach-timeout`).
     events: Receiver<Input>,
+    /// Kept so that `events` never reads as disconnected: the watcher ends (its sender
+    /// dropped) as soon as pdb's request was taken, and a disconnected channel would be
+    /// ready at every select, an event that is none.
+    _events_open: Sender<Input>,
 }
 
 impl Driver {
@@ -532,6 +536,7 @@ impl Driver {
                 }
                 let watch = Arc::new(PdbWatch::default());
                 let (events_tx, events) = crossbeam_channel::unbounded();
+                let events_open = events_tx.clone();
                 {
                     let (watch, done, progress_open) =
                         (watch.clone(), pdb_done.clone(), self.progress_open.clone());
@@ -556,6 +561,7 @@ impl Driver {
                     target,
                     watch,
                     events,
+                    _events_open: events_open,
                 });
                 let (tx, rx) = crossbeam_channel::bounded(1);
                 spawn_quiet(move || {
@@ -649,7 +655,11 @@ impl Driver {
                     }
                 }
             },
-            recv(pdb_events) -> event => event.unwrap_or(Input::Interrupted),
+            // Never disconnected while pdb runs (`PdbRun::_events_open`).
+            recv(pdb_events) -> event => match event {
+                Ok(input) => input,
+                Err(_) => unreachable!("pdb's event channel is held open while pdb runs"),
+            },
             recv(pdb_exit) -> exit => {
                 self.pdb_exit = None;
                 self.pdb_stdin = None;

@@ -110,13 +110,13 @@ fn a_pid_outside_the_tree_is_refused_with_where_to_look() {
     let _ = outsider.0.as_mut().unwrap().kill();
 }
 
-/// A "spawn" child is a fresh interpreter: no SIGURG handler, so a child blocked in a
-/// sleep cannot be woken before the grant script (which installs it) runs. The client
-/// says so within a second, shows progress, and gives up at `--attach-timeout`; the
-/// request is taken back from the child.
+/// A child that cannot be woken (here: `--no-wake`, so the fresh "spawn" interpreter
+/// has no SIGURG handler) and is blocked in a sleep: the client says so within a second,
+/// shows progress, and gives up at `--attach-timeout`; the request is taken back from
+/// the child.
 #[test]
-fn a_spawned_child_asleep_is_waited_for_with_progress_then_given_up_cleanly() {
-    let mut controller = Controller::start_args(&[], "spawned_child.py", &["sleeps"]);
+fn a_child_that_cannot_be_woken_is_waited_for_with_progress_then_given_up_cleanly() {
+    let mut controller = Controller::start_args(&["--no-wake"], "spawned_child.py", &["sleeps"]);
     let child = child_pid(&mut controller);
     wait_until_asleep(child as i32, child as i32);
     let (code, out) = run_client(
@@ -410,5 +410,23 @@ fn a_target_held_by_its_own_breakpoint_is_named_not_timed_out() {
         !request_pending(target as u32),
         "a request was left in the target"
     );
+    assert_target_printed_nothing_of_ours(&mut controller);
+}
+
+/// A "spawn" child is a fresh interpreter without the target's SIGURG handler; the
+/// controller gave it the waker while it started, so asleep it is attached at once.
+#[test]
+fn a_spawned_child_asleep_is_woken_and_attached() {
+    let mut controller = Controller::start_args(&[], "spawned_child.py", &["sleeps"]);
+    let child = child_pid(&mut controller);
+    wait_until_asleep(child as i32, child as i32);
+    let (code, out) = run_client(
+        &controller.dir,
+        &format!("attach {child}\np __import__('os').getpid()\nq\nquit\n"),
+        &["--attach-timeout", "20s"],
+    );
+    assert_eq!(code, ClientExit::Ok.code(), "{out}");
+    assert!(out.contains(&format!("(Pdb) {child}")), "{out}");
+    assert!(!out.contains("has not run the grant yet"), "{out}");
     assert_target_printed_nothing_of_ours(&mut controller);
 }

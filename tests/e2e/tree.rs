@@ -441,6 +441,8 @@ fn stack_shows_a_sleeping_main_thread_and_a_computing_worker_while_the_target_ru
     let ready = controller.stdout.wait_for("ready ");
     let worker_tid: u32 = ready.split_whitespace().nth(2).unwrap().parse().unwrap();
     controller.stdout.wait_for("progress ");
+    // `ready` comes before the main thread reaches its sleep.
+    wait_until_asleep(controller.target_pid as i32, controller.target_pid as i32);
     let path = fixture(script).display().to_string();
     let before = last_progress(&mut controller.stdout);
     for _ in 0..5 {
