@@ -421,7 +421,7 @@ def heli_scope1_waiting():
         record("scope 1 child: plain `python3.14 -m pdb -p CHILD` without a grant is refused",
                rc not in (0, None) and "child-ticks" not in out, f"status {rc}", out)
         rc, out = run_user([CLIENT, "--pipe-dir", ctl.dir, "--python", PY],
-                           f"attach {child}\np secret\nq\nterminate\n", timeout=150)
+                           f"attach {child}\np secret\nq\nquit\n", timeout=150)
         record("scope 1 child: heli-client `attach CHILD` prints the child's local",
                rc == 0 and "'child-ticks'" in out, f"status {rc}", out + ctl.output())
         a = Probe("A")
