@@ -107,6 +107,12 @@ fn ps_lists_the_pool_then_terminate_leaves_no_process_of_the_tree() {
     assert!(row(target).ends_with("[target]"), "{}", row(target));
     assert!(row(forkserver).contains("multiprocessing.forkserver"));
 
+    terminate_leaves_no_process_of(&mut controller, &tree);
+}
+
+/// `heli-client terminate`, then the controller exits as terminated and no process of
+/// `tree` is left.
+fn terminate_leaves_no_process_of(controller: &mut Controller, tree: &Tree) {
     let out = client(&controller.dir, &["terminate"]);
     assert_eq!(
         out.status.code(),
@@ -538,13 +544,7 @@ fn a_pool_worker_waiting_in_its_task_is_attached_by_pid_and_a_local_printed() {
     assert_eq!(code, Some(ClientExit::Ok.code()), "{out}");
     assert!(out.contains(&format!("(Pdb) '{name}'")), "{out}");
     assert!(out.contains("Debugger detached"), "{out}");
-    let out = client(&controller.dir, &["terminate"]);
-    assert_eq!(out.status.code(), Some(ClientExit::Ok.code()));
-    assert_eq!(controller.wait(), ControllerExit::Terminated.code());
-    tree.wait_gone(TREE_GONE_WITHIN);
-    for pid in tree.pids() {
-        assert!(!is_alive(pid), "pid {pid} of the tree is still running");
-    }
+    terminate_leaves_no_process_of(&mut controller, &tree);
 }
 
 // Issue 11: a pre-fork HTTP server's worker (forked by the master): attached by pid, a
