@@ -180,18 +180,14 @@ pub enum Input {
     PdbExited {
         status: PdbExit,
     },
-    /// A `WAITING` line of the grant out, with what the driver saw of the process then.
+    /// A `WAITING` line of the grant out. The controller's words name each thread's state
+    /// and innermost Python frame: it can read them at `ptrace_scope=1`, where the
+    /// client, before its grant, cannot.
     GrantProgress {
         /// Milliseconds since the controller got the request.
         elapsed_ms: u64,
         /// The controller's words (what the grant waits for).
         controller: String,
-        /// Python frames, one per thread (`tid: file:line function`), when the process's
-        /// stacks could be read.
-        frames: Vec<String>,
-        /// The main thread sits in a `breakpoint()` of its own: its pdb reads the
-        /// target's stdin, and nothing runs until someone answers it there.
-        local_debugger: bool,
     },
     /// Ctrl-C while an attach is under way (not at the prompt).
     Interrupted,
@@ -262,12 +258,10 @@ pub enum Effect {
     /// Close pdb's input: it gets EOF.
     ClosePdbInput,
     /// Send `GRANT_ACCESS ... WAIT` on the socket and report each `WAITING` line as
-    /// [`Input::GrantProgress`] (with what the driver sees of `process`), then the final
-    /// reply; the connection is closed after `timeout_ms` (a timeout failure) or on
+    /// [`Input::GrantProgress`], then the final reply; the connection is closed after `timeout_ms` (a timeout failure) or on
     /// [`Effect::CancelRequest`]. Without a socket, the seed line on the FIFO instead.
     SendWaiting {
         command: Command,
-        process: u32,
         timeout_ms: Option<u64>,
     },
     /// Give up the request out: close its connection (the controller then withdraws what
@@ -804,8 +798,6 @@ impl Client {
                 Input::GrantProgress {
                     elapsed_ms,
                     controller,
-                    frames,
-                    local_debugger,
                 },
             ) => {
                 if !told_waiting {
@@ -816,19 +808,11 @@ impl Client {
                             None => String::new(),
                         }
                     ));
-                    if local_debugger {
-                        out.say(&format!(
-                            "   pid {target}'s main thread is in a debugger of its own (breakpoint()) reading the target's stdin: answer it there, or 'c' it, and the attach goes on"
-                        ));
-                    }
                 }
                 let what = controller
                     .split_once(' ')
                     .map_or(controller.as_str(), |(_, what)| what);
-                let mut text = format!("   waiting {}: {what}", seconds(elapsed_ms));
-                if !frames.is_empty() {
-                    text.push_str(&format!("; Python: {}", frames.join(", ")));
-                }
+                let text = format!("   waiting {}: {what}", seconds(elapsed_ms));
                 out.push(Effect::Progress { text });
                 State::Attaching(Attaching::Granting {
                     target,
@@ -1250,7 +1234,6 @@ impl Client {
                 process,
                 wait: true,
             },
-            process: target,
             timeout_ms: self.config.attach_timeout_ms,
         });
         State::Attaching(Attaching::Granting {

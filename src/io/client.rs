@@ -319,9 +319,8 @@ impl Driver {
             } => self.send(command, expect_reply, Duration::from_millis(timeout_ms)),
             Effect::SendWaiting {
                 command,
-                process,
                 timeout_ms,
-            } => self.send_waiting(command, process, timeout_ms.map(Duration::from_millis)),
+            } => self.send_waiting(command, timeout_ms.map(Duration::from_millis)),
             Effect::CancelRequest => {
                 if let Some(cancel) = &self.cancel_request {
                     cancel.store(true, Ordering::Relaxed);
@@ -403,7 +402,7 @@ impl Driver {
     /// the client itself sees of the process: its Python frames, once they can be
     /// read), then the outcome. Without a socket (an older controller), the seed line on
     /// the FIFOs, which the controller's own timeout bounds.
-    fn send_waiting(&mut self, command: Command, process: u32, timeout: Option<Duration>) {
+    fn send_waiting(&mut self, command: Command, timeout: Option<Duration>) {
         let (tx, rx) = crossbeam_channel::unbounded();
         let cancel = Arc::new(AtomicBool::new(false));
         let dir = self.opts.pipe_dir.clone();
@@ -417,12 +416,9 @@ impl Driver {
                     Some((ms, _)) => (ms.parse().unwrap_or(0), text.clone()),
                     None => (0, text.clone()),
                 };
-                let (frames, local_debugger) = python_frames(process);
                 let _ = progress_tx.send(Input::GrantProgress {
                     elapsed_ms,
                     controller,
-                    frames,
-                    local_debugger,
                 });
             };
             let outcome = exchange_waiting(

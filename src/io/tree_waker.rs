@@ -34,7 +34,11 @@ const MAX_WATCHED: usize = 256;
 /// waker (a path the children can open, as for the target); `log` tells the person
 /// watching the controller.
 pub fn watch(target: u32, script: PathBuf, stop: Receiver<()>, log: fn(&str)) {
-    let mut seen: HashSet<u32> = HashSet::new();
+    // A process is known by its pid *and* its command line: a child that `spawn` or
+    // `subprocess` starts is first a fork of its parent (with the parent's handler and
+    // runtime), then exec's the new interpreter; only the second is the one to give the
+    // waker.
+    let mut seen: HashSet<(u32, Vec<u8>)> = HashSet::new();
     let mut busy_until = Instant::now() + BUSY_FOR;
     loop {
         let pause = if Instant::now() < busy_until {
@@ -46,20 +50,23 @@ pub fn watch(target: u32, script: PathBuf, stop: Receiver<()>, log: fn(&str)) {
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
             Err(RecvTimeoutError::Timeout) => {}
         }
-        let now_in_tree = descendants(target);
+        let now_in_tree: Vec<(u32, Vec<u8>)> = descendants(target)
+            .into_iter()
+            .map(|pid| (pid, command_line(pid)))
+            .collect();
         let new: Vec<u32> = now_in_tree
             .iter()
-            .copied()
-            .filter(|pid| !seen.contains(pid))
+            .filter(|known| !seen.contains(*known))
+            .map(|(pid, _)| *pid)
             .collect();
         // Forget the ones gone, so that a recycled pid is a new process again.
-        seen.retain(|pid| now_in_tree.contains(pid));
+        seen.retain(|known| now_in_tree.contains(known));
+        seen.extend(now_in_tree);
         if new.is_empty() {
             continue;
         }
         busy_until = Instant::now() + BUSY_FOR;
         for pid in new {
-            seen.insert(pid);
             // A forked child inherited the handler; a process that ignores or handles
             // SIGURG itself is left as it is (as the target would be).
             if catches(pid as i32, WAKE_SIGNAL) != Some(false) {
@@ -74,6 +81,13 @@ pub fn watch(target: u32, script: PathBuf, stop: Receiver<()>, log: fn(&str)) {
             }
         }
     }
+}
+
+/// The start of `/proc/PID/cmdline` (empty when gone): enough to tell an exec.
+fn command_line(pid: u32) -> Vec<u8> {
+    let mut bytes = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    bytes.truncate(4096);
+    bytes
 }
 
 fn install_in_child(pid: u32, script: &std::path::Path, log: fn(&str)) {

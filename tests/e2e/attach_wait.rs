@@ -414,10 +414,11 @@ fn a_target_held_by_its_own_breakpoint_is_named_not_timed_out() {
 }
 
 /// A "spawn" child is a fresh interpreter without the target's SIGURG handler; the
-/// controller gave it the waker while it started, so asleep it is attached at once.
+/// controller gives it the waker while it starts (here: while it loads for 0.5 s, as
+/// real workers do), so once asleep it is attached at once.
 #[test]
 fn a_spawned_child_asleep_is_woken_and_attached() {
-    let mut controller = Controller::start_args(&[], "spawned_child.py", &["sleeps"]);
+    let mut controller = Controller::start_args(&[], "spawned_child.py", &["loads-then-sleeps"]);
     let child = child_pid(&mut controller);
     wait_until_asleep(child as i32, child as i32);
     let (code, out) = run_client(

@@ -80,7 +80,6 @@ fn grant_waiting(process: Option<u32>, timeout_ms: Option<u64>) -> Effect {
             process,
             wait: true,
         },
-        process: process.unwrap_or(TARGET),
         timeout_ms,
     }
 }
@@ -764,8 +763,6 @@ fn progress(elapsed_ms: u64) -> Input {
     Input::GrantProgress {
         elapsed_ms,
         controller: format!("{elapsed_ms} pid 777 ran no Python code yet (threads: 777 (main) S)"),
-        frames: vec![],
-        local_debugger: false,
     }
 }
 
@@ -822,15 +819,13 @@ fn progress_says_once_that_it_waits_then_updates_one_line() {
             text: "   waiting 1.5 s: pid 777 ran no Python code yet (threads: 777 (main) S)".into()
         }]
     );
-    let local = given.when(Input::GrantProgress {
+    let framed = given.when(Input::GrantProgress {
         elapsed_ms: 2500,
-        controller: "2500 pid 777 ran no Python code yet (threads: 777 (main) S)".into(),
-        frames: vec!["777 /app/x.py:3 main".into()],
-        local_debugger: true,
+        controller: "2500 pid 777 ran no Python code yet (threads: 777 (main) S in do_sys_poll at x.py:3 main)".into(),
     });
     assert_eq!(
-        texts(&local),
-        ["   waiting 2.5 s: pid 777 ran no Python code yet (threads: 777 (main) S); Python: 777 /app/x.py:3 main"]
+        texts(&framed),
+        ["   waiting 2.5 s: pid 777 ran no Python code yet (threads: 777 (main) S in do_sys_poll at x.py:3 main)"]
     );
 }
 
