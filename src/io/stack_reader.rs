@@ -66,8 +66,14 @@ const FRAME_OWNED_BY_GENERATOR: u8 = 1;
 /// Every thread's Python stack of `pid` (main interpreter), the main thread first, the
 /// others oldest first.
 pub fn read_stacks(pid: i32) -> Result<ProcessStacks, StackError> {
-    let process = open(pid)?;
-    let mut reader = Reader::new(&process)?;
+    read_stacks_of(&open(pid)?)
+}
+
+/// [`read_stacks`] of a process already located (the grant injector's own handle): no
+/// second search for its runtime, a few hundred microseconds less.
+pub fn read_stacks_of(process: &PythonProcess) -> Result<ProcessStacks, StackError> {
+    let pid = process.pid();
+    let mut reader = Reader::new(process)?;
     let threads = with_retries(pid, "stacks", &mut reader, Reader::stacks)?;
     Ok(ProcessStacks {
         pid,

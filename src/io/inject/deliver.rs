@@ -110,7 +110,7 @@ pub fn carry_out(
 /// (`breakpoint()` at its prompt), read from outside; `None` when it does not or its
 /// stack cannot be read (the request then goes ahead as before).
 fn held_by_debugger(process: &PythonProcess, on: ThreadChoice) -> Option<InjectFailure> {
-    let stacks = crate::io::stack_reader::read_stacks(process.pid()).ok()?;
+    let stacks = crate::io::stack_reader::read_stacks_of(process).ok()?;
     let thread = stacks.threads.iter().find(|t| match on {
         ThreadChoice::Main => t.is_main,
         ThreadChoice::Tid(tid) => t.tid == tid,
@@ -146,7 +146,7 @@ pub fn survey_threads(process: &PythonProcess) -> Vec<ThreadFact> {
     let main = process.main_thread_tid().ok().flatten();
     // Read from outside, never stopping the target; a reading that fails (a process
     // changing too fast, another build) leaves the frames out, nothing else.
-    let stacks = crate::io::stack_reader::read_stacks(process.pid())
+    let stacks = crate::io::stack_reader::read_stacks_of(process)
         .map(|s| s.threads)
         .unwrap_or_default();
     crate::io::procfs::thread_states(process.pid())
