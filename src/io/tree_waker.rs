@@ -69,7 +69,7 @@ pub fn watch(target: u32, script: PathBuf, stop: Receiver<()>, log: fn(&str)) {
         for pid in new {
             // A forked child inherited the handler; a process that ignores or handles
             // SIGURG itself is left as it is (as the target would be).
-            if catches(pid as i32, WAKE_SIGNAL) != Some(false) {
+            if catches(pid as i32, WAKE_SIGNAL) != Some(false) || !looks_like_python(pid) {
                 continue;
             }
             let script = script.clone();
@@ -105,6 +105,19 @@ fn install_in_child(pid: u32, script: &std::path::Path, log: fn(&str)) {
         // Not Python, or gone: nothing to say.
         InstallOutcome::NotWritten { .. } | InstallOutcome::LeftToGrant => {}
     }
+}
+
+/// Whether `pid` runs a Python interpreter: its executable is named like one, or it maps
+/// a `libpython` (an embedding program). Cheap, so that the tree's `git`s and shells are
+/// not searched for a runtime for a second and a half each.
+fn looks_like_python(pid: u32) -> bool {
+    let named = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .and_then(|exe| exe.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .is_some_and(|name| name.starts_with("python"));
+    named
+        || std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .is_ok_and(|maps| maps.contains("/libpython3"))
 }
 
 /// Every process below `target`, bounded.

@@ -175,6 +175,10 @@ pub fn install_at_start(
             if process.is_none() {
                 match PythonProcess::open(pid) {
                     Ok(opened) => process = Some(opened),
+                    // Gone: nothing will ever take the waker.
+                    Err(e @ InjectError::NoSuchProcess { .. }) => {
+                        return InstallOutcome::NotWritten { why: e.to_string() }
+                    }
                     Err(e) => last_error = e.to_string(),
                 }
             }
