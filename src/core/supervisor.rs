@@ -1764,17 +1764,18 @@ impl Supervisor {
                     "timed out after {timeout} ms: cannot inject the grant into the target: {}",
                     failure.detail()
                 ),
-                (_, _, Some(threads)) if held_by_debugger(threads).is_some() => format!(
-                    "timed out after {timeout} ms: the target's {} (threads: {}); answer it there, or continue it, and try again",
-                    held_by_debugger(threads).unwrap_or_default(),
-                    describe_threads(threads)
-                ),
-                (_, _, threads) => {
-                    let seen = threads.map_or(String::new(), |t| format!(" (threads: {})", describe_threads(t)));
-                    format!(
-                        "timed out after {timeout} ms: the target ran no Python code{seen}; it may be blocked in a C call, a long sleep or I/O; try again when it is busy"
-                    )
-                }
+                (_, _, threads) => match threads.and_then(|t| held_by_debugger(t).map(|h| (t, h))) {
+                    Some((threads, held)) => format!(
+                        "timed out after {timeout} ms: the target's {held} (threads: {}); answer it there, or continue it, and try again",
+                        describe_threads(threads)
+                    ),
+                    None => {
+                        let seen = threads.map_or(String::new(), |t| format!(" (threads: {})", describe_threads(t)));
+                        format!(
+                            "timed out after {timeout} ms: the target ran no Python code{seen}; it may be blocked in a C call, a long sleep or I/O; try again when it is busy"
+                        )
+                    }
+                },
             },
         };
         self.abandon_grant(grant.clone(), "", out);
