@@ -181,8 +181,31 @@ pub fn run(opts: ControllerOptions) -> Result<i32, ControllerError> {
     // killed from outside, so they stay findable and are stopped with the rest.
     // SAFETY: plain prctl.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    let (mut keeper, keeper_events) =
-        Keeper::start(&python, &opts.script, &opts.args).map_err(|e| {
+    // The waker the target's interpreter installs itself before the program's first line
+    // (see `super::startup_waker`). Held until the controller returns: its path names a
+    // descriptor of this process.
+    let startup_waker = if opts.wake {
+        match super::startup_waker::StartupWaker::create() {
+            Ok(waker) => Some(waker),
+            Err(e) => {
+                log(&format!(
+                    "the start-up SIGURG waker could not be prepared ({e}); it is written into the target once it runs instead"
+                ));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let target_env: Vec<(OsString, OsString)> = startup_waker
+        .iter()
+        .map(|waker| {
+            let existing = std::env::var_os("PYTHONPATH");
+            ("PYTHONPATH".into(), waker.python_path(existing.as_deref()))
+        })
+        .collect();
+    let (mut keeper, keeper_events) = Keeper::start(&python, &opts.script, &opts.args, &target_env)
+        .map_err(|e| {
             if let Some(writer) = &journal {
                 let _ = std::fs::remove_file(writer.path());
             }
@@ -471,6 +494,10 @@ fn spawn_waker_installer(target: u32, gate: super::wake::InjectionGate) -> io::R
                 )),
                 InstallOutcome::StillPending { tid, after, why } => log(&format!(
                     "SIGURG waker written into thread {tid} after {} ms but not run within 2 s (the target blocked at once), so taken back; a grant installs it (before: {why})",
+                    after.as_millis()
+                )),
+                InstallOutcome::AlreadyCaught { after } => log(&format!(
+                    "SIGURG waker: the target caught SIGURG by itself after {} ms (the start-up sitecustomize, or its own handler)",
                     after.as_millis()
                 )),
                 InstallOutcome::LeftToGrant => {}

@@ -109,12 +109,14 @@ const OP_TREE: u8 = b'A';
 const SWEEP_SECONDS: u32 = 5;
 
 impl Keeper {
-    /// Forks the keeper, which starts the target. Returns once the target runs (or its
-    /// start failed: the exec error is returned).
+    /// Forks the keeper, which starts the target with `env` added to the controller's
+    /// environment. Returns once the target runs (or its start failed: the exec error is
+    /// returned).
     pub fn start(
         python: &Path,
         script: &Path,
         args: &[OsString],
+        env: &[(OsString, OsString)],
     ) -> io::Result<(Keeper, KeeperEvents)> {
         let threads = std::fs::read_to_string("/proc/self/status")?
             .lines()
@@ -138,7 +140,7 @@ impl Keeper {
                 // controller until the keeper has swept the tree, and the next controller
                 // would be refused.
                 close_all_but(&[cmd_r.as_raw_fd(), ev_w.as_raw_fd()]);
-                let code = keeper_main(cmd_r, ev_w, python, script, args);
+                let code = keeper_main(cmd_r, ev_w, python, script, args, env);
                 // SAFETY: leave without running the controller's atexit/destructors.
                 unsafe { libc::_exit(code) }
             }
@@ -306,6 +308,7 @@ fn keeper_main(
     python: &Path,
     script: &Path,
     args: &[OsString],
+    env: &[(OsString, OsString)],
 ) -> i32 {
     let mut events = File::from(events);
     let mut commands = File::from(commands);
@@ -330,7 +333,10 @@ fn keeper_main(
 
     let keeper = std::process::id() as i32;
     let mut command = Command::new(python);
-    command.arg(script).args(args);
+    command
+        .arg(script)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)));
     // SAFETY: between fork and exec only async-signal-safe calls are made.
     unsafe {
         command.pre_exec(move || {

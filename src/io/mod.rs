@@ -16,6 +16,7 @@ pub mod procfs;
 pub mod socket_exchange;
 pub mod socket_server;
 pub mod stack_reader;
+pub mod startup_waker;
 pub mod tree;
 pub mod tree_waker;
 pub mod wake;

@@ -102,8 +102,10 @@ fn install_in_child(pid: u32, script: &std::path::Path, log: fn(&str)) {
         InstallOutcome::StillPending { .. } => log(&format!(
             "SIGURG waker for pid {pid} of the tree not run in time (it blocked at once), so taken back; attaching to it waits until it runs Python code"
         )),
-        // Not Python, or gone: nothing to say.
-        InstallOutcome::NotWritten { .. } | InstallOutcome::LeftToGrant => {}
+        // Not Python, or gone, or it installed the waker itself: nothing to say.
+        InstallOutcome::NotWritten { .. }
+        | InstallOutcome::LeftToGrant
+        | InstallOutcome::AlreadyCaught { .. } => {}
     }
 }
 

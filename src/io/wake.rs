@@ -5,9 +5,10 @@
 //! eval breaker the pending request runs. The blocked call then resumes as before.
 //!
 //! The signal is SIGURG ([`WAKE_SIGNAL`]): its default action is to ignore it, so sending
-//! it to a process without a handler changes nothing. The handler is installed in the
-//! target by a tiny script ([`waker_script`]) delivered right after start-up, while the
-//! interpreter is busy importing, and again at the head of every grant script; it installs
+//! it to a process without a handler changes nothing. The handler is installed by the
+//! target's interpreter itself while it starts ([`super::startup_waker`]); for an
+//! interpreter that skipped that, by a tiny script ([`waker_script`]) written into it
+//! right after start-up; and again at the head of every grant script. Each installs
 //! a no-op handler only while SIGURG's disposition is still the default, so a target that
 //! handles SIGURG itself keeps its own handler (which is then what a wake calls).
 //!
@@ -143,6 +144,10 @@ pub enum InstallOutcome {
     },
     /// A grant came first; its script installs the waker.
     LeftToGrant,
+    /// The interpreter caught SIGURG before anything was written: the start-up
+    /// `sitecustomize` installed the waker ([`super::startup_waker`]), or the program
+    /// handles SIGURG itself.
+    AlreadyCaught { after: Duration },
     /// Never written: why.
     NotWritten { why: String },
 }
@@ -183,6 +188,11 @@ pub fn install_at_start(
                 }
             }
             if let Some(opened) = &process {
+                if catches(pid, WAKE_SIGNAL) == Some(true) {
+                    return InstallOutcome::AlreadyCaught {
+                        after: begun.elapsed(),
+                    };
+                }
                 // As "the main thread": CPython names it only once the interpreter is
                 // fully initialised, right before __main__ runs. Earlier, a request would
                 // run while the import system is half built (measured: "Can't open

@@ -208,6 +208,14 @@ pub fn wait_until_asleep(pid: i32, tid: i32) {
 
 /// Waits for a child with a deadline; kills it if the deadline passes.
 pub fn wait_with_deadline(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let pid = child.id();
+    wait_or_kill(child, timeout)
+        .unwrap_or_else(|| panic!("process {pid} did not exit within {timeout:?}; killed"))
+}
+
+/// Waits for a child with a deadline; kills it and returns `None` if the deadline passes,
+/// so the caller can report what the child had printed.
+pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     let pid = child.id();
     // A watcher thread turns "child exited" into an event; no polling loop.
@@ -221,10 +229,11 @@ pub fn wait_with_deadline(child: &mut Child, timeout: Duration) -> ExitStatus {
     if rx.recv_deadline(deadline).is_err() {
         let _ = child.kill();
         let _ = watcher.join();
-        panic!("process {pid} did not exit within {timeout:?}; killed");
+        let _ = child.wait();
+        return None;
     }
     let _ = watcher.join();
-    child.wait().expect("reap")
+    Some(child.wait().expect("reap"))
 }
 
 /// `Command::output` with a deadline: runs `command` with stdin on /dev/null and its
@@ -499,7 +508,8 @@ pub fn run_client(dir: &Path, input: &str, extra: &[&str]) -> (i32, String) {
     let mut err = Lines::spawn(child.stderr.take().unwrap());
     let guard = KillOnDrop(Some(child));
     let mut child = guard;
-    let status = wait_with_deadline(child.0.as_mut().unwrap(), Duration::from_secs(120));
+    let timeout = Duration::from_secs(120);
+    let status = wait_or_kill(child.0.as_mut().unwrap(), timeout);
     child.0 = None;
     let _ = writer.join();
     let text = format!(
@@ -507,7 +517,29 @@ pub fn run_client(dir: &Path, input: &str, extra: &[&str]) -> (i32, String) {
         out.drain().join("\n"),
         err.drain().join("\n")
     );
-    (status.code().unwrap_or(-1), text)
+    match status {
+        Some(status) => (status.code().unwrap_or(-1), text),
+        None => panic!(
+            "heli-client did not exit within {timeout:?}; killed. It printed:\n{text}\n\
+             --- journals in {} ---\n{}",
+            dir.display(),
+            journals_in(dir)
+        ),
+    }
+}
+
+/// The text of every controller journal in `dir`: what a hung exchange looked like from
+/// the controller's side.
+fn journals_in(dir: &Path) -> String {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("journal") {
+            let body = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            text.push_str(&format!("{name}:\n{body}\n"));
+        }
+    }
+    text
 }
 
 /// Kills the child when a test fails between spawn and wait.

@@ -83,6 +83,60 @@ fn a_queue_consumer_with_main_in_join_is_attached() {
     wait_until_all_asleep(controller.target_pid);
 }
 
+/// The waker is installed by the interpreter while `site` runs (`io::startup_waker`), so
+/// a program that blocks at once is attachable however late the controller gets to run.
+/// Checked where it is certain: in the program's own `sitecustomize`, which runs before
+/// its main module and before the controller can write anything into it (the
+/// interpreter has not finished starting). That module still runs, stays the one in
+/// `sys.modules`, and the program's `sys.path` does not show the waker's archive.
+#[test]
+fn the_waker_is_in_place_before_the_program_s_own_sitecustomize_which_still_runs() {
+    let own = fixture("own_sitecustomize");
+    let target = TargetSpec::new(python(), "wait_queue.py").env("PYTHONPATH", &own);
+    let mut controller = Controller::start_target(&target, &[]);
+    let line = controller.stdout.wait_for("own sitecustomize ran");
+    assert!(
+        line.ends_with("SIGURG handler: helicopter_parent_woke_this_thread"),
+        "{line}"
+    );
+    controller
+        .stdout
+        .wait_for("consumer waiting on an empty queue");
+    attach_twice(&controller, "(consumed, jobs.qsize())", "(0, 0)");
+    let (code, out) = controller.client(
+        "attach\n\
+         p __import__('sys').modules['sitecustomize'].__file__\n\
+         p [e for e in __import__('sys').path if e.startswith('/proc/')]\n\
+         p __import__('os').environ['PYTHONPATH'].split(':')[1:]\n\
+         q\nquit\n",
+    );
+    assert_eq!(code, 0, "{out}");
+    let own_module = own.join("sitecustomize.py");
+    assert!(
+        out.contains(&format!("'{}'", own_module.display())),
+        "not the program's own sitecustomize:\n{out}"
+    );
+    assert!(
+        out.contains("(Pdb) []"),
+        "sys.path shows the archive:\n{out}"
+    );
+    assert!(
+        out.contains(&format!("['{}']", own.display())),
+        "the program's PYTHONPATH was not kept after the archive:\n{out}"
+    );
+}
+
+#[test]
+fn with_no_wake_the_program_s_environment_is_left_alone() {
+    let mut controller = Controller::start_with("counter.py", &["--no-wake"]);
+    controller.stdout.wait_for("counter ready");
+    let (code, out) = controller.client(
+        "attach\np (__import__('os').environ.get('PYTHONPATH'), __import__('signal').getsignal(__import__('signal').SIGURG))\nq\nquit\n",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("(None, <Handlers.SIG_DFL: 0>)"), "{out}");
+}
+
 #[test]
 fn a_main_thread_in_a_300_s_sleep_is_attached_and_still_stops_on_terminate() {
     let mut controller = Controller::start("wait_long_sleep.py");
