@@ -301,12 +301,14 @@ fn ctrl_c_during_the_grant_cancels_and_leaves_the_target_as_it_was(#[case] term_
 fn ctrl_c_during_pdbs_wait_cancels_without_a_traceback_and_withdraws_its_request() {
     let mut controller = Controller::start("sleep_until_usr1.py");
     controller.stdout.wait_for("sleeping 300 s");
-    // The grant is woken by the handler installed at start (a target that blocks before
-    // it runs is woken only once it runs Python code by itself).
-    controller
-        .stderr
-        .wait_for("SIGURG waker installed in the target");
+    // The grant is woken through the handler the interpreter installed at start-up; the
+    // controller's line says how that went.
+    controller.stderr.wait_for("SIGURG waker");
     let target = controller.target_pid;
+    assert_eq!(
+        helicopter_parent::io::wake::catches(target as i32, libc::SIGURG),
+        Some(true)
+    );
     wait_until_asleep(target as i32, target as i32);
     let mut term = PtyClient::start(&controller.dir, &[("HELI_NO_WAKE", "1")]);
     term.wait_for(">>> ");

@@ -250,7 +250,8 @@ fn ctrl_c_on_the_terminal_interrupts_the_target_once() {
     });
     let deadline = Instant::now() + TIMEOUT;
     let mut seen = String::new();
-    // Also wait for the controller's start-up injection (the SIGURG waker) to be over: a
+    // Also wait for the controller's start-up work on the SIGURG waker to be over (an
+    // injection when the interpreter had not installed it itself): a
     // Ctrl-C that lands in the microseconds a remote script runs is raised inside that
     // script, and CPython reports and drops it (a window of every remote execution,
     // grants included; README, "Waking a target that waits").
