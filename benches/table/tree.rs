@@ -12,6 +12,9 @@
 //!   children, 9 pool workers), beside procps `ps` listing the same pids (pid, ppid,
 //!   threads, state, command): ours also reads every Python process's version and each
 //!   thread's innermost frame.
+//! - What the start-up waker (`io::startup_waker`) costs each interpreter of the tree:
+//!   `python -c 'import json'` with the controller's `sitecustomize` archive on its
+//!   `PYTHONPATH` beside the same command without it, runs alternating.
 use crate::common::stats::{Row, Samples};
 use crate::common::{root, time_to_exit, Controller, Target};
 use crate::{Bench, Emit};
@@ -138,4 +141,40 @@ pub fn rows(bench: &Bench, emit: Emit) {
             Samples::times("procps ps -p (same 20 pids)", reference, LIMIT),
         ));
     }
+    startup_archive_cost(bench, emit);
+}
+
+/// The start-up waker's cost to each interpreter: the same short program with and without
+/// the archive, alternating so that both see the same machine.
+fn startup_archive_cost(bench: &Bench, emit: Emit) {
+    use helicopter_parent::io::startup_waker::{archive, sitecustomize_source};
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let zip = dir.path().join("heli-sitecustomize.zip");
+    std::fs::write(&zip, archive(&sitecustomize_source())).expect("write the archive");
+    let python = |with_archive: bool| {
+        let mut k = Command::new(&bench.python);
+        k.args(["-c", "import json"]).env_remove("PYTHONPATH");
+        if with_archive {
+            k.env("PYTHONPATH", &zip);
+        }
+        k
+    };
+    let (mut ours, mut reference) = (Vec::new(), Vec::new());
+    for _ in 0..N * 2 {
+        ours.push(time_to_exit(&mut python(true), LIMIT));
+        reference.push(time_to_exit(&mut python(false), LIMIT));
+    }
+    emit(Row::new(
+        "tree",
+        Samples::times(
+            format!("{} -c 'import json', start-up waker", bench.python_name),
+            ours,
+            LIMIT,
+        ),
+        Samples::times(
+            format!("{} -c 'import json', no PYTHONPATH", bench.python_name),
+            reference,
+            LIMIT,
+        ),
+    ));
 }
