@@ -151,6 +151,16 @@ pub fn in_remote_debugger(thread: &ThreadStack) -> bool {
         .any(|f| is_debugger_frame(f) && f.function == "_PdbServer.cmdloop")
 }
 
+/// Whether pdb's own code runs on this thread: a frame of pdb's modules anywhere on its
+/// stack. While `python -m pdb -p` attaches, its script (compiled from a string, so its
+/// own frame is just `<string>`) imports pdb and calls into it until the debugger is
+/// armed; a SIGURG then would call the handler from inside that code, and pdb, already
+/// tracing, would stop in the handler with its own `bdb.py` as the caller, where `up`
+/// shows pdb and not the program (seen on a loaded machine).
+pub fn runs_pdb_code(thread: &ThreadStack) -> bool {
+    thread.frames.iter().any(is_debugger_frame)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +216,33 @@ mod tests {
             3,
             "_PdbServer.cmdloop"
         )])));
+    }
+
+    #[test]
+    fn pdbs_attach_at_work_is_told_by_its_modules_on_the_stack() {
+        let waiting = thread(vec![
+            frame("/app/queue_worker.py", 13, "consume"),
+            frame("/app/queue_worker.py", 20, "<module>"),
+        ]);
+        assert!(!runs_pdb_code(&waiting));
+        // pdb's script connecting back: its own frame is `<string>`, pdb's are above it.
+        let connecting = thread(vec![
+            frame(&format!("{LIB}/socket.py"), 840, "create_connection"),
+            frame(&format!("{LIB}/pdb.py"), 3390, "_connect"),
+            frame("<string>", 3, "<module>"),
+            frame("<helicopter-parent: SIGURG woke this thread>", 3, "woke"),
+            frame("/app/queue_worker.py", 13, "consume"),
+        ]);
+        assert!(runs_pdb_code(&connecting));
+        // A program's own `<string>` code (`python -c`, a spawn child) is not pdb's.
+        assert!(!runs_pdb_code(&thread(vec![
+            frame(
+                &format!("{LIB}/multiprocessing/connection.py"),
+                395,
+                "_recv"
+            ),
+            frame("<string>", 1, "<module>"),
+        ])));
     }
 
     #[test]

@@ -180,7 +180,7 @@ pub(crate) fn process_stat(pid: i32) -> Option<Stat> {
     parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
-fn thread_stat(pid: i32, tid: i32) -> Option<Stat> {
+pub(crate) fn thread_stat(pid: i32, tid: i32) -> Option<Stat> {
     parse_stat(&fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?)
 }
 

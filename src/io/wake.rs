@@ -390,7 +390,12 @@ pub fn wake_for_pdb(
                 // (io::client's watcher of pdb's request).
                 let blocked = blocked_in(target, main);
                 let delay = pdb_wake_delay(blocked, grace);
-                if since.elapsed() >= delay && wake_thread(target, main).is_none() {
+                // Once woken, the thread runs the handler and then pdb's script: it is
+                // not woken again until it is back asleep outside pdb's code.
+                if since.elapsed() >= delay
+                    && pdb_thread(&process, main) == PdbThread::Asleep
+                    && wake_thread(target, main).is_none()
+                {
                     woke = true;
                 }
                 // The handler runs within microseconds of a wake; a few milliseconds
@@ -402,17 +407,23 @@ pub fn wake_for_pdb(
             // woken until pdb's session has it (its server on the main thread's stack),
             // pdb exits or `within` ends: how long pdb's script takes to connect depends
             // on the machine's load (a fixed 150 ms left a loaded target asleep, 1 in
-            // 40). At the prompt a wake is harmless: the handler runs inside pdb's own
-            // loop, where nothing is traced.
+            // 40). Only while the thread sleeps outside pdb's code: a wake while pdb's
+            // script still runs would make pdb stop in the handler called from that
+            // script (see `pdb_thread`).
             Ok(false) if pending_since.is_some() => {
                 if woke {
                     let settle = Instant::now();
                     while settle.elapsed() < PDB_SETTLE_LIMIT
                         && begun.elapsed() < within
                         && !done.load(Ordering::Relaxed)
-                        && !stopped_in_remote_pdb(target, main)
                     {
-                        let _ = wake_thread(target, main);
+                        match pdb_thread(&process, main) {
+                            PdbThread::AtPrompt => break,
+                            PdbThread::Asleep => {
+                                let _ = wake_thread(target, main);
+                            }
+                            PdbThread::Busy => {}
+                        }
                         std::thread::sleep(Duration::from_millis(10));
                     }
                 }
@@ -431,15 +442,35 @@ pub fn wake_for_pdb(
 /// recognise is not woken while the user steps through it.
 const PDB_SETTLE_LIMIT: Duration = Duration::from_secs(5);
 
-/// Whether thread `tid` of `pid` sits in a remote pdb session (read from outside; an
-/// unreadable stack counts as not yet).
-fn stopped_in_remote_pdb(pid: i32, tid: i32) -> bool {
-    crate::io::stack_reader::read_stacks(pid).is_ok_and(|stacks| {
-        stacks
-            .threads
-            .iter()
-            .any(|t| t.tid == tid && crate::core::stacks::in_remote_debugger(t))
-    })
+/// Where the thread pdb attaches to stands, for the client's wakes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PdbThread {
+    /// pdb's session has it: its server's command loop is on the stack.
+    AtPrompt,
+    /// Asleep in a system call with none of pdb's code on its stack: a wake makes it run
+    /// Python code (the handler, and pdb's request or pdb's first stop with it).
+    Asleep,
+    /// Running, or pdb's code is on its stack (pdb's script imports pdb, connects back,
+    /// arms the debugger): not to be woken now.
+    Busy,
+}
+
+/// Reads where thread `tid` stands. A stack that cannot be read leaves only the kernel's
+/// word: asleep counts as [`PdbThread::Asleep`], as before the stack was looked at.
+fn pdb_thread(process: &PythonProcess, tid: i32) -> PdbThread {
+    let asleep =
+        || crate::io::procfs::thread_stat(process.pid(), tid).is_some_and(|stat| stat.state == 'S');
+    let stacks = crate::io::stack_reader::read_stacks_of(process);
+    let thread = stacks
+        .as_ref()
+        .ok()
+        .and_then(|stacks| stacks.threads.iter().find(|t| t.tid == tid));
+    match thread {
+        Some(t) if crate::core::stacks::in_remote_debugger(t) => PdbThread::AtPrompt,
+        Some(t) if crate::core::stacks::runs_pdb_code(t) => PdbThread::Busy,
+        _ if asleep() => PdbThread::Asleep,
+        _ => PdbThread::Busy,
+    }
 }
 
 #[cfg(test)]
