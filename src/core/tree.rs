@@ -5,6 +5,7 @@
 //! The facts arrive as plain (pid, parent pid) links: the tree is "every process whose
 //! parent chain reaches the root" (the keeper, a child subreaper, so orphans stay in it).
 use super::stacks::{AsyncTask, Frame, ProcessStacks, ThreadStack};
+use super::wire::truncate;
 use serde::{Deserialize, Serialize};
 
 /// Longest JSON payload of a `PROCESSES`, `STACKS` or `TASKS` reply. A socket client reads
@@ -268,6 +269,9 @@ fn shrink_frames<'a>(threads: impl Iterator<Item = &'a mut ThreadStack>) -> bool
     true
 }
 
+/// The longest argument a cut-down `PS` reply keeps whole, in characters.
+const MAX_ARG_CHARS: usize = 64;
+
 pub fn ps_json(report: PsReport) -> String {
     bounded_json(report, |r| {
         r.truncated = true;
@@ -279,10 +283,16 @@ pub fn ps_json(report: PsReport) -> String {
             return true;
         }
         for entry in r.processes.iter_mut() {
-            if entry.facts.cmdline.len() > 1 || entry.facts.cmdline.iter().any(|a| a.len() > 64) {
-                entry.facts.cmdline.truncate(1);
-                if let Some(first) = entry.facts.cmdline.first_mut() {
-                    cut(first, 64);
+            // Counted in characters, and cut so that the result (ellipsis included) is
+            // within the bound: a cut argument must not qualify again, or this would
+            // "shrink" it forever without the reply getting shorter.
+            let cmdline = &mut entry.facts.cmdline;
+            if cmdline.len() > 1 || cmdline.iter().any(|a| a.chars().count() > MAX_ARG_CHARS) {
+                cmdline.truncate(1);
+                if let Some(first) = cmdline.first_mut() {
+                    if first.chars().count() > MAX_ARG_CHARS {
+                        *first = truncate(first, MAX_ARG_CHARS - 1);
+                    }
                 }
                 return true;
             }
@@ -474,13 +484,6 @@ pub fn render_tasks(report: &TasksReport) -> Vec<String> {
     lines
 }
 
-fn cut(text: &mut String, max_chars: usize) {
-    if let Some((at, _)) = text.char_indices().nth(max_chars) {
-        text.truncate(at);
-        text.push('…');
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -608,6 +611,48 @@ mod tests {
         let json = ps_json(ps_report(100, &listing, &stacks));
         assert!(json.len() <= MAX_REPLY_JSON, "{}", json.len());
         assert!(serde_json::from_str::<PsReport>(&json).unwrap().truncated);
+    }
+
+    /// A full tree (as many processes as a listing holds) whose commands start with long
+    /// arguments (a virtualenv's interpreter, non-ASCII paths): the reply takes many cuts.
+    /// A cut that left its argument "too long" made every later step cut it again, and
+    /// the reply never shrank: `PS` hung the controller. Run on a thread with a deadline,
+    /// so that a regression fails instead of hanging.
+    #[test]
+    fn long_first_arguments_are_cut_once_and_the_reply_still_ends() {
+        let long_ascii = format!("/srv/app/.venv/bin/{}", "p".repeat(1000));
+        let non_ascii = "é".repeat(40); // 40 characters, 80 bytes: within the bound
+        let listing = TreeListing {
+            root: 50,
+            processes: (0..MAX_TREE_PROCESSES as u32)
+                .map(|i| {
+                    let mut f = facts(1000 + i, 50, false);
+                    f.cmdline = if i % 2 == 0 {
+                        vec![long_ascii.clone()]
+                    } else {
+                        vec![non_ascii.clone(), "x".repeat(1000)]
+                    };
+                    f
+                })
+                .collect(),
+            truncated: false,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(ps_json(ps_report(100, &listing, &[])));
+        });
+        let json = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("ps_json did not finish");
+        assert!(json.len() <= MAX_REPLY_JSON, "{}", json.len());
+        let back: PsReport = serde_json::from_str(&json).unwrap();
+        assert!(back.truncated);
+        let first = &back.processes[0].facts.cmdline;
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].chars().count(), MAX_ARG_CHARS, "{}", first[0]);
+        assert!(first[0].starts_with("/srv/app/.venv/bin/pp") && first[0].ends_with('…'));
+        let second = &back.processes[1].facts.cmdline;
+        assert_eq!(second, &vec![non_ascii.clone()]);
     }
 }
 

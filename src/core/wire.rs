@@ -365,7 +365,9 @@ pub fn parse_pid(text: &str) -> Result<u32, CommandError> {
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
+/// `s` cut to at most `max` characters, an ellipsis marking a cut (which makes it
+/// `max + 1` characters long).
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((cut, _)) => format!("{}…", &s[..cut]),
         None => s.to_string(),
