@@ -340,10 +340,7 @@ fn cut_reply(reply: &Reply) -> String {
 }
 
 fn cut_line(line: &str) -> String {
-    match line.char_indices().nth(120) {
-        Some((at, _)) => format!("{}…", &line[..at]),
-        None => line.to_string(),
-    }
+    super::wire::truncate(line, 120)
 }
 
 /// The steps of one `attach`.
