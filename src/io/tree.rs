@@ -3,7 +3,7 @@
 //! stops at [`MAX_TREE_PROCESSES`], command lines are cut, and a reading of many
 //! processes stops at a time budget, so a question about the tree never holds the
 //! controller's loop for long.
-use super::inject::{InjectError, PythonProcess};
+use super::inject::{InjectError, PythonProcess, RuntimeSearch};
 use super::stack_reader::{read_stacks, read_tasks};
 use crate::core::stacks::AsyncTask;
 use crate::core::tree::{
@@ -136,9 +136,11 @@ fn command_line(pid: u32) -> Vec<String> {
     args
 }
 
-/// Which CPython (if any) runs in `pid`, from its `_PyRuntime` and debug offsets.
+/// Which CPython (if any) runs in `pid`, from its `_PyRuntime` and debug offsets. Opened
+/// for reading only, like the stack reader: a process that opted out of remote
+/// debugging refuses injection, but its version and stacks can still be read.
 pub fn interpreter_of(pid: u32) -> Interpreter {
-    match PythonProcess::open(pid as i32) {
+    match PythonProcess::open_for_reading(pid as i32, RuntimeSearch::Auto) {
         Ok(process) => Interpreter::Python {
             version: PyVersion::from_hex(process.version_hex()).to_string(),
         },

@@ -440,6 +440,43 @@ fn last_progress(stdout: &mut Lines) -> u64 {
 // Issue 11: `stack` through the controller shows the main thread blocked in its sleep
 // and the worker computing, printed like a traceback, and the target is never paused:
 // its worker's progress goes on across the readings.
+/// A target that opted out of remote debugging (`PYTHON_DISABLE_REMOTE_DEBUG`) refuses
+/// attaching, not reading: `ps` names its Python and `stack` prints where it is.
+#[test]
+fn ps_and_stack_read_a_target_that_opted_out_of_remote_debugging() {
+    let target =
+        TargetSpec::new(python(), "no_remote_debug.py").env("PYTHON_DISABLE_REMOTE_DEBUG", "1");
+    let mut controller = Controller::start_target(&target, &[]);
+    controller.stdout.wait_for("opted out, looping");
+    let ps = client(&controller.dir, &["ps"]);
+    let listing = text(&ps.stdout);
+    assert_eq!(ps.status.code(), Some(ClientExit::Ok.code()), "{listing}");
+    let line = listing
+        .lines()
+        .find(|l| {
+            l.trim_start()
+                .starts_with(&controller.target_pid.to_string())
+        })
+        .unwrap_or_else(|| panic!("target not listed:\n{listing}"));
+    assert!(line.contains(" 3.1"), "no Python version: {line}");
+    assert!(
+        !listing.contains("remote debugging is disabled"),
+        "{listing}"
+    );
+    let stack = client(&controller.dir, &["stack"]);
+    let stacks = text(&stack.stdout);
+    assert_eq!(
+        stack.status.code(),
+        Some(ClientExit::Ok.code()),
+        "{stacks}{}",
+        text(&stack.stderr)
+    );
+    assert!(
+        stacks.contains("no_remote_debug.py") && stacks.contains("<module>"),
+        "{stacks}"
+    );
+}
+
 #[test]
 fn stack_shows_a_sleeping_main_thread_and_a_computing_worker_while_the_target_runs() {
     let script = "stacks/threads.py";
