@@ -19,6 +19,7 @@ use crate::common::stats::{Row, Samples};
 use crate::common::{root, time_to_exit, Controller, Target};
 use crate::{Bench, Emit};
 use helicopter_parent::io::stack_reader::read_stacks;
+use helicopter_parent::io::tree::children;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -43,23 +44,14 @@ fn runs(command: &dyn Fn() -> Command) -> Vec<Option<Duration>> {
         .collect()
 }
 
-/// Descendants of `pid`, from `/proc/PID/task/*/children`.
+/// Descendants of `pid` (the crate's own `/proc/PID/task/*/children` reading).
 fn descendants(pid: u32) -> Vec<u32> {
     let mut found = Vec::new();
     let mut queue = vec![pid];
     while let Some(parent) = queue.pop() {
-        for task in std::fs::read_dir(format!("/proc/{parent}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let children =
-                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-                found.push(child);
-                queue.push(child);
-            }
-        }
+        let children = children(parent);
+        found.extend(&children);
+        queue.extend(children);
     }
     found
 }

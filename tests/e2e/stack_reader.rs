@@ -20,7 +20,8 @@ use helicopter_parent::io::stack_reader::{read_stacks, read_tasks};
 use helicopter_parent::pyruntime::linetable::line_at;
 
 use crate::support::{
-    fixture, output_within, python, reaped_pid, wait_until_asleep, KillOnDrop, Lines, TIMEOUT,
+    fixture, output_within, python, reaped_pid, wait_until_asleep, wait_until_waiting_in,
+    KillOnDrop, Lines, TIMEOUT,
 };
 
 /// Interpreter start-up on a loaded 2-core machine.
@@ -351,8 +352,8 @@ fn named_asyncio_tasks_and_who_awaits_them_are_read() {
     let side_tid: i32 = words[1].parse().unwrap();
     let side_main = words[2].as_str();
     assert!(side_main.starts_with("Task-"), "{side_main}");
-    wait_until_asleep_in_epoll(pid, pid);
-    wait_until_asleep_in_epoll(pid, side_tid);
+    wait_until_waiting_in(pid, pid, "epoll");
+    wait_until_waiting_in(pid, side_tid, "epoll");
     let tasks = read_tasks(pid).unwrap();
     let by_name: HashMap<&str, &AsyncTask> = tasks.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut names: Vec<&str> = by_name.keys().copied().collect();
@@ -442,19 +443,6 @@ fn a_program_without_asyncio_has_no_tasks_to_read() {
             error.to_string().contains("_asyncio module is not loaded"),
             "{error}"
         ),
-    }
-}
-
-/// Waits until thread `tid` of `pid` sleeps in `epoll_wait` (its event loop is idle).
-fn wait_until_asleep_in_epoll(pid: i32, tid: i32) {
-    let deadline = Instant::now() + TIMEOUT;
-    let wchan = format!("/proc/{pid}/task/{tid}/wchan");
-    while !fs::read_to_string(&wchan).is_ok_and(|w| w.contains("epoll")) {
-        assert!(
-            Instant::now() < deadline,
-            "{pid}/{tid} never idled in epoll"
-        );
-        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

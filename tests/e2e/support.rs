@@ -195,12 +195,18 @@ impl Lines {
 /// bytecode (and would pick a request up at once), and there is no event for "entered
 /// the syscall": the wait channel is polled, with a deadline.
 pub fn wait_until_asleep(pid: i32, tid: i32) {
+    wait_until_waiting_in(pid, tid, "nanosleep");
+}
+
+/// Waits until the kernel reports thread `tid` of `pid` waiting in a kernel function
+/// whose name contains `what` (its wait channel: `nanosleep`, `epoll`...).
+pub fn wait_until_waiting_in(pid: i32, tid: i32, what: &str) {
     let deadline = Instant::now() + TIMEOUT;
     let wchan = format!("/proc/{pid}/task/{tid}/wchan");
-    while !std::fs::read_to_string(&wchan).is_ok_and(|w| w.contains("nanosleep")) {
+    while !std::fs::read_to_string(&wchan).is_ok_and(|w| w.contains(what)) {
         assert!(
             Instant::now() < deadline,
-            "thread {tid} of {pid} never fell asleep"
+            "thread {tid} of {pid} never waited in {what}"
         );
         std::thread::sleep(Duration::from_millis(1));
     }

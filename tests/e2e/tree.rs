@@ -589,7 +589,7 @@ fn a_pool_worker_waiting_in_its_task_is_attached_by_pid_and_a_local_printed() {
 // client detaches and the server goes on serving.
 #[test]
 fn a_prefork_http_worker_stops_at_a_breakpoint_hit_by_a_real_request_and_keeps_serving() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{Read, Write};
     let script = "prefork_http.py";
     let mut controller = Controller::start(script);
     let line = controller.stdout.wait_for("serving on ");
@@ -606,7 +606,7 @@ fn a_prefork_http_worker_stops_at_a_breakpoint_hit_by_a_real_request_and_keeps_s
         answer
     };
     let line = crate::stack_reader::marker_line(&fixture(script), "handler-body");
-    let mut client = Command::new(bin("heli-client"))
+    let client = Command::new(bin("heli-client"))
         .arg("--pipe-dir")
         .arg(&controller.dir)
         .args(["attach", &worker.to_string()])
@@ -617,55 +617,28 @@ fn a_prefork_http_worker_stops_at_a_breakpoint_hit_by_a_real_request_and_keeps_s
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let guard_pid = client.id();
-    let _kill = scopeguard(guard_pid);
-    let stdout = client.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut seen = Vec::new();
-    let mut request = None;
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
-            .unwrap_or_else(|_| panic!("the client stopped early: {seen:#?}"));
-        // The breakpoint is set: a request now hits it.
-        if line.contains("Breakpoint 1 at") && request.is_none() {
-            request = Some(std::thread::spawn(get));
-        }
-        seen.push(line);
-        if seen.last().is_some_and(|l| l.contains("Debugger detached")) {
-            break;
-        }
-    }
-    let status = wait_with_deadline(&mut client, TIMEOUT);
+    let mut client = KillOnDrop(Some(client));
+    let child = client.0.as_mut().unwrap();
+    let mut out = Lines::spawn(child.stdout.take().unwrap());
+    let _err = Lines::spawn(child.stderr.take().unwrap());
+    // The breakpoint is set: a request now hits it.
+    out.wait_for("Breakpoint 1 at");
+    let request = std::thread::spawn(get);
+    out.wait_for("Debugger detached");
+    let status = wait_with_deadline(child, TIMEOUT);
+    client.0 = None;
+    let seen = out.received().to_vec();
     assert_eq!(status.code(), Some(ClientExit::Ok.code()), "{seen:#?}");
     let all = seen.join("\n");
     assert!(
         all.contains(&format!("(Pdb) 'hello number 1 from {worker}'")),
         "{all}"
     );
-    let first = request.expect("the breakpoint was set").join().unwrap();
+    let first = request.join().unwrap();
     assert!(
         first.ends_with(&format!("hello number 1 from {worker}")),
         "{first}"
     );
     // Detached: the worker serves the next request by itself.
     assert!(get().ends_with(&format!("hello number 2 from {worker}")));
-}
-
-/// Kills `pid` when dropped (the client of a test that fails midway).
-fn scopeguard(pid: u32) -> impl Drop {
-    struct Kill(u32);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            // SAFETY: plain kill(2) of a child this test started.
-            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
-        }
-    }
-    Kill(pid)
 }

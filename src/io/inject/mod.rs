@@ -461,11 +461,6 @@ pub fn running_threads(pid: i32) -> Vec<i32> {
     crate::io::procfs::running_threads(pid)
 }
 
-/// Every thread of `pid`: native id, run state letter (`R`, `S`, `D`...) and wait channel.
-pub fn thread_states(pid: i32) -> Vec<(i32, char, Option<String>)> {
-    crate::io::procfs::thread_states(pid)
-}
-
 /// "1234 (main) S in do_sys_poll, 1235 R": what each thread of `pid` is doing.
 pub fn describe_threads(pid: i32) -> String {
     let main = PythonProcess::open(pid)
