@@ -471,11 +471,7 @@ fn stop_signal_set() -> SigSet {
 fn spawn_waker_installer(target: u32, gate: super::wake::InjectionGate) -> io::Result<()> {
     use super::wake::{install_at_start, waker_script, InstallOutcome};
     let script = super::grant::sealed_memfd("heli-waker", waker_script().as_bytes())?;
-    let script_path = PathBuf::from(format!(
-        "/proc/{}/fd/{}",
-        std::process::id(),
-        std::os::fd::AsRawFd::as_raw_fd(&script)
-    ));
+    let script_path = super::grant::path_for_others(&script);
     let path = script_path.clone();
     std::thread::Builder::new()
         .name("waker-install".into())

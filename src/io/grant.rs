@@ -54,7 +54,7 @@ impl GrantInjector {
     pub fn start(target: u32, inputs: Sender<Input>) -> io::Result<GrantInjector> {
         let token = random_token()?;
         let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let report_path = format!("/proc/{}/fd/{}", std::process::id(), writer.as_raw_fd());
+        let report_path = path_for_others(&writer).display().to_string();
         spawn_report_reader(File::from(reader), token.clone(), inputs)?;
         Ok(GrantInjector {
             target,
@@ -158,11 +158,7 @@ impl GrantInjector {
                 })?;
             self.scripts.insert(grant, file);
         }
-        let fd = self.scripts[&grant].as_raw_fd();
-        Ok(PathBuf::from(format!(
-            "/proc/{}/fd/{fd}",
-            std::process::id()
-        )))
+        Ok(path_for_others(&self.scripts[&grant]))
     }
 
     /// The injector's error as facts for the core; a target that failed is opened afresh
@@ -234,6 +230,16 @@ except KeyboardInterrupt:
 
 /// An anonymous in-memory file holding `content`, sealed so that nobody, this process
 /// included, can change it afterwards.
+/// The path by which other processes (the target, its children) open `fd` of this
+/// process: `/proc/<our pid>/fd/<fd>`. Valid while the descriptor stays open.
+pub(crate) fn path_for_others(fd: &impl AsRawFd) -> PathBuf {
+    PathBuf::from(format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        fd.as_raw_fd()
+    ))
+}
+
 pub(crate) fn sealed_memfd(name: &str, content: &[u8]) -> io::Result<File> {
     let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
     // SAFETY: a valid NUL-terminated name; the returned fd is owned by the File below.

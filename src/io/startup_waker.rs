@@ -18,7 +18,6 @@
 //! An interpreter run with `-I`, `-E` or `-S` skips it, and the remote installer remains.
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
@@ -148,11 +147,7 @@ impl StartupWaker {
             "heli-sitecustomize.zip",
             &archive(&sitecustomize_source()),
         )?;
-        let path = PathBuf::from(format!(
-            "/proc/{}/fd/{}",
-            std::process::id(),
-            file.as_raw_fd()
-        ));
+        let path = super::grant::path_for_others(&file);
         Ok(StartupWaker { _file: file, path })
     }
 

@@ -85,15 +85,7 @@ fn a_pid_outside_the_tree_is_refused_with_where_to_look() {
         )
     );
     // The keeper is the tree's root, not a process of it.
-    let keeper = std::fs::read_to_string(format!("/proc/{}/stat", controller.target_pid))
-        .unwrap()
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let keeper = ppid(controller.target_pid);
     assert!(
         over_socket(&controller, &format!("GRANT_ACCESS {me} {keeper}")).starts_with(&format!(
             "ERROR: pid {keeper} is not in the supervised tree"

@@ -26,13 +26,6 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn stat_field(pid: u32, index_after_comm: usize) -> String {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rsplit_once(')')
-        .and_then(|(_, t)| t.split_whitespace().nth(index_after_comm).map(String::from))
-        .unwrap_or_default()
-}
-
 fn cmdline(pid: u32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| {
@@ -98,7 +91,7 @@ fn ps_lists_the_pool_then_terminate_leaves_no_process_of_the_tree() {
     {
         let line = row(pid);
         let words: Vec<&str> = line.split_whitespace().collect();
-        let ppid = parent.map_or_else(|| stat_field(pid, 1), |p| p.to_string());
+        let ppid = parent.map_or_else(|| ppid(pid), |p| p.to_string());
         assert_eq!(words[1], ppid, "{line}");
         assert!(words[2].starts_with(&version), "{line}");
         // The command line as /proc has it.

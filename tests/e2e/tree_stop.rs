@@ -102,16 +102,6 @@ impl Tree {
     }
 }
 
-fn ppid(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, t)| t.split_whitespace().nth(1).unwrap_or("?").to_string())
-        })
-        .unwrap_or_else(|| "?".into())
-}
-
 impl Drop for Tree {
     fn drop(&mut self) {
         // SIGSTOP everything first: a member killed while its parent still runs can be
