@@ -174,16 +174,14 @@ impl PythonProcess {
 
     /// The thread states of the main interpreter, newest first (CPython's list order).
     pub fn threads(&self) -> Result<Vec<PyThread>, InjectError> {
-        let main = self.main_tstate()?;
-        let mut threads = Vec::new();
-        self.walk_threads(|tstate, tid| {
-            threads.push(PyThread {
-                native_tid: tid,
-                is_main: Some(tstate) == main,
-            });
-            false
-        })?;
-        Ok(threads)
+        Ok(self
+            .thread_states()?
+            .into_iter()
+            .map(|(_, native_tid, is_main)| PyThread {
+                native_tid,
+                is_main,
+            })
+            .collect())
     }
 
     /// Schedules `script` (absolute path) to run in the chosen thread; returns its tid.
