@@ -6,6 +6,7 @@
 //! command line). A name picks `<default>-<uid>/NAME`: one private directory per user
 //! holds every named controller, so `heli-client ls` finds them all and another user's
 //! never mix in. The unnamed default stays the seed's `/tmp/heliparent_debug`.
+pub use crate::io::pipes::named_root;
 use crate::io::pipes::DEFAULT_PIPE_DIR;
 use std::path::PathBuf;
 
@@ -14,11 +15,6 @@ pub const ENV_NAME: &str = "HELI_NAME";
 
 /// Longest controller name.
 pub const MAX_NAME: usize = 64;
-
-/// The directory holding the named controllers of `uid`.
-pub fn named_root(uid: u32) -> PathBuf {
-    PathBuf::from(format!("{DEFAULT_PIPE_DIR}-{uid}"))
-}
 
 /// A controller name is one path component of letters, digits, `.`, `_` and `-`, not
 /// starting with `.` (no `..`, no hidden entries, nothing a shell or a path would read

@@ -5,8 +5,8 @@
 //! answers), and the target's command line and age come from `/proc`.
 use super::exchange::{ExchangeError, TrustedPipeDir};
 use super::socket_exchange::exchange_preferring_socket;
-use crate::cli::pipe_dir::named_root;
 use crate::core::wire::{parse_reply, Command, Dialect, Reply};
+use crate::io::pipes::named_root;
 use crate::io::pipes::DEFAULT_PIPE_DIR;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

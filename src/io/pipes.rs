@@ -31,6 +31,11 @@ use std::path::{Component, Path, PathBuf};
 
 /// The seed's fixed location.
 pub const DEFAULT_PIPE_DIR: &str = "/tmp/heliparent_debug";
+
+/// The directory holding the named controllers of `uid` (`--name`, `heli-client ls`).
+pub fn named_root(uid: u32) -> PathBuf {
+    PathBuf::from(format!("{DEFAULT_PIPE_DIR}-{uid}"))
+}
 pub const CONTROL: &str = "control";
 pub const RESPONSE: &str = "response";
 
